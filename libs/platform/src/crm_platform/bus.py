@@ -1,0 +1,132 @@
+"""The NATS JetStream connection every part shares, and the streams of the CRM's domains."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream: its name and the subjects it captures."""
+
+    name: str
+    subjects: tuple[str, ...]
+
+
+DOMAIN_STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec("CRM_IDENTITY", ("crm.identity.>",)),
+    StreamSpec("CRM_CUSTOMER", ("crm.customer.>",)),
+    StreamSpec("CRM_INTERACTION", ("crm.interaction.>", "crm.task.>")),
+    StreamSpec("CRM_OPPORTUNITY", ("crm.opportunity.>", "crm.campaign.>")),
+    StreamSpec("CRM_TICKET", ("crm.ticket.>",)),
+    StreamSpec("CRM_NOTIFICATION", ("crm.notification.>",)),
+    StreamSpec("CRM_DLQ", ("crm.dlq.>",)),
+)
+
+
+class Bus:
+    """One NATS connection with JetStream, reconnecting forever once established."""
+
+    def __init__(self, servers: str, name: str, *, replicas: int = 1, max_age_days: int = 30) -> None:
+        self._servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self._name = name
+        self._replicas = replicas
+        self._max_age_seconds = max_age_days * 86400
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+
+    @property
+    def nc(self) -> Client:
+        """The NATS client; raises before :meth:`connect`."""
+        if self._nc is None:
+            raise RuntimeError("bus is not connected")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context; raises before :meth:`connect`."""
+        if self._js is None:
+            raise RuntimeError("bus is not connected")
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up right now."""
+        return self._nc is not None and self._nc.is_connected
+
+    async def connect(self, attempts: int = 0) -> None:
+        """Connect, retrying with back-off (``attempts`` = 0 retries forever)."""
+        delay = 0.2
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                self._nc = await nats.connect(
+                    servers=self._servers,
+                    name=self._name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+                self._js = self._nc.jetstream(timeout=5)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure to connect is retried the same way
+                if attempts and tries >= attempts:
+                    raise
+                log.warning("NATS not reachable; retrying", extra={"error": repr(exc), "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = DOMAIN_STREAMS) -> None:
+        """Create each stream that does not exist yet (idempotent; safe from many replicas at once)."""
+        for spec in specs:
+            try:
+                await self.js.stream_info(spec.name)
+                continue
+            except NotFoundError:
+                pass
+            config = StreamConfig(
+                name=spec.name,
+                subjects=list(spec.subjects),
+                storage=StorageType.FILE,
+                num_replicas=self._replicas,
+                max_age=self._max_age_seconds,
+                duplicate_window=120,
+            )
+            try:
+                await self.js.add_stream(config)
+                log.info("created stream", extra={"stream": spec.name})
+            except Exception:  # noqa: BLE001 - a replica racing us may have created it; check once more
+                await self.js.stream_info(spec.name)
+
+    async def close(self) -> None:
+        """Drain subscriptions and pending publishes, then close."""
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await asyncio.wait_for(self._nc.drain(), timeout=5)
+            except Exception:  # noqa: BLE001 - closing is best effort at shutdown
+                await self._nc.close()
+        self._nc = None
+        self._js = None
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS error", extra={"error": repr(exc)})
+
+    async def _on_disconnected(self) -> None:
+        log.warning("NATS disconnected")
+
+    async def _on_reconnected(self) -> None:
+        log.info("NATS reconnected")

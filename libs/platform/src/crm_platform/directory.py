@@ -1,0 +1,81 @@
+"""The local copy of ``customer_id → owner, team, branch, region`` that services other than customer keep,
+fed by customer events, so they apply data scope in their own queries without calling the customer service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm.customer.v1 import events_pb2 as customer_events
+from crm_platform.auth_context import Identity
+from crm_platform.errors import NotFound
+from crm_platform.inbox import Event, Subscription
+from crm_platform.outbox import utcnow
+from crm_platform.scope import scope_condition
+
+directory_metadata = MetaData()
+
+customer_directory = Table(
+    "customer_directory",
+    directory_metadata,
+    Column("customer_id", String(36), primary_key=True),
+    Column("owner_id", String(64), nullable=False, default="", index=True),
+    Column("team_id", String(64), nullable=False, default="", index=True),
+    Column("branch_id", String(64), nullable=False, default="", index=True),
+    Column("region", String(64), nullable=False, default=""),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+CUSTOMER_CREATED = "crm.customer.customer.created"
+
+
+def create_directory_table(op: Any) -> None:
+    """Create the directory table in a service's migration (``op`` is ``alembic.op``)."""
+    directory_metadata.create_all(op.get_bind())
+
+
+async def upsert(session: AsyncSession, *, customer_id: str, owner_id: str, team_id: str, branch_id: str, region: str) -> None:
+    """Insert or replace one customer's ownership facts."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    values = {"owner_id": owner_id, "team_id": team_id, "branch_id": branch_id, "region": region, "updated_at": utcnow()}
+    stmt = insert(customer_directory).values(customer_id=customer_id, **values)
+    await session.execute(stmt.on_conflict_do_update(index_elements=["customer_id"], set_=values))
+
+
+async def on_customer_created(session: AsyncSession, event: Event) -> None:
+    """Record a new customer's owner, team, branch and region."""
+    payload = event.payload
+    assert isinstance(payload, customer_events.CustomerCreated)
+    await upsert(
+        session,
+        customer_id=payload.customer_id,
+        owner_id=payload.owner_id,
+        team_id=payload.team_id,
+        branch_id=payload.branch_id,
+        region=payload.region,
+    )
+
+
+def directory_subscription(service: str) -> Subscription:
+    """The durable consumer ``<service>-customer-directory`` that keeps the directory current."""
+    return Subscription(
+        durable=f"{service}-customer-directory",
+        stream="CRM_CUSTOMER",
+        subject="crm.customer.customer.>",
+        handlers={CUSTOMER_CREATED: on_customer_created},
+    )
+
+
+async def require_customer_in_scope(session: AsyncSession, identity: Identity, customer_id: str) -> None:
+    """Raise :class:`NotFound` unless the customer is known here and inside the caller's scope."""
+    c = customer_directory.c
+    condition = scope_condition(identity, owner=c.owner_id, team=c.team_id, branch=c.branch_id, region=c.region)
+    found = await session.execute(select(c.customer_id).where(c.customer_id == customer_id, condition))
+    if found.first() is None:
+        raise NotFound(f"customer {customer_id} not found")

@@ -1,0 +1,161 @@
+"""gRPC server bootstrap: one interceptor for identity, deadlines, tracing, metrics and error mapping,
+plus the standard health and reflection services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from opentelemetry import trace
+
+from crm_platform import errors, metrics, telemetry
+from crm_platform.auth_context import Identity, reset_identity, set_identity
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Conflict: grpc.StatusCode.ABORTED,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+}
+
+_UNGUARDED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def status_for(exc: errors.DomainError, domain: str) -> grpc.Status:
+    """The rich gRPC status (google.rpc.Status with ErrorInfo and BadRequest details) of a domain error."""
+    code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), grpc.StatusCode.FAILED_PRECONDITION)
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=f"crm.{domain}")
+    existing = getattr(exc, "existing_id", "")
+    if existing:
+        info.metadata["existing_id"] = existing
+    details = [_pack(info)]
+    if isinstance(exc, errors.InvalidArgument):
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in exc.violations
+            ]
+        )
+        details.append(_pack(bad))
+    status = status_pb2.Status(code=code.value[0], message=exc.message, details=details)
+    return rpc_status.to_status(status)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary method of the service's own servicers."""
+
+    def __init__(self, domain: str, secret: str, default_deadline: float = 10.0) -> None:
+        self._domain = domain
+        self._secret = secret
+        self._default_deadline = default_deadline
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Return the method's handler, wrapped unless it is health or reflection."""
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_UNGUARDED_PREFIXES) or handler.unary_unary is None:
+            # Streaming methods are not wrapped: without a bound identity they fail closed in the domain.
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap(handler.unary_unary, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(self, behaviour: Callable[[Any, Any], Awaitable[Any]], method: str) -> Callable[[Any, Any], Any]:
+        short = method.rsplit("/", 1)[-1]
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            metadata: Sequence[tuple[str, Any]] = tuple(context.invocation_metadata() or ())
+            carrier = {k: v for k, v in metadata if k in ("traceparent", "tracestate") and isinstance(v, str)}
+            status: grpc.Status | None = None
+            code = grpc.StatusCode.OK
+            with _tracer.start_as_current_span(
+                method.lstrip("/"), context=telemetry.extract(carrier), kind=trace.SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.method": short, "rpc.service": self._domain},
+            ) as span:
+                token = None
+                try:
+                    identity = Identity.from_metadata(metadata, self._secret)
+                    token = set_identity(identity)
+                    span.set_attribute("crm.user_id", identity.user_id)
+                    remaining = context.time_remaining()
+                    timeout = self._default_deadline if remaining is None else max(remaining, 0.001)
+                    return await asyncio.wait_for(behaviour(request, context), timeout)
+                except errors.DomainError as exc:
+                    status = status_for(exc, self._domain)
+                    code = status.code
+                except TimeoutError:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                    status = rpc_status.to_status(
+                        status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message="deadline exceeded")
+                    )
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except Exception:
+                    log.exception("unhandled error in %s", method)
+                    code = grpc.StatusCode.INTERNAL
+                    status = rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
+                finally:
+                    if token is not None:
+                        reset_identity(token)
+                    metrics.GRPC_REQUESTS.labels(self._domain, short, code.name).inc()
+                    metrics.GRPC_LATENCY.labels(self._domain, short).observe(time.perf_counter() - started)
+                    if code is not grpc.StatusCode.OK:
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
+            assert status is not None
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        return wrapper
+
+
+def create_server(domain: str, secret: str, default_deadline: float = 10.0) -> grpc.aio.Server:
+    """A grpc.aio server with the CRM interceptor installed."""
+    return grpc.aio.server(
+        interceptors=[ServerInterceptor(domain, secret, default_deadline)],
+        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+    )
+
+
+def add_health_and_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> health.aio.HealthServicer:
+    """Register health (initially NOT_SERVING) and reflection for ``service_names``; return the health servicer."""
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    return servicer
+
+
+async def set_serving(servicer: health.aio.HealthServicer, service_names: Sequence[str], serving: bool) -> None:
+    """Mark the whole server and each service SERVING or NOT_SERVING."""
+    state = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *service_names):
+        await servicer.set(name, state)

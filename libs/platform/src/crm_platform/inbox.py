@@ -1,0 +1,254 @@
+"""Durable JetStream consumers with an inbox: each event changes a service's state at most once.
+
+For each delivered message the runner opens a transaction, records ``(consumer, event id)`` in the inbox
+and calls the handler in that same transaction; it acknowledges only after the commit. A redelivery finds
+the inbox row and is acknowledged without running the handler again. A handler that raises is retried
+with exponential back-off (``nak`` with a delay); after ``max_deliveries`` the event is written to the
+outbox as a :class:`DeadLetter` on ``crm.dlq.<consumer>`` and recorded as dead-lettered, so nothing is lost
+and nothing blocks the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm.common.v1 import dead_letter_pb2, envelope_pb2
+from crm_platform import metrics, telemetry
+from crm_platform.bus import Bus
+from crm_platform.outbox import Outbox, make_envelope, utcnow
+from crm_platform.schema import inbox as inbox_table
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A received domain event with its payload unpacked."""
+
+    id: str
+    type: str
+    source: str
+    subject_id: str
+    actor: str
+    occurred_at: dt.datetime
+    payload: Message
+    envelope: envelope_pb2.EventEnvelope
+
+
+Handler = Callable[[AsyncSession, Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A durable consumer: its name (``<service>-<purpose>``), stream, subject filter and handlers by type.
+
+    ``handlers`` maps an event type (subject) to its handler; events of other types on the filter are
+    acknowledged and recorded without action.
+    """
+
+    durable: str
+    stream: str
+    subject: str
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+
+def unpack(envelope: envelope_pb2.EventEnvelope) -> Message:
+    """The envelope's payload as its own protobuf message class (the module must have been imported)."""
+    name = envelope.payload.TypeName()
+    descriptor = descriptor_pool.Default().FindMessageTypeByName(name)
+    message = message_factory.GetMessageClass(descriptor)()
+    envelope.payload.Unpack(message)
+    return message
+
+
+def to_event(envelope: envelope_pb2.EventEnvelope) -> Event:
+    """Build an :class:`Event` from a parsed envelope."""
+    return Event(
+        id=envelope.id,
+        type=envelope.type,
+        source=envelope.source,
+        subject_id=envelope.subject_id,
+        actor=envelope.actor,
+        occurred_at=envelope.occurred_at.ToDatetime(tzinfo=dt.UTC),
+        payload=unpack(envelope),
+        envelope=envelope,
+    )
+
+
+class ConsumerRunner:
+    """Runs a service's durable pull consumers until stopped; shared by all replicas of the service."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        sessions: async_sessionmaker[AsyncSession],
+        outbox: Outbox,
+        subscriptions: list[Subscription],
+        *,
+        max_deliveries: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        batch: int = 64,
+        ack_wait: float = 30.0,
+    ) -> None:
+        self._bus = bus
+        self._sessions = sessions
+        self._outbox = outbox
+        self._subscriptions = subscriptions
+        self._max_deliveries = max_deliveries
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._batch = batch
+        self._ack_wait = ack_wait
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        """Create or bind each durable consumer and start fetching."""
+        for sub in self._subscriptions:
+            config = ConsumerConfig(
+                durable_name=sub.durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self._ack_wait,
+                max_deliver=-1,  # this runner decides when to give up, so the server never drops silently
+                max_ack_pending=1000,
+                filter_subject=sub.subject,
+            )
+            psub = await self._bus.js.pull_subscribe(sub.subject, durable=sub.durable, stream=sub.stream, config=config)
+            self._tasks.append(asyncio.create_task(self._fetch_loop(sub, psub), name=f"consumer-{sub.durable}"))
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop fetching; let the message in hand finish (its ack follows its commit)."""
+        self._stopping.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._tasks.clear()
+
+    def backoff(self, delivery: int) -> float:
+        """Delay before redelivery number ``delivery + 1``: base × 2^(delivery-1), capped."""
+        return float(min(self._backoff_base * (2 ** max(delivery - 1, 0)), self._backoff_max))
+
+    async def _fetch_loop(self, sub: Subscription, psub: Any) -> None:
+        last_lag = 0.0
+        while not self._stopping.is_set():
+            try:
+                msgs = await psub.fetch(self._batch, timeout=1.0)
+            except TimeoutError:
+                msgs = []
+            except Exception as exc:  # noqa: BLE001 - broker hiccups are retried, never fatal
+                if self._stopping.is_set():
+                    return
+                log.warning("fetch failed", extra={"consumer": sub.durable, "error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self.handle(sub, msg)
+            now = asyncio.get_running_loop().time()
+            if now - last_lag >= 5.0:
+                last_lag = now
+                try:
+                    info = await psub.consumer_info()
+                    metrics.CONSUMER_LAG.labels(sub.durable).set(info.num_pending or 0)
+                except Exception:  # noqa: BLE001 - the gauge is best effort
+                    pass
+
+    async def handle(self, sub: Subscription, msg: Msg) -> None:
+        """Apply one message exactly once, then acknowledge it (or schedule its retry / dead-letter it)."""
+        delivery = msg.metadata.num_delivered if msg.metadata else 1
+        if delivery > 1:
+            metrics.CONSUMER_REDELIVERIES.labels(sub.durable).inc()
+        try:
+            envelope = envelope_pb2.EventEnvelope.FromString(msg.data)
+            event = to_event(envelope)
+        except (DecodeError, KeyError, TypeError) as exc:
+            await self._dead_letter(sub, msg, f"unparseable event: {exc!r}", delivery, event_id=None)
+            return
+        parent = telemetry.extract({"traceparent": envelope.traceparent, "tracestate": envelope.tracestate})
+        with _tracer.start_as_current_span(
+            f"consume {event.type}", context=parent, kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.system": "nats", "messaging.destination": msg.subject, "crm.consumer": sub.durable},
+        ):
+            try:
+                outcome = await self._apply(sub, event)
+            except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                if delivery >= self._max_deliveries:
+                    await self._dead_letter(sub, msg, repr(exc), delivery, event_id=event.id)
+                    return
+                metrics.CONSUMER_HANDLED.labels(sub.durable, "retried").inc()
+                log.warning(
+                    "handler failed; will retry",
+                    extra={"consumer": sub.durable, "event_id": event.id, "delivery": delivery, "error": repr(exc)},
+                )
+                await msg.nak(delay=self.backoff(delivery))
+                return
+        await msg.ack()
+        metrics.CONSUMER_HANDLED.labels(sub.durable, outcome).inc()
+        if outcome == "handled":
+            metrics.EVENT_LATENCY.labels(sub.durable).observe((utcnow() - event.occurred_at).total_seconds())
+
+    async def _apply(self, sub: Subscription, event: Event) -> str:
+        handler = sub.handlers.get(event.type)
+        try:
+            async with self._sessions() as session, session.begin():
+                seen = await session.execute(
+                    select(inbox_table.c.outcome).where(
+                        inbox_table.c.consumer == sub.durable, inbox_table.c.event_id == event.id
+                    )
+                )
+                if seen.first() is not None:
+                    return "duplicate"
+                await session.execute(
+                    insert(inbox_table).values(
+                        consumer=sub.durable, event_id=event.id, outcome="handled", handled_at=utcnow()
+                    )
+                )
+                if handler is not None:
+                    await handler(session, event)
+        except IntegrityError:
+            # Another replica recorded this event between our check and our insert: it is handled.
+            return "duplicate"
+        return "handled" if handler is not None else "ignored"
+
+    async def _dead_letter(self, sub: Subscription, msg: Msg, error: str, delivery: int, event_id: str | None) -> None:
+        letter = dead_letter_pb2.DeadLetter(
+            consumer=sub.durable,
+            original_subject=msg.subject,
+            original_envelope=msg.data,
+            error=error[:2000],
+            deliveries=delivery,
+        )
+        subject = f"crm.dlq.{sub.durable}"
+        envelope = make_envelope(subject, self._outbox.source, letter, subject_id=event_id or "", actor="system")
+        try:
+            async with self._sessions() as session, session.begin():
+                if event_id is not None:
+                    await session.execute(
+                        insert(inbox_table).values(
+                            consumer=sub.durable, event_id=event_id, outcome="dead_lettered", handled_at=utcnow()
+                        )
+                    )
+                await self._outbox.add_envelope(session, envelope)
+        except IntegrityError:
+            pass  # already recorded by an earlier attempt or another replica
+        await msg.ack()
+        metrics.CONSUMER_DEAD_LETTERED.labels(sub.durable).inc()
+        log.error("event dead-lettered", extra={"consumer": sub.durable, "event_id": event_id, "error": error})

@@ -1,0 +1,147 @@
+"""``serve()``: the one bootstrap of every service — logging, tracing, metrics, database and migrations,
+NATS streams, outbox relay, consumers, gRPC with health and reflection, signals and graceful drain.
+
+Shutdown order on SIGTERM/SIGINT: health NOT_SERVING (load balancers stop sending), stop accepting and
+finish in-flight calls (grace period), stop consumers (the message in hand commits and acks), flush the
+outbox relay, drain NATS, dispose the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from crm_platform import config as config_module
+from crm_platform.bus import DOMAIN_STREAMS, Bus
+from crm_platform.config import CommonSettings, SettingsError
+from crm_platform.db import create_engine, ensure_database, resolve_database_url, session_factory
+from crm_platform.grpc_server import add_health_and_reflection, create_server, set_serving
+from crm_platform.inbox import ConsumerRunner, Subscription
+from crm_platform.logging import configure_logging
+from crm_platform.metrics import serve_metrics
+from crm_platform.migrations import migrate
+from crm_platform.outbox import Outbox, OutboxRelay
+from crm_platform.telemetry import configure_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """What a service's wiring receives: its settings and the shared infrastructure."""
+
+    settings: CommonSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    outbox: Outbox
+    bus: Bus
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to build one service.
+
+    ``wire`` adds the servicers to the server and returns their full service names;
+    ``subscriptions`` lists the service's durable consumers.
+    """
+
+    domain: str
+    package: str
+    settings_class: type[CommonSettings]
+    wire: Callable[[grpc.aio.Server, Context], Sequence[str]]
+    subscriptions: Callable[[Context], list[Subscription]] = lambda _ctx: []
+
+
+async def open_database(spec: ServiceSpec, settings: CommonSettings) -> AsyncEngine:
+    """Create the service's database if needed, connect, and migrate it to head."""
+    url = resolve_database_url(
+        spec.domain,
+        getattr(settings, "database_url", ""),
+        settings.postgres_url,
+        settings.data_dir,
+    )
+    await ensure_database(url)
+    engine = create_engine(url, pool_size=getattr(settings, "db_pool_size", 10))
+    await migrate(engine, spec.package)
+    return engine
+
+
+async def run_service(spec: ServiceSpec, settings: CommonSettings, stop: asyncio.Event) -> None:
+    """Run ``spec`` until ``stop`` is set, then drain and return."""
+    host = getattr(settings, "grpc_host", "127.0.0.1")
+    serve_metrics(getattr(settings, "metrics_port"), host=host)
+    engine = await open_database(spec, settings)
+    bus = Bus(settings.nats_url, name=f"crm-{spec.domain}")
+    await bus.connect()
+    await bus.ensure_streams(DOMAIN_STREAMS)
+    relay = OutboxRelay(engine, bus)
+    ctx = Context(settings, engine, session_factory(engine), Outbox(spec.domain, notify=relay.wake), bus)
+    relay.start()
+
+    server = create_server(spec.domain, settings.internal_secret)
+    names = list(spec.wire(server, ctx))
+    health = add_health_and_reflection(server, names)
+    port = server.add_insecure_port(f"{host}:{getattr(settings, 'grpc_port')}")
+    consumers = ConsumerRunner(bus, ctx.sessions, ctx.outbox, spec.subscriptions(ctx))
+    await consumers.start()
+    await server.start()
+    await set_serving(health, names, True)
+    log.info("serving", extra={"grpc": f"{host}:{port}", "metrics_port": getattr(settings, "metrics_port")})
+
+    await stop.wait()
+    log.info("draining")
+    await set_serving(health, names, False)
+    await server.stop(grace=5)
+    for task in ctx.background:
+        task.cancel()
+    await asyncio.gather(*ctx.background, return_exceptions=True)
+    await consumers.stop()
+    await relay.stop()
+    await bus.close()
+    await engine.dispose()
+    log.info("stopped")
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
+    """Command line of every service: ``python -m crm_<domain> [serve|migrate]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args else "serve"
+    try:
+        settings = config_module.load(spec.settings_class)
+    except SettingsError as exc:
+        print(f"crm-{spec.domain}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(spec.domain, settings.log_level)
+    configure_tracing(spec.domain, settings.otlp_endpoint)
+
+    async def _migrate_only() -> None:
+        engine = await open_database(spec, settings)
+        await engine.dispose()
+
+    async def _serve() -> None:
+        stop = asyncio.Event()
+        _install_signal_handlers(stop)
+        await run_service(spec, settings, stop)
+
+    if command == "migrate":
+        asyncio.run(_migrate_only())
+    elif command == "serve":
+        asyncio.run(_serve())
+    else:
+        print(f"usage: python -m crm_{spec.domain} [serve|migrate]", file=sys.stderr)
+        return 2
+    return 0

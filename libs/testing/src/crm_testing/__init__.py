@@ -1,0 +1,1 @@
+"""Test fixtures that cross real boundaries: NATS servers, PostgreSQL databases, gRPC services, the stack."""

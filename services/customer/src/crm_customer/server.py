@@ -1,0 +1,30 @@
+"""Wiring of the customer service: settings → store → servicer → relay and consumers → serve."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from crm.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
+from crm_customer import events
+from crm_customer.config import Settings
+from crm_customer.servicer import CustomerServicer
+from crm_customer.store import CustomerStore
+from crm_platform.runtime import Context, ServiceSpec
+
+
+def wire(server: grpc.aio.Server, ctx: Context) -> Sequence[str]:
+    """Register the servicer; return the served service names."""
+    store = CustomerStore(ctx.sessions, ctx.outbox)
+    customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(CustomerServicer(store), server)
+    return [customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name]
+
+
+SPEC = ServiceSpec(
+    domain="customer",
+    package="crm_customer",
+    settings_class=Settings,
+    wire=wire,
+    subscriptions=lambda _ctx: events.subscriptions(),
+)

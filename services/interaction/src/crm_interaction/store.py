@@ -1,0 +1,92 @@
+"""Interaction tables and queries. Every query checks the customer against the caller's scope."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_interaction.domain import Channel, Interaction
+from crm_interaction.events import INTERACTION_LOGGED, interaction_logged
+from crm_platform.auth_context import Identity
+from crm_platform.directory import require_customer_in_scope
+from crm_platform.outbox import Outbox
+
+metadata = MetaData()
+
+interactions = Table(
+    "interactions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("customer_id", String(36), nullable=False),
+    Column("channel", String(20), nullable=False),
+    Column("summary", String(2000), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("logged_by", String(64), nullable=False),
+    Column("request_id", String(64), nullable=True, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+_COLUMNS = [c for c in interactions.c if c.name != "request_id"]
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _to_interaction(m: object) -> Interaction:
+    row = m._mapping  # type: ignore[attr-defined]
+    return Interaction(
+        row["id"], row["customer_id"], Channel(row["channel"]), row["summary"], _utc(row["occurred_at"]),
+        row["logged_by"], _utc(row["created_at"]),
+    )
+
+
+class InteractionStore:
+    """Reads and writes contact logs; writes put their events in the outbox in the same transaction."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox) -> None:
+        self._sessions = sessions
+        self._outbox = outbox
+
+    async def log(self, identity: Identity, interaction: Interaction, request_id: str) -> Interaction:
+        """Store a contact with a customer in scope (idempotent by ``request_id``)."""
+        async with self._sessions() as session, session.begin():
+            await require_customer_in_scope(session, identity, interaction.customer_id)
+            if request_id:
+                earlier = (
+                    await session.execute(select(*_COLUMNS).where(interactions.c.request_id == request_id))
+                ).first()
+                if earlier is not None:
+                    return _to_interaction(earlier)
+            await session.execute(
+                insert(interactions).values(
+                    id=interaction.id,
+                    customer_id=interaction.customer_id,
+                    channel=interaction.channel.value,
+                    summary=interaction.summary,
+                    occurred_at=interaction.occurred_at,
+                    logged_by=interaction.logged_by,
+                    request_id=request_id or None,
+                    created_at=interaction.created_at,
+                )
+            )
+            await self._outbox.add(
+                session, INTERACTION_LOGGED, interaction_logged(interaction),
+                subject_id=interaction.id, actor=identity.user_id,
+            )
+        return interaction
+
+    async def list_for_customer(
+        self, identity: Identity, customer_id: str, limit: int, after_id: str
+    ) -> tuple[list[Interaction], str]:
+        """A page of a customer's contacts, newest first; returns the items and the next page token."""
+        async with self._sessions() as session:
+            await require_customer_in_scope(session, identity, customer_id)
+            query = select(*_COLUMNS).where(interactions.c.customer_id == customer_id)
+            if after_id:
+                query = query.where(interactions.c.id < after_id)
+            rows = (await session.execute(query.order_by(interactions.c.id.desc()).limit(limit + 1))).all()
+        items = [_to_interaction(r) for r in rows[:limit]]
+        return items, (items[-1].id if len(rows) > limit else "")
