@@ -116,6 +116,8 @@ class ConsumerRunner:
         self._batch = batch
         self._ack_wait = ack_wait
         self._tasks: list[asyncio.Task[None]] = []
+        self._pull_subscriptions: list[Any] = []
+        self._idle: set[asyncio.Task[None]] = set()  # tasks waiting on the broker, safe to cancel at once
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -131,17 +133,26 @@ class ConsumerRunner:
                 filter_subject=sub.subject,
             )
             psub = await self._bus.js.pull_subscribe(sub.subject, durable=sub.durable, stream=sub.stream, config=config)
+            self._pull_subscriptions.append(psub)
             self._tasks.append(asyncio.create_task(self._fetch_loop(sub, psub), name=f"consumer-{sub.durable}"))
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop fetching; let the message in hand finish (its ack follows its commit)."""
         self._stopping.set()
+        for task in self._idle:
+            task.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         self._tasks.clear()
+        for psub in self._pull_subscriptions:
+            try:
+                await psub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may already be closing
+                pass
+        self._pull_subscriptions.clear()
 
     def backoff(self, delivery: int) -> float:
         """Delay before redelivery number ``delivery + 1``: base × 2^(delivery-1), capped."""
@@ -149,17 +160,24 @@ class ConsumerRunner:
 
     async def _fetch_loop(self, sub: Subscription, psub: Any) -> None:
         last_lag = 0.0
+        me = asyncio.current_task()
+        assert me is not None
         while not self._stopping.is_set():
+            self._idle.add(me)
             try:
                 msgs = await psub.fetch(self._batch, timeout=1.0)
             except TimeoutError:
                 msgs = []
+            except asyncio.CancelledError:
+                return
             except Exception as exc:  # noqa: BLE001 - broker hiccups are retried, never fatal
                 if self._stopping.is_set():
                     return
                 log.warning("fetch failed", extra={"consumer": sub.durable, "error": repr(exc)})
                 await asyncio.sleep(0.5)
                 continue
+            finally:
+                self._idle.discard(me)
             for msg in msgs:
                 await self.handle(sub, msg)
             now = asyncio.get_running_loop().time()

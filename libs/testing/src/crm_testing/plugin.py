@@ -142,3 +142,15 @@ async def nats_client(nats_url: str) -> AsyncIterator[object]:
     nc = await nats.connect(nats_url)
     yield nc
     await nc.close()
+
+
+@pytest.fixture
+async def outbox_env(db_url: str) -> AsyncIterator[object]:
+    """A fresh database with the platform tables (SQLite and PostgreSQL in turn) and a unique stream name."""
+    from crm_platform.bus import StreamSpec
+    from crm_testing.outbox_env import make_outbox_env
+
+    name, root = unique_streams()
+    env = await make_outbox_env(db_url, StreamSpec(name, (f"{root}.>",)), root)
+    yield env
+    await env.engine.dispose()

@@ -1,0 +1,58 @@
+"""``python -m crm_gateway [serve|migrate]``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import uvicorn
+
+from crm_gateway.config import Settings
+from crm_platform.config import SettingsError, load
+from crm_platform.logging import configure_logging
+from crm_platform.telemetry import configure_tracing
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the gateway with uvicorn, or run its migrations and exit."""
+    args = sys.argv[1:] if argv is None else argv
+    command = args[0] if args else "serve"
+    try:
+        settings = load(Settings)
+    except SettingsError as exc:
+        print(f"crm-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("gateway", settings.log_level)
+    configure_tracing("gateway", settings.otlp_endpoint)
+    if command == "migrate":
+        from crm_platform.db import create_engine, ensure_database, resolve_database_url
+        from crm_platform.migrations import migrate
+
+        async def _migrate() -> None:
+            url = resolve_database_url("gateway", settings.database_url, settings.postgres_url, settings.data_dir)
+            await ensure_database(url)
+            engine = create_engine(url)
+            await migrate(engine, "crm_gateway")
+            await engine.dispose()
+
+        asyncio.run(_migrate())
+        return 0
+    if command != "serve":
+        print("usage: python -m crm_gateway [serve|migrate]", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        "crm_gateway.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=8,
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The Litestar application: routes, the permission guard, problem details, lifespan of shared clients."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from crm_gateway.auth import Authenticator
+from crm_gateway.config import Settings
+from crm_gateway.errors import EXCEPTION_HANDLERS
+from crm_gateway.guards import permission_guard
+from crm_gateway.identity import IdentityStore
+from crm_gateway.middleware import observability_middleware
+from crm_gateway.policy import Policy, is_automatic_options
+from crm_gateway.routes import auth, customers, health
+from crm_gateway.seed import seed_demo
+from crm_platform.bus import DOMAIN_STREAMS, Bus
+from crm_platform.config import load
+from crm_platform.db import create_engine, ensure_database, resolve_database_url, session_factory
+from crm_platform.migrations import migrate
+from crm_platform.outbox import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+ROUTES = [
+    health.healthz,
+    health.readyz,
+    health.metrics_endpoint,
+    auth.login,
+    auth.refresh,
+    auth.logout,
+    auth.change_password,
+    auth.me,
+    customers.get_customer,
+    customers.create_customer,
+]
+
+OPENAPI_PATH = "/schema"
+
+
+def check_permissions_declared(app: Litestar, policy: Policy) -> None:
+    """Refuse to start when a route declares no permission, or one the policy does not know."""
+    known = policy.permissions | {"public", "authenticated"}
+    for route in app.routes:
+        if route.path.startswith(OPENAPI_PATH):
+            continue  # the framework's own OpenAPI documents are public by design
+        for handler in route.route_handlers:  # type: ignore[union-attr]
+            if is_automatic_options(handler):
+                continue
+            permission = handler.opt.get("permission")
+            if permission is None:
+                raise RuntimeError(f"route {route.path} ({handler.handler_name}) declares no permission")
+            if permission not in known:
+                raise RuntimeError(f"route {route.path} declares unknown permission {permission!r}")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the gateway application (uvicorn calls this factory)."""
+    settings = settings or load(Settings)
+    policy = Policy.load()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        from crm_gateway.clients import Services
+
+        url = resolve_database_url("gateway", settings.database_url, settings.postgres_url, settings.data_dir)
+        await ensure_database(url)
+        engine = create_engine(url)
+        await migrate(engine, "crm_gateway")
+        store = IdentityStore(session_factory(engine))
+        if settings.demo:
+            await seed_demo(store, settings.demo_password)
+        bus = Bus(settings.nats_url, name="crm-gateway")
+        await bus.connect()
+        await bus.ensure_streams(DOMAIN_STREAMS)
+        relay = OutboxRelay(engine, bus)
+        relay.start()
+        services = Services(settings.service_addresses(), settings.internal_secret, settings.call_timeout)
+        app.state.update(
+            settings=settings, engine=engine, store=store, bus=bus, services=services,
+            authenticator=Authenticator(
+                store, policy, settings.jwt_secret, settings.access_token_minutes, settings.refresh_token_hours
+            ),
+        )
+        try:
+            yield
+        finally:
+            await services.close()
+            await relay.stop()
+            await bus.close()
+            await engine.dispose()
+
+    cors = CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=False) if settings.cors_origins else None
+    app = Litestar(
+        route_handlers=ROUTES,
+        guards=[permission_guard],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[observability_middleware],
+        lifespan=[lifespan],
+        cors_config=cors,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Bank-branch CRM API",
+            version="1.0.0",
+            path=OPENAPI_PATH,
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+    )
+    check_permissions_declared(app, policy)
+    return app

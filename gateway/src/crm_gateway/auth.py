@@ -1,0 +1,200 @@
+"""Authentication: argon2id passwords with policy and lock-out, JWT access tokens, rotating refresh tokens.
+
+A valid access token is checked without touching the database (signature, expiry, and an in-memory set of
+sessions revoked by logout in this process), so the check costs microseconds per request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import string
+import time
+from dataclasses import dataclass
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from crm_gateway.identity import IdentityStore, User
+from crm_platform.auth_context import Identity
+from crm_platform.errors import FieldViolation, InvalidArgument, PermissionDenied, Unauthenticated
+from crm_platform.ids import new_id
+from crm_platform.outbox import utcnow
+
+from .policy import Policy
+
+MAX_FAILURES = 5
+FAILURE_WINDOW = dt.timedelta(minutes=15)
+LOCK_DURATION = dt.timedelta(minutes=15)
+_ALGORITHM = "HS256"
+_ISSUER = "crm-gateway"
+
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+# Verified against when the user does not exist, so both paths cost one argon2 verification.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of ``password``."""
+    return _hasher.hash(password)
+
+
+def check_password_policy(password: str, username: str) -> None:
+    """≥ 10 characters, three of upper/lower/digit/symbol, not the username; raise naming the field."""
+    problems = []
+    if len(password) < 10:
+        problems.append("must be at least 10 characters")
+    classes = sum(
+        [
+            any(c.isupper() for c in password),
+            any(c.islower() for c in password),
+            any(c.isdigit() for c in password),
+            any(c in string.punctuation or (not c.isalnum() and not c.isspace()) for c in password),
+        ]
+    )
+    if classes < 3:
+        problems.append("must mix three of upper case, lower case, digits and symbols")
+    if username and username.lower() in password.lower():
+        problems.append("must not contain the username")
+    if problems:
+        raise InvalidArgument([FieldViolation("new_password", p) for p in problems])
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """What a login or refresh returns."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+class Authenticator:
+    """Login, token issue and verification, refresh rotation and logout."""
+
+    def __init__(self, store: IdentityStore, policy: Policy, secret: str, access_minutes: int, refresh_hours: int):
+        self._store = store
+        self._policy = policy
+        self._secret = secret
+        self._access_ttl = access_minutes * 60
+        self._refresh_ttl = dt.timedelta(hours=refresh_hours)
+        self._revoked_sessions: dict[str, float] = {}
+
+    async def login(self, username: str, password: str) -> TokenPair:
+        """Check the password (same answer for unknown user and wrong password); lock after 5 failures."""
+        user = await self._store.user_by_username(username)
+        now = utcnow()
+        if user is None or user.status != "active":
+            _verify(_DUMMY_HASH, password)
+            raise Unauthenticated("invalid username or password")
+        if user.locked_until is not None and user.locked_until > now:
+            _verify(_DUMMY_HASH, password)
+            raise Unauthenticated("account locked after repeated failures; try again later", reason="ACCOUNT_LOCKED")
+        if not _verify(user.password_hash, password):
+            in_window = user.first_failed_at is not None and now - user.first_failed_at < FAILURE_WINDOW
+            failures = user.failed_logins + 1 if in_window else 1
+            first = user.first_failed_at if in_window and user.first_failed_at else now
+            locked = now + LOCK_DURATION if failures >= MAX_FAILURES else None
+            await self._store.record_failure(user.id, failures, first, locked)
+            raise Unauthenticated("invalid username or password")
+        await self._store.record_success(user.id)
+        return await self._issue(user, family_id=new_id())
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        """Rotate a refresh token; a reused one revokes its whole family (stolen-token detection)."""
+        outcome = await self._store.use_refresh_token(_digest(refresh_token))
+        if outcome is None:
+            raise Unauthenticated("invalid refresh token")
+        status, user_id, family_id = outcome
+        if status == "reused":
+            self._revoke(family_id)
+            raise Unauthenticated("refresh token reuse detected; the session is revoked", reason="TOKEN_REUSED")
+        if status == "expired":
+            raise Unauthenticated("refresh token expired")
+        user = await self._store.user_by_id(user_id)
+        if user is None or user.status != "active":
+            raise Unauthenticated("invalid refresh token")
+        return await self._issue(user, family_id)
+
+    async def logout(self, identity_session: str) -> None:
+        """Revoke the login session: its refresh tokens, and its access tokens in this process."""
+        await self._store.revoke_family(identity_session)
+        self._revoke(identity_session)
+
+    async def change_password(self, user_id: str, current: str, new: str) -> TokenPair:
+        """Change one's own password under the policy; clears the forced-change flag and issues fresh tokens."""
+        user = await self._store.user_by_id(user_id)
+        if user is None or not _verify(user.password_hash, current):
+            raise InvalidArgument([FieldViolation("current_password", "does not match")])
+        check_password_policy(new, user.username)
+        if _verify(user.password_hash, new):
+            raise InvalidArgument([FieldViolation("new_password", "must differ from the current password")])
+        await self._store.set_password(user.id, hash_password(new), must_change=False)
+        updated = await self._store.user_by_id(user.id)
+        assert updated is not None
+        return await self._issue(updated, family_id=new_id())
+
+    async def _issue(self, user: User, family_id: str) -> TokenPair:
+        now = int(time.time())
+        claims = {
+            "iss": _ISSUER,
+            "sub": user.id,
+            "usr": user.username,
+            "roles": list(user.roles),
+            "branch": user.branch_id,
+            "team": user.team_id,
+            "region": user.region,
+            "sid": family_id,
+            "pwd_change": user.must_change_password,
+            "iat": now,
+            "exp": now + self._access_ttl,
+        }
+        access = jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
+        refresh = secrets.token_urlsafe(32)
+        await self._store.add_refresh_token(_digest(refresh), user.id, family_id, utcnow() + self._refresh_ttl)
+        return TokenPair(access, refresh, self._access_ttl)
+
+    def verify(self, token: str, request_id: str) -> tuple[Identity, dict[str, object]]:
+        """Check an access token offline; return the caller's identity and the token's claims."""
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=[_ALGORITHM], issuer=_ISSUER,
+                options={"require": ["exp", "iat", "sub", "sid"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("access token expired", reason="TOKEN_EXPIRED") from None
+        except jwt.PyJWTError:
+            raise Unauthenticated("invalid access token") from None
+        if claims["sid"] in self._revoked_sessions:
+            raise Unauthenticated("session revoked", reason="SESSION_REVOKED")
+        identity = self._policy.identity(
+            claims["sub"], tuple(claims.get("roles", ())), claims.get("branch", ""), claims.get("team", ""),
+            claims.get("region", ""), request_id,
+        )
+        return identity, claims
+
+    def _revoke(self, family_id: str) -> None:
+        now = time.time()
+        # Entries outlive every access token of the session, then are dropped.
+        self._revoked_sessions = {k: v for k, v in self._revoked_sessions.items() if v > now}
+        self._revoked_sessions[family_id] = now + self._access_ttl
+
+
+def require_password_changed(claims: dict[str, object]) -> None:
+    """Users created or reset by an admin must change their password before anything else."""
+    if claims.get("pwd_change"):
+        raise PermissionDenied("password change required before any other call", reason="PASSWORD_CHANGE_REQUIRED")
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+

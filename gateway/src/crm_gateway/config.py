@@ -1,0 +1,54 @@
+"""Gateway settings, read once from the environment (see README for the table)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from crm_platform.config import CommonSettings, SettingsError, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings(CommonSettings):
+    """Gateway settings: the common ones plus HTTP, tokens, CORS and the service addresses."""
+
+    host: str = setting("CRM_GATEWAY_HOST", "127.0.0.1", "Address the HTTP server binds.")
+    port: int = setting("CRM_GATEWAY_PORT", 8000, "HTTP port.")
+    workers: int = setting("CRM_GATEWAY_WORKERS", 1, "HTTP worker processes.")
+    database_url: str = setting(
+        "GATEWAY_DATABASE_URL", "", "SQLAlchemy URL of the identity database (overrides the defaults).", secret=True
+    )
+    jwt_secret: str = setting(
+        "CRM_GATEWAY_JWT_SECRET", "dev-jwt-secret-change-me-0123456789", "HMAC key signing access tokens.", secret=True
+    )
+    access_token_minutes: int = setting("CRM_GATEWAY_ACCESS_TOKEN_MINUTES", 15, "Access token lifetime.")
+    refresh_token_hours: int = setting("CRM_GATEWAY_REFRESH_TOKEN_HOURS", 12, "Refresh token lifetime.")
+    cors_origins: tuple[str, ...] = setting("CRM_GATEWAY_CORS_ORIGINS", (), "Allowed CORS origins, comma separated.")
+    max_body_bytes: int = setting("CRM_GATEWAY_MAX_BODY_BYTES", 1_048_576, "Largest accepted request body.")
+    demo: bool = setting("CRM_DEMO", False, "Seed the demo branches and users at start when absent.")
+    demo_password: str = setting("CRM_DEMO_PASSWORD", "Demo-Passw0rd!", "Password of the demo users.", secret=True)
+    call_timeout: float = setting("CRM_GATEWAY_CALL_TIMEOUT", 5.0, "Deadline of each call to a service, seconds.")
+    customer_addr: str = setting("CRM_CUSTOMER_ADDR", "127.0.0.1:50051", "customer service host:port.")
+    interaction_addr: str = setting("CRM_INTERACTION_ADDR", "127.0.0.1:50052", "interaction service host:port.")
+    opportunity_addr: str = setting("CRM_OPPORTUNITY_ADDR", "127.0.0.1:50053", "opportunity service host:port.")
+    ticket_addr: str = setting("CRM_TICKET_ADDR", "127.0.0.1:50054", "service-ticket service host:port.")
+    notification_addr: str = setting("CRM_NOTIFICATION_ADDR", "127.0.0.1:50055", "notification service host:port.")
+    reporting_addr: str = setting("CRM_REPORTING_ADDR", "127.0.0.1:50056", "reporting service host:port.")
+
+    def validate(self) -> None:
+        """Common checks, plus: no development token key in production."""
+        super().validate()
+        if self.env == "prod" and self.jwt_secret.startswith("dev-"):
+            raise SettingsError("CRM_GATEWAY_JWT_SECRET must be set in prod")
+        if len(self.jwt_secret) < 32:
+            raise SettingsError("CRM_GATEWAY_JWT_SECRET is not valid: use at least 32 characters")
+
+    def service_addresses(self) -> dict[str, str]:
+        """Service name → address."""
+        return {
+            "customer": self.customer_addr,
+            "interaction": self.interaction_addr,
+            "opportunity": self.opportunity_addr,
+            "ticket": self.ticket_addr,
+            "notification": self.notification_addr,
+            "reporting": self.reporting_addr,
+        }

@@ -1,0 +1,37 @@
+"""The one guard: authenticate the bearer token, then require the route's declared permission."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from crm_gateway.auth import Authenticator, require_password_changed
+from crm_gateway.policy import AUTHENTICATED, PUBLIC, is_automatic_options
+from crm_platform.errors import PermissionDenied, Unauthenticated
+
+
+
+def permission_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Raise unless the caller holds the handler's ``opt["permission"]`` (``public`` needs no token)."""
+    if is_automatic_options(handler):
+        return
+    permission = handler.opt.get("permission")
+    if permission is None:  # unreachable once the start-up check passed; fail closed anyway
+        raise PermissionDenied("route declares no permission")
+    if permission == PUBLIC:
+        return
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("bearer token required")
+    authenticator: Authenticator = connection.app.state.authenticator
+    identity, claims = authenticator.verify(token.strip(), connection.scope.get("state", {}).get("request_id", ""))
+    connection.scope["state"]["identity"] = identity
+    connection.scope["state"]["claims"] = claims
+    if permission == AUTHENTICATED:
+        return
+    require_password_changed(claims)
+    if not identity.has(permission):
+        raise PermissionDenied(f"requires permission {permission}")

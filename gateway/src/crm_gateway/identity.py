@@ -1,0 +1,229 @@
+"""The identity store: branches, teams, users and refresh-token families (the gateway's own database)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_platform.outbox import utcnow
+
+metadata = MetaData()
+
+branches = Table(
+    "branches",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+teams = Table(
+    "teams",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("branch_id", String(32), ForeignKey("branches.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("display_name", String(100), nullable=False),
+    Column("branch_id", String(32), ForeignKey("branches.id")),
+    Column("team_id", String(32), ForeignKey("teams.id")),
+    Column("roles", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("password_hash", String(200), nullable=False),
+    Column("must_change_password", Boolean, nullable=False),
+    Column("failed_logins", Integer, nullable=False),
+    Column("first_failed_at", DateTime(timezone=True)),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id"), nullable=False),
+    Column("family_id", String(36), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite gives naive datetimes back; every stored time is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class User:
+    """A staff member as the gateway authenticates and authorises them."""
+
+    id: str
+    username: str
+    display_name: str
+    branch_id: str
+    team_id: str
+    region: str
+    roles: tuple[str, ...]
+    status: str
+    password_hash: str
+    must_change_password: bool
+    failed_logins: int
+    first_failed_at: dt.datetime | None
+    locked_until: dt.datetime | None
+
+
+class IdentityStore:
+    """Queries and updates of the identity tables."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def user_by_username(self, username: str) -> User | None:
+        """The user with this staff number, with their branch's region."""
+        return await self._user(users.c.username == username)
+
+    async def user_by_id(self, user_id: str) -> User | None:
+        """The user with this id."""
+        return await self._user(users.c.id == user_id)
+
+    async def _user(self, condition: object) -> User | None:
+        query = (
+            select(users, branches.c.region)
+            .select_from(users.outerjoin(branches, users.c.branch_id == branches.c.id))
+            .where(condition)  # type: ignore[arg-type]
+        )
+        async with self.sessions() as session:
+            row = (await session.execute(query)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return User(
+            id=m["id"],
+            username=m["username"],
+            display_name=m["display_name"],
+            branch_id=m["branch_id"] or "",
+            team_id=m["team_id"] or "",
+            region=m["region"] or "",
+            roles=tuple(r for r in m["roles"].split(",") if r),
+            status=m["status"],
+            password_hash=m["password_hash"],
+            must_change_password=m["must_change_password"],
+            failed_logins=m["failed_logins"],
+            first_failed_at=aware(m["first_failed_at"]),
+            locked_until=aware(m["locked_until"]),
+        )
+
+    async def record_failure(self, user_id: str, failed_logins: int, first_failed_at: dt.datetime,
+                             locked_until: dt.datetime | None) -> None:
+        """Store the failure count of the current window and a lock, if any."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(users).where(users.c.id == user_id).values(
+                    failed_logins=failed_logins, first_failed_at=first_failed_at, locked_until=locked_until,
+                    updated_at=utcnow(),
+                )
+            )
+
+    async def record_success(self, user_id: str) -> None:
+        """Clear the failure count after a good login."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(users).where(users.c.id == user_id).values(
+                    failed_logins=0, first_failed_at=None, locked_until=None
+                )
+            )
+
+    async def set_password(self, user_id: str, password_hash: str, must_change: bool) -> None:
+        """Replace a user's password hash."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(users).where(users.c.id == user_id).values(
+                    password_hash=password_hash, must_change_password=must_change, updated_at=utcnow()
+                )
+            )
+
+    async def count_users(self) -> int:
+        """How many users exist (the demo seed runs only on an empty store)."""
+        async with self.sessions() as session:
+            return int((await session.execute(select(func.count()).select_from(users))).scalar_one())
+
+    async def add_refresh_token(self, token_hash: str, user_id: str, family_id: str, expires_at: dt.datetime) -> None:
+        """Store a refresh token's hash in its family."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                insert(refresh_tokens).values(
+                    id=token_hash, user_id=user_id, family_id=family_id, expires_at=expires_at, created_at=utcnow()
+                )
+            )
+
+    async def use_refresh_token(self, token_hash: str) -> tuple[str, str, str] | None:
+        """Mark a refresh token used; return (status, user_id, family_id).
+
+        status is ``ok``, ``reused`` (already used or revoked: the family is then revoked), or ``expired``.
+        """
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            row = (await session.execute(select(refresh_tokens).where(refresh_tokens.c.id == token_hash))).first()
+            if row is None:
+                return None
+            m = row._mapping
+            if m["used_at"] is not None or m["revoked_at"] is not None:
+                await session.execute(
+                    update(refresh_tokens)
+                    .where(refresh_tokens.c.family_id == m["family_id"], refresh_tokens.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                )
+                return "reused", m["user_id"], m["family_id"]
+            if aware(m["expires_at"]) <= now:  # type: ignore[operator]
+                return "expired", m["user_id"], m["family_id"]
+            await session.execute(update(refresh_tokens).where(refresh_tokens.c.id == token_hash).values(used_at=now))
+            return "ok", m["user_id"], m["family_id"]
+
+    async def revoke_family(self, family_id: str) -> None:
+        """Revoke every token of a login session (logout)."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(refresh_tokens)
+                .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+
+    async def family_revoked(self, family_id: str) -> bool:
+        """Whether a login session was revoked (checked on logout and refresh, not per request)."""
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(func.count()).select_from(refresh_tokens).where(
+                        refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None)
+                    )
+                )
+            ).scalar_one()
+        return int(row) == 0

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource; every handler declares ``opt={"permission": ...}``."""

@@ -1,0 +1,62 @@
+"""``/api/v1/auth/*`` and ``/api/v1/me``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get, post
+
+from crm_gateway.auth import Authenticator, TokenPair
+from crm_gateway.policy import AUTHENTICATED, PUBLIC
+from crm_gateway.schemas.auth import LoginRequest, MeResponse, PasswordChangeRequest, RefreshRequest, TokenResponse
+
+
+def _tokens(pair: TokenPair) -> TokenResponse:
+    return TokenResponse(pair.access_token, pair.refresh_token, "Bearer", pair.expires_in)
+
+
+def _authenticator(request: Request[Any, Any, Any]) -> Authenticator:
+    return request.app.state.authenticator  # type: ignore[no-any-return]
+
+
+@post("/api/v1/auth/login", opt={"permission": PUBLIC}, status_code=200)
+async def login(request: Request[Any, Any, Any], data: LoginRequest) -> TokenResponse:
+    """Exchange staff number and password for an access and a refresh token."""
+    return _tokens(await _authenticator(request).login(data.username, data.password))
+
+
+@post("/api/v1/auth/refresh", opt={"permission": PUBLIC}, status_code=200)
+async def refresh(request: Request[Any, Any, Any], data: RefreshRequest) -> TokenResponse:
+    """Rotate a refresh token (a reused one revokes the whole session)."""
+    return _tokens(await _authenticator(request).refresh(data.refresh_token))
+
+
+@post("/api/v1/auth/logout", opt={"permission": AUTHENTICATED}, status_code=204)
+async def logout(request: Request[Any, Any, Any]) -> None:
+    """Revoke the caller's session (refresh tokens and, in this process, access tokens)."""
+    await _authenticator(request).logout(request.scope["state"]["claims"]["sid"])
+
+
+@post("/api/v1/auth/password", opt={"permission": AUTHENTICATED}, status_code=200)
+async def change_password(request: Request[Any, Any, Any], data: PasswordChangeRequest) -> TokenResponse:
+    """Change one's own password under the policy; answers fresh tokens."""
+    identity = request.scope["state"]["identity"]
+    return _tokens(await _authenticator(request).change_password(identity.user_id, data.current_password, data.new_password))
+
+
+@get("/api/v1/me", opt={"permission": AUTHENTICATED})
+async def me(request: Request[Any, Any, Any]) -> MeResponse:
+    """The caller's user, roles, permissions and data scope."""
+    identity = request.scope["state"]["identity"]
+    claims = request.scope["state"]["claims"]
+    return MeResponse(
+        id=identity.user_id,
+        username=str(claims.get("usr", "")),
+        roles=list(identity.roles),
+        permissions=sorted(identity.permissions),
+        scope=identity.scope.value,
+        branch_id=identity.branch_id,
+        team_id=identity.team_id,
+        region=identity.region,
+        must_change_password=bool(claims.get("pwd_change")),
+    )

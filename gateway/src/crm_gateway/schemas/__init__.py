@@ -1,0 +1,1 @@
+"""Request and response bodies (msgspec structs), validated at the edge before any service call."""
