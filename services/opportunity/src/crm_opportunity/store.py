@@ -1,0 +1,133 @@
+"""Opportunity tables and queries. Every query applies the caller's scope through the customer directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, UniqueConstraint, insert, select
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_opportunity.domain import CENT, Opportunity, Stage
+from crm_opportunity.events import OPPORTUNITY_CREATED, opportunity_created
+from crm_platform.auth_context import Identity
+from crm_platform.directory import customer_directory, require_customer_in_scope
+from crm_platform.errors import AlreadyExists, NotFound
+from crm_platform.outbox import Outbox
+from crm_platform.scope import scope_condition
+
+metadata = MetaData()
+
+opportunities = Table(
+    "opportunities",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("customer_id", String(36), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("stage", String(20), nullable=False),
+    # Hundredths of the currency unit: exact on SQLite and PostgreSQL alike, and summable for funnel reports.
+    Column("expected_amount_hundredths", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("owner_id", String(64), nullable=False),
+    Column("request_id", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("owner_id", "request_id", name="uq_opportunities_owner_request"),
+)
+
+_COLUMNS = [c for c in opportunities.c if c.name != "request_id"]
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _to_opportunity(row: Row[tuple[object, ...]]) -> Opportunity:
+    m = row._mapping
+    return Opportunity(
+        id=m["id"],
+        customer_id=m["customer_id"],
+        name=m["name"],
+        stage=Stage(m["stage"]),
+        expected_amount=(Decimal(m["expected_amount_hundredths"]) * CENT).quantize(CENT),
+        currency=m["currency"],
+        owner_id=m["owner_id"],
+        created_at=_utc(m["created_at"]),
+        updated_at=_utc(m["updated_at"]),
+    )
+
+
+class OpportunityStore:
+    """Reads and writes opportunities; writes put their events in the outbox in the same transaction."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox) -> None:
+        self._sessions = sessions
+        self._outbox = outbox
+
+    async def create(self, identity: Identity, opportunity: Opportunity, request_id: str) -> Opportunity:
+        """Store an opportunity with a customer in scope (idempotent by the caller's ``request_id``)."""
+        try:
+            async with self._sessions() as session, session.begin():
+                await require_customer_in_scope(session, identity, opportunity.customer_id)
+                if request_id:
+                    earlier = await self._by_request(session, identity, request_id)
+                    if earlier is not None:
+                        return earlier
+                await session.execute(
+                    insert(opportunities).values(
+                        id=opportunity.id,
+                        customer_id=opportunity.customer_id,
+                        name=opportunity.name,
+                        stage=opportunity.stage.value,
+                        expected_amount_hundredths=int(opportunity.expected_amount / CENT),
+                        currency=opportunity.currency,
+                        owner_id=opportunity.owner_id,
+                        request_id=request_id or None,
+                        created_at=opportunity.created_at,
+                        updated_at=opportunity.updated_at,
+                    )
+                )
+                await self._outbox.add(
+                    session,
+                    OPPORTUNITY_CREATED,
+                    opportunity_created(opportunity),
+                    subject_id=opportunity.id,
+                    actor=identity.user_id,
+                )
+        except IntegrityError:
+            if not request_id:
+                raise
+            # A concurrent call with the same request id inserted first: answer with what it stored.
+            async with self._sessions() as session:
+                earlier = await self._by_request(session, identity, request_id)
+            if earlier is None:
+                # The earlier call's customer has left the caller's scope since: the key is spent, not reusable.
+                raise AlreadyExists(f"request {request_id} was already used", reason="REQUEST_ID_REUSED") from None
+            return earlier
+        return opportunity
+
+    async def get(self, identity: Identity, opportunity_id: str) -> Opportunity:
+        """One opportunity whose customer is inside the caller's scope; :class:`NotFound` otherwise."""
+        async with self._sessions() as session:
+            row = (await session.execute(self._scoped(identity).where(opportunities.c.id == opportunity_id))).first()
+        if row is None:
+            raise NotFound(f"opportunity {opportunity_id} not found")
+        return _to_opportunity(row)
+
+    @staticmethod
+    def _scoped(identity: Identity):  # type: ignore[no-untyped-def]
+        # Scope follows the customer's ownership (from the directory), not the opportunity's owner: a branch
+        # head sees the pipeline of the branch's customers, and reassigning a customer moves its pipeline too.
+        d = customer_directory.c
+        joined = opportunities.join(customer_directory, d.customer_id == opportunities.c.customer_id)
+        condition = scope_condition(identity, owner=d.owner_id, team=d.team_id, branch=d.branch_id, region=d.region)
+        return select(*_COLUMNS).select_from(joined).where(condition)
+
+    async def _by_request(self, session: AsyncSession, identity: Identity, request_id: str) -> Opportunity | None:
+        query = self._scoped(identity).where(
+            opportunities.c.owner_id == identity.user_id, opportunities.c.request_id == request_id
+        )
+        row = (await session.execute(query)).first()
+        return _to_opportunity(row) if row is not None else None

@@ -1,0 +1,63 @@
+"""The opportunity store on SQLite and PostgreSQL: scope through the directory, idempotency, exact money, outbox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from crm_opportunity.domain import open_opportunity
+from crm_opportunity.store import OpportunityStore
+from crm_platform.auth_context import Scope
+from crm_platform.db import create_engine, normalise_url, session_factory
+from crm_platform.directory import upsert
+from crm_platform.errors import NotFound
+from crm_platform.migrations import migrate
+from crm_platform.outbox import Outbox, utcnow
+from crm_platform.schema import outbox
+from crm_testing.services import identity
+
+RM1 = identity("rm1")
+RM2 = identity("rm2")
+HEAD = identity("head", roles=("branch_head",), scope=Scope.BRANCH, team_id="")
+OTHER_HEAD = identity(
+    "head2", roles=("branch_head",), scope=Scope.BRANCH, branch_id="SH001", team_id="T3", region="east"
+)
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[OpportunityStore]:
+    engine = create_engine(normalise_url(db_url))
+    await migrate(engine, "crm_opportunity")
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        await upsert(session, customer_id="c1", owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+        await upsert(session, customer_id="c2", owner_id="rm2", team_id="T1", branch_id="BJ001", region="north")
+    yield OpportunityStore(sessions, Outbox("opportunity"))
+    await engine.dispose()
+
+
+async def test_create_get_scope_idempotency_and_outbox(store: OpportunityStore) -> None:
+    now = utcnow()
+    stored = await store.create(RM1, open_opportunity(RM1, "c1", "CD", "999999999999999.99", "CNY", now), "req-1")
+    again = await store.create(RM1, open_opportunity(RM1, "c1", "CD", "1", "CNY", now), "req-1")
+    assert again == stored
+    # A request id is the caller's own key: another RM may use the same one.
+    theirs = await store.create(RM2, open_opportunity(RM2, "c2", "Fund", "10.5", "USD", now), "req-1")
+    assert theirs.id != stored.id
+
+    got = await store.get(HEAD, stored.id)
+    assert got == stored
+    assert got.expected_amount == Decimal("999999999999999.99") and got.created_at.tzinfo is not None
+    assert (await store.get(RM2, theirs.id)).expected_amount == Decimal("10.50")
+    for outsider in (RM2, OTHER_HEAD):
+        with pytest.raises(NotFound):
+            await store.get(outsider, stored.id)
+    with pytest.raises(NotFound):
+        await store.create(RM2, open_opportunity(RM2, "c1", "CD", "1", "CNY", now), "")
+
+    async with store._sessions() as session:
+        rows = (await session.execute(select(outbox.c.subject))).scalars().all()
+    assert rows == ["crm.opportunity.opportunity.created"] * 2
