@@ -1,0 +1,127 @@
+"""Ticket tables and queries. Every query applies the caller's scope through the customer directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table, UniqueConstraint, insert, select
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_platform.auth_context import Identity
+from crm_platform.directory import customer_directory, require_customer_in_scope
+from crm_platform.errors import AlreadyExists, NotFound
+from crm_platform.outbox import Outbox
+from crm_platform.scope import scope_condition
+from crm_ticket.domain import Ticket, TicketKind, TicketStatus, Urgency
+from crm_ticket.events import TICKET_OPENED, ticket_opened
+
+metadata = MetaData()
+
+tickets = Table(
+    "tickets",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("customer_id", String(36), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("urgency", String(10), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("description", String(4000), nullable=False),
+    Column("sla_deadline", DateTime(timezone=True), nullable=False),
+    Column("opened_by", String(64), nullable=False),
+    Column("request_id", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("opened_by", "request_id", name="uq_tickets_opener_request"),
+)
+
+_COLUMNS = [c for c in tickets.c if c.name != "request_id"]
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _to_ticket(row: Row[tuple[object, ...]]) -> Ticket:
+    m = row._mapping
+    return Ticket(
+        id=m["id"],
+        customer_id=m["customer_id"],
+        kind=TicketKind(m["kind"]),
+        urgency=Urgency(m["urgency"]),
+        status=TicketStatus(m["status"]),
+        description=m["description"],
+        sla_deadline=_utc(m["sla_deadline"]),
+        opened_by=m["opened_by"],
+        created_at=_utc(m["created_at"]),
+    )
+
+
+class TicketStore:
+    """Reads and writes tickets; writes put their events in the outbox in the same transaction."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox) -> None:
+        self._sessions = sessions
+        self._outbox = outbox
+
+    async def open(self, identity: Identity, ticket: Ticket, request_id: str) -> Ticket:
+        """Store a ticket for a customer in scope (idempotent by the caller's ``request_id``)."""
+        try:
+            async with self._sessions() as session, session.begin():
+                await require_customer_in_scope(session, identity, ticket.customer_id)
+                if request_id:
+                    earlier = await self._by_request(session, identity, request_id)
+                    if earlier is not None:
+                        return earlier
+                await session.execute(
+                    insert(tickets).values(
+                        id=ticket.id,
+                        customer_id=ticket.customer_id,
+                        kind=ticket.kind.value,
+                        urgency=ticket.urgency.value,
+                        status=ticket.status.value,
+                        description=ticket.description,
+                        sla_deadline=ticket.sla_deadline,
+                        opened_by=ticket.opened_by,
+                        request_id=request_id or None,
+                        created_at=ticket.created_at,
+                    )
+                )
+                await self._outbox.add(
+                    session, TICKET_OPENED, ticket_opened(ticket), subject_id=ticket.id, actor=identity.user_id
+                )
+        except IntegrityError:
+            if not request_id:
+                raise
+            # A concurrent call with the same request id inserted first: answer with what it stored.
+            async with self._sessions() as session:
+                earlier = await self._by_request(session, identity, request_id)
+            if earlier is None:
+                # The earlier call's customer has left the caller's scope since: the key is spent, not reusable.
+                raise AlreadyExists(f"request {request_id} was already used", reason="REQUEST_ID_REUSED") from None
+            return earlier
+        return ticket
+
+    async def get(self, identity: Identity, ticket_id: str) -> Ticket:
+        """One ticket whose customer is inside the caller's scope; :class:`NotFound` otherwise."""
+        async with self._sessions() as session:
+            row = (await session.execute(self._scoped(identity).where(tickets.c.id == ticket_id))).first()
+        if row is None:
+            raise NotFound(f"ticket {ticket_id} not found")
+        return _to_ticket(row)
+
+    @staticmethod
+    def _scoped(identity: Identity):  # type: ignore[no-untyped-def]
+        # Scope follows the customer's ownership (from the directory), not who opened the ticket: a teller may
+        # open it at the counter, and the customer's RM and branch head must see it.
+        d = customer_directory.c
+        joined = tickets.join(customer_directory, d.customer_id == tickets.c.customer_id)
+        condition = scope_condition(identity, owner=d.owner_id, team=d.team_id, branch=d.branch_id, region=d.region)
+        return select(*_COLUMNS).select_from(joined).where(condition)
+
+    async def _by_request(self, session: AsyncSession, identity: Identity, request_id: str) -> Ticket | None:
+        query = self._scoped(identity).where(
+            tickets.c.opened_by == identity.user_id, tickets.c.request_id == request_id
+        )
+        row = (await session.execute(query)).first()
+        return _to_ticket(row) if row is not None else None

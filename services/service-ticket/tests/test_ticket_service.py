@@ -1,0 +1,229 @@
+"""The ticket service over real gRPC on loopback, with a real SQLite database and a real NATS.
+
+One service runs for the whole module: stopping a service with durable consumers takes a while (it drains its
+NATS connection), and the tests share nothing but the service, each using its own customers. The customer
+directory is fed by the real customer service (its ``customer.created`` event crossing JetStream) or, where a
+test needs customers in many places, by the directory's upsert on the service's database. The same queries run
+on PostgreSQL in ``test_ticket_store.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import nats
+import pytest
+import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm.common.v1 import envelope_pb2
+from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
+from crm.ticket.v1 import events_pb2, ticket_pb2, ticket_service_pb2, ticket_service_pb2_grpc
+from crm_customer.server import SPEC as CUSTOMER_SPEC
+from crm_platform.auth_context import Scope
+from crm_platform.db import create_engine, normalise_url, session_factory
+from crm_platform.directory import upsert
+from crm_platform.grpc_client import parse_failure
+from crm_testing.nats_server import NatsServer
+from crm_testing.services import RunningService, identity, running_service
+from crm_ticket.server import SPEC
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+T = TypeVar("T")
+
+RM1 = identity("rm1")
+RM2 = identity("rm2")
+HEAD = identity("head", roles=("branch_head",), scope=Scope.BRANCH, team_id="")
+OTHER_HEAD = identity(
+    "head2", roles=("branch_head",), scope=Scope.BRANCH, branch_id="SH001", team_id="T3", region="east"
+)
+LEAD_T1 = identity("lead1", roles=("team_lead",), scope=Scope.TEAM)
+LEAD_T2 = identity("lead2", roles=("team_lead",), scope=Scope.TEAM, team_id="T2")
+EXEC_NORTH = identity("exec1", roles=("executive",), scope=Scope.REGION)
+EXEC_EAST = identity("exec2", roles=("executive",), scope=Scope.REGION, branch_id="SH001", region="east")
+ADMIN = identity("ops", roles=("admin",), scope=Scope.ALL)
+
+
+@dataclass
+class Tickets:
+    """The module's running service, and its database for seeding the customer directory."""
+
+    svc: RunningService
+    sessions: async_sessionmaker[AsyncSession]
+    stub: ticket_service_pb2_grpc.TicketServiceStub
+
+    async def seed_customer(self, *, owner_id: str, team_id: str, branch_id: str, region: str) -> str:
+        """Put a customer straight into the directory; return its id."""
+        customer_id = f"c-{uuid.uuid4().hex[:12]}"
+        async with self.sessions() as session, session.begin():
+            await upsert(
+                session, customer_id=customer_id, owner_id=owner_id, team_id=team_id, branch_id=branch_id, region=region
+            )
+        return customer_id
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def tickets(private_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tickets]:
+    data_dir = tmp_path_factory.mktemp("ticket")
+    url = f"sqlite+aiosqlite:///{data_dir / 'ticket.db'}"
+    async with running_service(SPEC, database_url=url, nats_url=private_nats.url, data_dir=data_dir) as svc:
+        engine = create_engine(normalise_url(url))
+        try:
+            yield Tickets(svc, session_factory(engine), ticket_service_pb2_grpc.TicketServiceStub(svc.channel))
+        finally:
+            await engine.dispose()
+
+
+async def eventually_found(call: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
+    """Retry ``call`` while it answers NOT_FOUND (the directory has not heard of the customer yet)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.05)
+
+
+async def published(nats_url: str, stream: str, subject: str, subject_id: str, timeout: float = 10.0) -> list[object]:
+    """Every message on ``subject`` about ``subject_id``, waiting (bounded) until at least one has arrived."""
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.jetstream().pull_subscribe(subject, durable=None, stream=stream)
+        found: list[object] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not found and asyncio.get_running_loop().time() < deadline:
+            try:
+                msgs = await sub.fetch(100, timeout=1)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                envelope = envelope_pb2.EventEnvelope.FromString(msg.data)
+                if envelope.subject_id == subject_id:
+                    found.append((msg, envelope))
+        return found
+    finally:
+        await nc.close()
+
+
+def open_request(customer_id: str, **overrides: object) -> ticket_service_pb2.OpenTicketRequest:
+    fields: dict[str, object] = {
+        "customer_id": customer_id,
+        "kind": ticket_pb2.TICKET_KIND_COMPLAINT,
+        "urgency": ticket_pb2.URGENCY_HIGH,
+        "description": "理财产品到期未收到款项",
+    }
+    fields.update(overrides)
+    return ticket_service_pb2.OpenTicketRequest(**fields)  # type: ignore[arg-type]
+
+
+async def test_open_get_scope_and_event(tickets: Tickets, private_nats: NatsServer, tmp_path: Path) -> None:
+    svc, stub = tickets.svc, tickets.stub
+    customer_db = f"sqlite+aiosqlite:///{tmp_path / 'customer.db'}"
+    async with running_service(
+        CUSTOMER_SPEC, database_url=customer_db, nats_url=private_nats.url, data_dir=tmp_path
+    ) as crm:
+        created = await customer_service_pb2_grpc.CustomerServiceStub(crm.channel).CreateCustomer(
+            customer_service_pb2.CreateCustomerRequest(kind=customer_pb2.CUSTOMER_KIND_INDIVIDUAL, name="李明"),
+            metadata=crm.md(RM1),
+            timeout=5,
+        )
+    customer_id = created.customer.id
+    request = open_request(customer_id, request_id=f"r-{tmp_path.name}")
+
+    # The customer reaches this service's directory only through the customer.created event.
+    reply = await eventually_found(lambda: stub.OpenTicket(request, metadata=svc.md(RM1), timeout=5))
+    ticket = reply.ticket
+    assert ticket.customer_id == customer_id and ticket.status == ticket_pb2.TICKET_STATUS_OPEN
+    assert ticket.kind == ticket_pb2.TICKET_KIND_COMPLAINT and ticket.urgency == ticket_pb2.URGENCY_HIGH
+    assert ticket.description == "理财产品到期未收到款项"
+    opened = ticket.created_at.ToDatetime(tzinfo=dt.UTC)
+    assert ticket.sla_deadline.ToDatetime(tzinfo=dt.UTC) == opened + dt.timedelta(hours=4)
+
+    again = await stub.OpenTicket(request, metadata=svc.md(RM1), timeout=5)
+    assert again.ticket.id == ticket.id
+
+    get = ticket_service_pb2.GetTicketRequest(ticket_id=ticket.id)
+    for insider in (RM1, HEAD):
+        got = await stub.GetTicket(get, metadata=svc.md(insider), timeout=5)
+        assert got.ticket == ticket
+    for outsider in (RM2, OTHER_HEAD):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetTicket(get, metadata=svc.md(outsider), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.OpenTicket(open_request(customer_id), metadata=svc.md(RM2), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    events = await published(private_nats.url, "CRM_TICKET", "crm.ticket.ticket.opened", ticket.id)
+    assert len(events) == 1
+    msg, envelope = events[0]  # type: ignore[misc]
+    assert msg.headers["Nats-Msg-Id"] == envelope.id and envelope.actor == "rm1"
+    payload = events_pb2.TicketOpened()
+    envelope.payload.Unpack(payload)
+    assert payload == events_pb2.TicketOpened(
+        ticket_id=ticket.id,
+        customer_id=customer_id,
+        kind=ticket_pb2.TICKET_KIND_COMPLAINT,
+        urgency=ticket_pb2.URGENCY_HIGH,
+    )
+
+
+async def test_scope_follows_the_customer_directory(tickets: Tickets) -> None:
+    svc, stub = tickets.svc, tickets.stub
+    customer_id = await tickets.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    opened = await stub.OpenTicket(open_request(customer_id), metadata=svc.md(RM1), timeout=5)
+    get = ticket_service_pb2.GetTicketRequest(ticket_id=opened.ticket.id)
+
+    for insider in (LEAD_T1, HEAD, EXEC_NORTH, ADMIN):
+        got = await stub.GetTicket(get, metadata=svc.md(insider), timeout=5)
+        assert got.ticket.id == opened.ticket.id
+    for outsider in (RM2, LEAD_T2, OTHER_HEAD, EXEC_EAST):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetTicket(get, metadata=svc.md(outsider), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.OpenTicket(open_request("c-unknown"), metadata=svc.md(ADMIN), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_permissions_are_checked(tickets: Tickets) -> None:
+    svc, stub = tickets.svc, tickets.stub
+    customer_id = await tickets.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    opened = await stub.OpenTicket(open_request(customer_id), metadata=svc.md(RM1), timeout=5)
+    get = ticket_service_pb2.GetTicketRequest(ticket_id=opened.ticket.id)
+
+    no_read = identity("rm1", permissions=("ticket:write",))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetTicket(get, metadata=svc.md(no_read), timeout=5)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    no_write = identity("rm1", permissions=("ticket:read",))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.OpenTicket(open_request(customer_id), metadata=svc.md(no_write), timeout=5)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_invalid_input_names_each_field(tickets: Tickets) -> None:
+    svc, stub = tickets.svc, tickets.stub
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.OpenTicket(ticket_service_pb2.OpenTicketRequest(description=" "), metadata=svc.md(RM1), timeout=5)
+    failure = parse_failure(err.value)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in failure.violations} == {"customer_id", "kind", "urgency", "description"}
+
+    too_long = open_request("c1", urgency=ticket_pb2.URGENCY_UNSPECIFIED, description="x" * 4001)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.OpenTicket(too_long, metadata=svc.md(RM1), timeout=5)
+    failure = parse_failure(err.value)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in failure.violations} == {"urgency", "description"}

@@ -1,0 +1,58 @@
+"""The ticket store on SQLite and PostgreSQL: scope through the directory, idempotency, deadlines, outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select
+
+from crm_platform.auth_context import Scope
+from crm_platform.db import create_engine, normalise_url, session_factory
+from crm_platform.directory import upsert
+from crm_platform.errors import NotFound
+from crm_platform.migrations import migrate
+from crm_platform.outbox import Outbox, utcnow
+from crm_platform.schema import outbox
+from crm_testing.services import identity
+from crm_ticket.domain import open_ticket
+from crm_ticket.store import TicketStore
+
+RM1 = identity("rm1")
+RM2 = identity("rm2")
+HEAD = identity("head", roles=("branch_head",), scope=Scope.BRANCH, team_id="")
+OTHER_HEAD = identity(
+    "head2", roles=("branch_head",), scope=Scope.BRANCH, branch_id="SH001", team_id="T3", region="east"
+)
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[TicketStore]:
+    engine = create_engine(normalise_url(db_url))
+    await migrate(engine, "crm_ticket")
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        await upsert(session, customer_id="c1", owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    yield TicketStore(sessions, Outbox("ticket"))
+    await engine.dispose()
+
+
+async def test_open_get_scope_idempotency_and_outbox(store: TicketStore) -> None:
+    now = utcnow()
+    stored = await store.open(RM1, open_ticket(RM1, "c1", "complaint", "high", "卡被吞了", now), "req-1")
+    again = await store.open(RM1, open_ticket(RM1, "c1", "enquiry", "low", "other", now), "req-1")
+    assert again == stored
+
+    got = await store.get(HEAD, stored.id)
+    assert got == stored
+    assert got.sla_deadline == now + dt.timedelta(hours=4) and got.sla_deadline.tzinfo is not None
+    for outsider in (RM2, OTHER_HEAD):
+        with pytest.raises(NotFound):
+            await store.get(outsider, stored.id)
+    with pytest.raises(NotFound):
+        await store.open(RM2, open_ticket(RM2, "c1", "complaint", "high", "d", now), "")
+
+    async with store._sessions() as session:
+        rows = (await session.execute(select(outbox.c.subject, outbox.c.id))).all()
+    assert [r.subject for r in rows] == ["crm.ticket.ticket.opened"]
