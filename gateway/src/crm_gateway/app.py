@@ -16,7 +16,7 @@ from crm_gateway.errors import EXCEPTION_HANDLERS
 from crm_gateway.guards import permission_guard
 from crm_gateway.identity import IdentityStore
 from crm_gateway.middleware import observability_middleware
-from crm_gateway.policy import Policy, is_automatic_options
+from crm_gateway.policy import OPENAPI_PATH, Policy, is_automatic_options
 from crm_gateway.routes import auth, customers, health
 from crm_gateway.seed import seed_demo
 from crm_platform.bus import DOMAIN_STREAMS, Bus
@@ -39,9 +39,6 @@ ROUTES = [
     customers.get_customer,
     customers.create_customer,
 ]
-
-OPENAPI_PATH = "/schema"
-
 
 def check_permissions_declared(app: Litestar, policy: Policy) -> None:
     """Refuse to start when a route declares no permission, or one the policy does not know."""

@@ -8,14 +8,14 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from crm_gateway.auth import Authenticator, require_password_changed
-from crm_gateway.policy import AUTHENTICATED, PUBLIC, is_automatic_options
+from crm_gateway.policy import AUTHENTICATED, OPENAPI_PATH, PUBLIC, is_automatic_options
 from crm_platform.errors import PermissionDenied, Unauthenticated
 
 
 
 def permission_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Raise unless the caller holds the handler's ``opt["permission"]`` (``public`` needs no token)."""
-    if is_automatic_options(handler):
+    if is_automatic_options(handler) or connection.scope["path"].startswith(OPENAPI_PATH):
         return
     permission = handler.opt.get("permission")
     if permission is None:  # unreachable once the start-up check passed; fail closed anyway

@@ -20,6 +20,10 @@ PUBLIC = "public"
 AUTHENTICATED = "authenticated"
 
 
+# The framework serves the OpenAPI documents here; they are public documentation, not data.
+OPENAPI_PATH = "/schema"
+
+
 def is_automatic_options(handler: Any) -> bool:
     """Litestar adds an OPTIONS handler to every path (it answers ``Allow`` only, no data): public by design."""
     return getattr(handler, "http_methods", None) == {"OPTIONS"} and handler.handler_name == "options_handler"
