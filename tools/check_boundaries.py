@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICE_PACKAGES = {"crm_customer", "crm_interaction", "crm_opportunity", "crm_ticket", "crm_notification", "crm_reporting"}
+SERVICE_PACKAGES = {
+    "crm_customer",
+    "crm_interaction",
+    "crm_opportunity",
+    "crm_ticket",
+    "crm_notification",
+    "crm_reporting",
+}
 FORBIDDEN_EVERYWHERE = SERVICE_PACKAGES | {"crm_gateway"}
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import asyncio
 
 import httpx
 import jwt
@@ -54,7 +53,10 @@ async def gateway(sqlite_url: str, private_nats: NatsServer, tmp_path: Path) -> 
                 "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
                 "CRM_DEMO": "1",
                 "CRM_CUSTOMER_ADDR": f"127.0.0.1:{svc.grpc_port}",
-                **{f"CRM_{s}_ADDR": unused for s in ("INTERACTION", "OPPORTUNITY", "TICKET", "NOTIFICATION", "REPORTING")},
+                **{
+                    f"CRM_{s}_ADDR": unused
+                    for s in ("INTERACTION", "OPPORTUNITY", "TICKET", "NOTIFICATION", "REPORTING")
+                },
             },
         )
         app = create_app(settings)
@@ -75,14 +77,18 @@ async def gateway(sqlite_url: str, private_nats: NatsServer, tmp_path: Path) -> 
 async def test_customer_round_trip_through_the_gateway(gateway: Gateway) -> None:
     rm1 = await gateway.bearer("rm1")
     created = await gateway.client.post(
-        "/api/v1/customers", json={"kind": "individual", "name": "李明"}, headers={**rm1, "Idempotency-Key": "k-12345678"}
+        "/api/v1/customers",
+        json={"kind": "individual", "name": "李明"},
+        headers={**rm1, "Idempotency-Key": "k-12345678"},
     )
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["owner_id"] == "u-rm1" and body["branch_id"] == "BJ001" and body["created_at"].endswith("Z")
     assert created.headers["etag"] == '"1"'
     again = await gateway.client.post(
-        "/api/v1/customers", json={"kind": "individual", "name": "李明"}, headers={**rm1, "Idempotency-Key": "k-12345678"}
+        "/api/v1/customers",
+        json={"kind": "individual", "name": "李明"},
+        headers={**rm1, "Idempotency-Key": "k-12345678"},
     )
     assert again.json()["id"] == body["id"]
 

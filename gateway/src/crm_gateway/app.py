@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
@@ -17,7 +18,7 @@ from crm_gateway.guards import permission_guard
 from crm_gateway.identity import IdentityStore
 from crm_gateway.middleware import observability_middleware
 from crm_gateway.policy import OPENAPI_PATH, Policy, is_automatic_options
-from crm_gateway.routes import auth, customers, health
+from crm_gateway.routes import auth, customers, health, notifications
 from crm_gateway.seed import seed_demo
 from crm_platform.bus import DOMAIN_STREAMS, Bus
 from crm_platform.config import load
@@ -38,7 +39,9 @@ ROUTES = [
     auth.me,
     customers.get_customer,
     customers.create_customer,
+    notifications.list_inbox,
 ]
+
 
 def check_permissions_declared(app: Litestar, policy: Policy) -> None:
     """Refuse to start when a route declares no permission, or one the policy does not know."""
@@ -79,7 +82,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         relay.start()
         services = Services(settings.service_addresses(), settings.internal_secret, settings.call_timeout)
         app.state.update(
-            settings=settings, engine=engine, store=store, bus=bus, services=services,
+            settings=settings,
+            engine=engine,
+            store=store,
+            bus=bus,
+            services=services,
             authenticator=Authenticator(
                 store, policy, settings.jwt_secret, settings.access_token_minutes, settings.refresh_token_hours
             ),
@@ -92,7 +99,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await bus.close()
             await engine.dispose()
 
-    cors = CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=False) if settings.cors_origins else None
+    cors = (
+        CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=False)
+        if settings.cors_origins
+        else None
+    )
     app = Litestar(
         route_handlers=ROUTES,
         guards=[permission_guard],

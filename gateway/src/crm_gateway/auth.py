@@ -160,7 +160,10 @@ class Authenticator:
         """Check an access token offline; return the caller's identity and the token's claims."""
         try:
             claims = jwt.decode(
-                token, self._secret, algorithms=[_ALGORITHM], issuer=_ISSUER,
+                token,
+                self._secret,
+                algorithms=[_ALGORITHM],
+                issuer=_ISSUER,
                 options={"require": ["exp", "iat", "sub", "sid"]},
             )
         except jwt.ExpiredSignatureError:
@@ -170,8 +173,12 @@ class Authenticator:
         if claims["sid"] in self._revoked_sessions:
             raise Unauthenticated("session revoked", reason="SESSION_REVOKED")
         identity = self._policy.identity(
-            claims["sub"], tuple(claims.get("roles", ())), claims.get("branch", ""), claims.get("team", ""),
-            claims.get("region", ""), request_id,
+            claims["sub"],
+            tuple(claims.get("roles", ())),
+            claims.get("branch", ""),
+            claims.get("team", ""),
+            claims.get("region", ""),
+            request_id,
         )
         return identity, claims
 
@@ -197,4 +204,3 @@ def _verify(password_hash: str, password: str) -> bool:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-

@@ -53,7 +53,9 @@ class Services:
 
         async def check(name: str, channel: grpc.aio.Channel) -> bool:
             try:
-                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout
+                )
             except grpc.aio.AioRpcError:
                 return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

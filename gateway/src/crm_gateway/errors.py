@@ -39,10 +39,22 @@ _DOMAIN_TO_HTTP: dict[type[errors.DomainError], int] = {
     errors.FailedPrecondition: 409,
 }
 _TITLES = {
-    400: "Bad request", 401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-    409: "Conflict", 412: "Precondition failed", 413: "Request too large", 415: "Unsupported media type",
-    422: "Invalid request", 428: "Precondition required", 429: "Too many requests", 500: "Internal error",
-    502: "Bad gateway", 503: "Service unavailable", 504: "Gateway timeout",
+    400: "Bad request",
+    401: "Unauthenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    412: "Precondition failed",
+    413: "Request too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    428: "Precondition required",
+    429: "Too many requests",
+    500: "Internal error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+    504: "Gateway timeout",
 }
 
 

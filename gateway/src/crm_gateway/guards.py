@@ -12,7 +12,6 @@ from crm_gateway.policy import AUTHENTICATED, OPENAPI_PATH, PUBLIC, is_automatic
 from crm_platform.errors import PermissionDenied, Unauthenticated
 
 
-
 def permission_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Raise unless the caller holds the handler's ``opt["permission"]`` (``public`` needs no token)."""
     if is_automatic_options(handler) or connection.scope["path"].startswith(OPENAPI_PATH):

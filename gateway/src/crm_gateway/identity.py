@@ -141,13 +141,18 @@ class IdentityStore:
             locked_until=aware(m["locked_until"]),
         )
 
-    async def record_failure(self, user_id: str, failed_logins: int, first_failed_at: dt.datetime,
-                             locked_until: dt.datetime | None) -> None:
+    async def record_failure(
+        self, user_id: str, failed_logins: int, first_failed_at: dt.datetime, locked_until: dt.datetime | None
+    ) -> None:
         """Store the failure count of the current window and a lock, if any."""
         async with self.sessions() as session, session.begin():
             await session.execute(
-                update(users).where(users.c.id == user_id).values(
-                    failed_logins=failed_logins, first_failed_at=first_failed_at, locked_until=locked_until,
+                update(users)
+                .where(users.c.id == user_id)
+                .values(
+                    failed_logins=failed_logins,
+                    first_failed_at=first_failed_at,
+                    locked_until=locked_until,
                     updated_at=utcnow(),
                 )
             )
@@ -156,18 +161,18 @@ class IdentityStore:
         """Clear the failure count after a good login."""
         async with self.sessions() as session, session.begin():
             await session.execute(
-                update(users).where(users.c.id == user_id).values(
-                    failed_logins=0, first_failed_at=None, locked_until=None
-                )
+                update(users)
+                .where(users.c.id == user_id)
+                .values(failed_logins=0, first_failed_at=None, locked_until=None)
             )
 
     async def set_password(self, user_id: str, password_hash: str, must_change: bool) -> None:
         """Replace a user's password hash."""
         async with self.sessions() as session, session.begin():
             await session.execute(
-                update(users).where(users.c.id == user_id).values(
-                    password_hash=password_hash, must_change_password=must_change, updated_at=utcnow()
-                )
+                update(users)
+                .where(users.c.id == user_id)
+                .values(password_hash=password_hash, must_change_password=must_change, updated_at=utcnow())
             )
 
     async def count_users(self) -> int:
@@ -221,9 +226,9 @@ class IdentityStore:
         async with self.sessions() as session:
             row = (
                 await session.execute(
-                    select(func.count()).select_from(refresh_tokens).where(
-                        refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None)
-                    )
+                    select(func.count())
+                    .select_from(refresh_tokens)
+                    .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
                 )
             ).scalar_one()
         return int(row) == 0

@@ -53,7 +53,9 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
             await send(message)
 
         with _tracer.start_as_current_span(
-            f"{scope['method']} {path}", context=telemetry.extract(headers), kind=trace.SpanKind.SERVER,
+            f"{scope['method']} {path}",
+            context=telemetry.extract(headers),
+            kind=trace.SpanKind.SERVER,
             attributes={"http.method": scope["method"], "http.target": path, "crm.request_id": request_id},
         ) as span:
             try:

@@ -40,10 +40,12 @@ async def seed_demo(store: IdentityStore, password: str) -> bool:
     password_hash = hash_password(password)
     async with store.sessions() as session, session.begin():
         await session.execute(
-            insert(branches), [{"id": i, "name": n, "region": r, "created_at": now, "updated_at": now} for i, n, r in BRANCHES]
+            insert(branches),
+            [{"id": i, "name": n, "region": r, "created_at": now, "updated_at": now} for i, n, r in BRANCHES],
         )
         await session.execute(
-            insert(teams), [{"id": i, "branch_id": b, "name": n, "created_at": now, "updated_at": now} for i, b, n in TEAMS]
+            insert(teams),
+            [{"id": i, "branch_id": b, "name": n, "created_at": now, "updated_at": now} for i, b, n in TEAMS],
         )
         await session.execute(
             insert(users),

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, update
 
 from crm.common.v1 import paging_pb2
 from crm_platform.bus import Bus
@@ -16,7 +16,6 @@ from crm_platform.schema import outbox as outbox_table
 from crm_testing.nats_server import NatsServer
 from crm_testing.outbox_env import OutboxEnv as Env
 from crm_testing.outbox_env import notes
-
 from crm_testing.streams import connect_bus, delete_stream, stream_envelopes
 
 

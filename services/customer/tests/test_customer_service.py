@@ -19,7 +19,9 @@ from crm_testing.services import identity, running_service
 RM1 = identity("rm1")
 RM2 = identity("rm2")
 HEAD = identity("head", roles=("branch_head",), scope=Scope.BRANCH, team_id="")
-OTHER_HEAD = identity("head2", roles=("branch_head",), scope=Scope.BRANCH, branch_id="SH001", team_id="T3", region="east")
+OTHER_HEAD = identity(
+    "head2", roles=("branch_head",), scope=Scope.BRANCH, branch_id="SH001", team_id="T3", region="east"
+)
 
 
 async def test_create_get_scope_and_event(db_url: str, private_nats: NatsServer, tmp_path: Path) -> None:
@@ -88,7 +90,9 @@ async def test_invalid_input_names_each_field(sqlite_url: str, private_nats: Nat
         assert {v.field for v in failure.violations} == {"name", "kind"}
 
 
-async def test_unsigned_or_forged_identity_is_refused(sqlite_url: str, private_nats: NatsServer, tmp_path: Path) -> None:
+async def test_unsigned_or_forged_identity_is_refused(
+    sqlite_url: str, private_nats: NatsServer, tmp_path: Path
+) -> None:
     async with running_service(SPEC, database_url=sqlite_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
         stub = customer_service_pb2_grpc.CustomerServiceStub(svc.channel)
         request = customer_service_pb2.GetCustomerRequest(customer_id="x")

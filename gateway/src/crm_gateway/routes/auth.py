@@ -41,7 +41,9 @@ async def logout(request: Request[Any, Any, Any]) -> None:
 async def change_password(request: Request[Any, Any, Any], data: PasswordChangeRequest) -> TokenResponse:
     """Change one's own password under the policy; answers fresh tokens."""
     identity = request.scope["state"]["identity"]
-    return _tokens(await _authenticator(request).change_password(identity.user_id, data.current_password, data.new_password))
+    return _tokens(
+        await _authenticator(request).change_password(identity.user_id, data.current_password, data.new_password)
+    )
 
 
 @get("/api/v1/me", opt={"permission": AUTHENTICATED})

@@ -21,7 +21,9 @@ _IDEMPOTENCY_KEY = Annotated[
 async def get_customer(request: Request[Any, Any, Any], customer_id: _ID) -> Response[CustomerOut]:
     """One customer in the caller's scope (404 outside it)."""
     reply = await request.app.state.services.call(
-        "customer", "GetCustomer", customer_service_pb2.GetCustomerRequest(customer_id=customer_id),
+        "customer",
+        "GetCustomer",
+        customer_service_pb2.GetCustomerRequest(customer_id=customer_id),
         request.scope["state"]["identity"],
     )
     out = CustomerOut.from_proto(reply.customer)
@@ -40,7 +42,9 @@ async def create_customer(
     reply = await request.app.state.services.call(
         "customer",
         "CreateCustomer",
-        customer_service_pb2.CreateCustomerRequest(kind=KIND_TO_PROTO[data.kind], name=data.name, request_id=request_id),
+        customer_service_pb2.CreateCustomerRequest(
+            kind=KIND_TO_PROTO[data.kind], name=data.name, request_id=request_id
+        ),
         identity,
     )
     out = CustomerOut.from_proto(reply.customer)

@@ -9,7 +9,10 @@ import msgspec
 from crm.customer.v1 import customer_pb2
 from crm_gateway.schemas.common import rfc3339
 
-KIND_FROM_PROTO = {customer_pb2.CUSTOMER_KIND_INDIVIDUAL: "individual", customer_pb2.CUSTOMER_KIND_CORPORATE: "corporate"}
+KIND_FROM_PROTO = {
+    customer_pb2.CUSTOMER_KIND_INDIVIDUAL: "individual",
+    customer_pb2.CUSTOMER_KIND_CORPORATE: "corporate",
+}
 KIND_TO_PROTO = {v: k for k, v in KIND_FROM_PROTO.items()}
 
 

@@ -11,7 +11,7 @@ import enum
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from crm_platform.errors import Unauthenticated
@@ -80,7 +80,9 @@ class Identity:
         ]
 
     @classmethod
-    def from_metadata(cls, metadata: Iterable[tuple[str, str | bytes]], secret: str, now: float | None = None) -> Identity:
+    def from_metadata(
+        cls, metadata: Iterable[tuple[str, str | bytes]], secret: str, now: float | None = None
+    ) -> Identity:
         """Decode and verify identity metadata; raise :class:`Unauthenticated` when absent, forged or stale."""
         values = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in metadata if k.startswith(_PREFIX)}
         if "x-crm-user" not in values or "x-crm-signature" not in values:
@@ -134,4 +136,3 @@ def set_identity(identity: Identity | None) -> contextvars.Token[Identity | None
 def reset_identity(token: contextvars.Token[Identity | None]) -> None:
     """Undo :func:`set_identity`."""
     _current.reset(token)
-

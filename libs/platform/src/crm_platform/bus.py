@@ -83,7 +83,7 @@ class Bus:
                 )
                 self._js = self._nc.jetstream(timeout=5)
                 return
-            except Exception as exc:  # noqa: BLE001 - any failure to connect is retried the same way
+            except Exception as exc:
                 if attempts and tries >= attempts:
                     raise
                 log.warning("NATS not reachable; retrying", extra={"error": repr(exc), "retry_in": delay})

@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 _ENV_KEY = "crm_env"
 _DOC_KEY = "crm_doc"
-_SECRET_KEY = "crm_secret"
+_SECRET_KEY = "crm_secret"  # noqa: S105 - a metadata key name, not a secret
 
 
 class SettingsError(ValueError):

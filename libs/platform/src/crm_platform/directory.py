@@ -39,11 +39,19 @@ def create_directory_table(op: Any) -> None:
     directory_metadata.create_all(op.get_bind())
 
 
-async def upsert(session: AsyncSession, *, customer_id: str, owner_id: str, team_id: str, branch_id: str, region: str) -> None:
+async def upsert(
+    session: AsyncSession, *, customer_id: str, owner_id: str, team_id: str, branch_id: str, region: str
+) -> None:
     """Insert or replace one customer's ownership facts."""
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    values = {"owner_id": owner_id, "team_id": team_id, "branch_id": branch_id, "region": region, "updated_at": utcnow()}
+    values = {
+        "owner_id": owner_id,
+        "team_id": team_id,
+        "branch_id": branch_id,
+        "region": region,
+        "updated_at": utcnow(),
+    }
     stmt = insert(customer_directory).values(customer_id=customer_id, **values)
     await session.execute(stmt.on_conflict_do_update(index_elements=["customer_id"], set_=values))
 

@@ -97,7 +97,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             status: grpc.Status | None = None
             code = grpc.StatusCode.OK
             with _tracer.start_as_current_span(
-                method.lstrip("/"), context=telemetry.extract(carrier), kind=trace.SpanKind.SERVER,
+                method.lstrip("/"),
+                context=telemetry.extract(carrier),
+                kind=trace.SpanKind.SERVER,
                 attributes={"rpc.system": "grpc", "rpc.method": short, "rpc.service": self._domain},
             ) as span:
                 token = None

@@ -11,6 +11,7 @@ and nothing blocks the stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -148,10 +149,8 @@ class ConsumerRunner:
             await asyncio.gather(*pending, return_exceptions=True)
         self._tasks.clear()
         for psub in self._pull_subscriptions:
-            try:
+            with contextlib.suppress(Exception):  # the connection may already be closing
                 await psub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may already be closing
-                pass
         self._pull_subscriptions.clear()
 
     def backoff(self, delivery: int) -> float:
@@ -202,7 +201,9 @@ class ConsumerRunner:
             return
         parent = telemetry.extract({"traceparent": envelope.traceparent, "tracestate": envelope.tracestate})
         with _tracer.start_as_current_span(
-            f"consume {event.type}", context=parent, kind=trace.SpanKind.CONSUMER,
+            f"consume {event.type}",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
             attributes={"messaging.system": "nats", "messaging.destination": msg.subject, "crm.consumer": sub.durable},
         ):
             try:

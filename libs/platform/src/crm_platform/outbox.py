@@ -11,9 +11,10 @@ duplicates inside its window and consumers' inboxes drop any that arrive later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.protobuf import any_pb2, timestamp_pb2
@@ -84,9 +85,7 @@ class Outbox:
         """Call ``notify`` after every commit that added events (the relay's wake-up)."""
         self._notify = notify
 
-    async def add(
-        self, session: AsyncSession, subject: str, message: Message, *, subject_id: str, actor: str
-    ) -> str:
+    async def add(self, session: AsyncSession, subject: str, message: Message, *, subject_id: str, actor: str) -> str:
         """Add an event to the session's transaction; return its id."""
         envelope = make_envelope(subject, self.source, message, subject_id=subject_id, actor=actor)
         await self.add_envelope(session, envelope)
@@ -170,10 +169,8 @@ class OutboxRelay:
                 continue
             if self._stopping:
                 return
-            try:
+            with contextlib.suppress(TimeoutError):  # the poll tick: look again even without a wake-up
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     async def publish_batch(self) -> int:
@@ -194,7 +191,7 @@ class OutboxRelay:
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)
 
-    async def _publish(self, rows: list[Any]) -> None:
+    async def _publish(self, rows: Sequence[Any]) -> None:
         js = self._bus.js
         futures = []
         try:

@@ -77,7 +77,7 @@ async def open_database(spec: ServiceSpec, settings: CommonSettings) -> AsyncEng
 async def run_service(spec: ServiceSpec, settings: CommonSettings, stop: asyncio.Event) -> None:
     """Run ``spec`` until ``stop`` is set, then drain and return."""
     host = getattr(settings, "grpc_host", "127.0.0.1")
-    serve_metrics(getattr(settings, "metrics_port"), host=host)
+    serve_metrics(settings.metrics_port, host=host)
     engine = await open_database(spec, settings)
     bus = Bus(settings.nats_url, name=f"crm-{spec.domain}")
     await bus.connect()
@@ -89,12 +89,12 @@ async def run_service(spec: ServiceSpec, settings: CommonSettings, stop: asyncio
     server = create_server(spec.domain, settings.internal_secret)
     names = list(spec.wire(server, ctx))
     health = add_health_and_reflection(server, names)
-    port = server.add_insecure_port(f"{host}:{getattr(settings, 'grpc_port')}")
+    port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
     consumers = ConsumerRunner(bus, ctx.sessions, ctx.outbox, spec.subscriptions(ctx))
     await consumers.start()
     await server.start()
     await set_serving(health, names, True)
-    log.info("serving", extra={"grpc": f"{host}:{port}", "metrics_port": getattr(settings, "metrics_port")})
+    log.info("serving", extra={"grpc": f"{host}:{port}", "metrics_port": settings.metrics_port})
 
     await stop.wait()
     log.info("draining")

@@ -31,8 +31,17 @@ def identity(
 ) -> Identity:
     """An identity for tests; by default an RM of team T1 in branch BJ001 with broad permissions."""
     perms = permissions or (
-        "customer:read", "customer:write", "customer:create", "interaction:read", "interaction:write",
-        "opportunity:read", "opportunity:write", "ticket:read", "ticket:write", "notification:read", "report:read",
+        "customer:read",
+        "customer:write",
+        "customer:create",
+        "interaction:read",
+        "interaction:write",
+        "opportunity:read",
+        "opportunity:write",
+        "ticket:read",
+        "ticket:write",
+        "notification:read",
+        "report:read",
     )
     return Identity(user_id, roles, scope, branch_id, team_id, region, "req-test", frozenset(perms))
 

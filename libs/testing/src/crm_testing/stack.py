@@ -93,7 +93,7 @@ class Stack:
         return gateway
 
     def _spawn(self, name: str, package: str) -> None:
-        self.processes[name] = subprocess.Popen([sys.executable, "-m", package], env=self.env)  # noqa: S603
+        self.processes[name] = subprocess.Popen([sys.executable, "-m", package], env=self.env)
 
     def _wait(self, name: str, healthy: object, deadline: float) -> None:
         while time.monotonic() < deadline:

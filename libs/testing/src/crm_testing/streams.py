@@ -27,7 +27,9 @@ async def delete_stream(url: str, stream: StreamSpec) -> None:
     await bus.close()
 
 
-async def stream_envelopes(bus: Bus, stream: StreamSpec, expected: int, timeout: float = 10.0) -> list[envelope_pb2.EventEnvelope]:
+async def stream_envelopes(
+    bus: Bus, stream: StreamSpec, expected: int, timeout: float = 10.0
+) -> list[envelope_pb2.EventEnvelope]:
     """Every envelope in ``stream``, after waiting (bounded) until at least ``expected`` are stored."""
     js = bus.js
     loop = asyncio.get_running_loop()

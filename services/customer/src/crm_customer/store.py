@@ -110,7 +110,5 @@ class CustomerStore:
                 )
             )
             event: events_pb2.CustomerCreated = customer_created(customer)
-            await self._outbox.add(
-                session, CUSTOMER_CREATED, event, subject_id=customer.id, actor=customer.created_by
-            )
+            await self._outbox.add(session, CUSTOMER_CREATED, event, subject_id=customer.id, actor=customer.created_by)
         return customer

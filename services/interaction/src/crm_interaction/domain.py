@@ -37,7 +37,11 @@ class Interaction:
 
 
 def log_contact(
-    identity: Identity, customer_id: str, channel: str | None, summary: str, occurred_at: dt.datetime | None,
+    identity: Identity,
+    customer_id: str,
+    channel: str | None,
+    summary: str,
+    occurred_at: dt.datetime | None,
     now: dt.datetime,
 ) -> Interaction:
     """Validate a contact log; a contact cannot be logged in the future."""

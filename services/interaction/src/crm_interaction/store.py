@@ -38,8 +38,13 @@ def _utc(value: dt.datetime) -> dt.datetime:
 def _to_interaction(m: object) -> Interaction:
     row = m._mapping  # type: ignore[attr-defined]
     return Interaction(
-        row["id"], row["customer_id"], Channel(row["channel"]), row["summary"], _utc(row["occurred_at"]),
-        row["logged_by"], _utc(row["created_at"]),
+        row["id"],
+        row["customer_id"],
+        Channel(row["channel"]),
+        row["summary"],
+        _utc(row["occurred_at"]),
+        row["logged_by"],
+        _utc(row["created_at"]),
     )
 
 
@@ -73,8 +78,11 @@ class InteractionStore:
                 )
             )
             await self._outbox.add(
-                session, INTERACTION_LOGGED, interaction_logged(interaction),
-                subject_id=interaction.id, actor=identity.user_id,
+                session,
+                INTERACTION_LOGGED,
+                interaction_logged(interaction),
+                subject_id=interaction.id,
+                actor=identity.user_id,
             )
         return interaction
 
