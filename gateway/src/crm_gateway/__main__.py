@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -11,6 +14,23 @@ from crm_gateway.config import Settings
 from crm_platform.config import SettingsError, load
 from crm_platform.logging import configure_logging
 from crm_platform.telemetry import configure_tracing
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that SIGTERM/SIGINT end it with exit code 0 after the graceful drain.
+
+    (uvicorn re-raises the captured signal after shutting down, so the process would die "by signal"
+    and a supervisor could not tell a clean stop from a crash.)
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,17 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     if command != "serve":
         print("usage: python -m crm_gateway [serve|migrate]", file=sys.stderr)
         return 2
-    uvicorn.run(
-        "crm_gateway.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=8,
-        server_header=False,
-    )
+    options = {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 8,
+        "server_header": False,
+    }
+    if settings.workers > 1:  # uvicorn's own multi-process supervisor
+        uvicorn.run("crm_gateway.app:create_app", **options)  # type: ignore[arg-type]
+    else:
+        _Server(uvicorn.Config("crm_gateway.app:create_app", **options)).run()  # type: ignore[arg-type]
     return 0
 
 
