@@ -79,6 +79,7 @@ def open_ticket(
         if urgency not in {u.value for u in Urgency}:
             violations.add("urgency", "must be one of " + ", ".join(u.value for u in Urgency))
         clean = violations.require_text("description", description, max_length=4000)
+    assert kind is not None and urgency is not None  # collect() has raised unless both are valid
     level = Urgency(urgency)
     return Ticket(
         id=new_id(),
