@@ -56,4 +56,5 @@ def log_contact(
         when = occurred_at or now
         if when > now + dt.timedelta(minutes=5):
             violations.add("occurred_at", "must not be in the future")
+    assert channel is not None  # checked above: collect() raised otherwise
     return Interaction(new_id(), customer_id, Channel(channel), clean, when, identity.user_id, now)

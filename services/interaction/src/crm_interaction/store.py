@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, insert, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table, UniqueConstraint, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_interaction.domain import Channel, Interaction
@@ -24,8 +25,9 @@ interactions = Table(
     Column("summary", String(2000), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("logged_by", String(64), nullable=False),
-    Column("request_id", String(64), nullable=True, unique=True),
+    Column("request_id", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("logged_by", "request_id", name="uq_interactions_logger_request"),
 )
 
 _COLUMNS = [c for c in interactions.c if c.name != "request_id"]
@@ -56,15 +58,33 @@ class InteractionStore:
         self._outbox = outbox
 
     async def log(self, identity: Identity, interaction: Interaction, request_id: str) -> Interaction:
-        """Store a contact with a customer in scope (idempotent by ``request_id``)."""
+        """Store a contact with a customer in scope (idempotent by the caller's own ``request_id``)."""
+        try:
+            return await self._log(identity, interaction, request_id)
+        except IntegrityError:
+            if not request_id:
+                raise
+            # A concurrent call with the same request id inserted first: answer with what it stored.
+            earlier = await self._by_request(identity, request_id)
+            if earlier is None:
+                raise
+            return earlier
+
+    async def _by_request(self, identity: Identity, request_id: str) -> Interaction | None:
+        async with self._sessions() as session:
+            query = select(*_COLUMNS).where(
+                interactions.c.logged_by == identity.user_id, interactions.c.request_id == request_id
+            )
+            row = (await session.execute(query)).first()
+        return _to_interaction(row) if row is not None else None
+
+    async def _log(self, identity: Identity, interaction: Interaction, request_id: str) -> Interaction:
         async with self._sessions() as session, session.begin():
             await require_customer_in_scope(session, identity, interaction.customer_id)
             if request_id:
-                earlier = (
-                    await session.execute(select(*_COLUMNS).where(interactions.c.request_id == request_id))
-                ).first()
+                earlier = await self._by_request(identity, request_id)
                 if earlier is not None:
-                    return _to_interaction(earlier)
+                    return earlier
             await session.execute(
                 insert(interactions).values(
                     id=interaction.id,

@@ -24,8 +24,10 @@ def upgrade() -> None:
         sa.Column("summary", sa.String(2000), nullable=False),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("logged_by", sa.String(64), nullable=False),
-        sa.Column("request_id", sa.String(64), nullable=True, unique=True),
+        sa.Column("request_id", sa.String(64), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        # Request ids are the caller's own: one user's retry never returns another user's record.
+        sa.UniqueConstraint("logged_by", "request_id", name="uq_interactions_logger_request"),
     )
     op.create_index("ix_interactions_customer", "interactions", ["customer_id", "id"])
 

@@ -1,0 +1,99 @@
+"""The interaction service over real gRPC, fed by the real customer service's events over NATS."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
+from crm.interaction.v1 import interaction_pb2, interaction_service_pb2, interaction_service_pb2_grpc
+from crm_customer.server import SPEC as CUSTOMER
+from crm_interaction.domain import log_contact
+from crm_interaction.server import SPEC as INTERACTION
+from crm_platform.auth_context import Scope
+from crm_platform.errors import InvalidArgument
+from crm_platform.grpc_client import parse_failure
+from crm_platform.outbox import utcnow
+from crm_testing.nats_server import NatsServer
+from crm_testing.services import identity, running_service
+
+RM1 = identity("rm1")
+RM2 = identity("rm2")
+HEAD = identity("head", roles=("branch_head",), scope=Scope.BRANCH, team_id="")
+
+
+@pytest.mark.parametrize(
+    ("channel", "summary", "fields"),
+    [
+        ("phone", "called about the 3-year CD", set()),
+        (None, "x", {"channel"}),
+        ("fax", "x", {"channel"}),
+        ("visit", "   ", {"summary"}),
+        ("visit", "x" * 2001, {"summary"}),
+    ],
+)
+def test_contact_validation(channel: str | None, summary: str, fields: set[str]) -> None:
+    if not fields:
+        assert log_contact(RM1, "c1", channel, summary, None, utcnow()).summary == summary
+        return
+    with pytest.raises(InvalidArgument) as err:
+        log_contact(RM1, "c1", channel, summary, None, utcnow())
+    assert {v.field for v in err.value.violations} == fields
+
+
+async def test_log_and_list_within_scope(
+    db_url: str, sqlite_url: str, private_nats: NatsServer, tmp_path: Path
+) -> None:
+    (tmp_path / "c").mkdir()
+    (tmp_path / "i").mkdir()
+    async with (
+        running_service(
+            CUSTOMER,
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'c' / 'customer.db'}",
+            nats_url=private_nats.url,
+            data_dir=tmp_path / "c",
+        ) as cust,
+        running_service(INTERACTION, database_url=db_url, nats_url=private_nats.url, data_dir=tmp_path / "i") as svc,
+    ):
+        created = await customer_service_pb2_grpc.CustomerServiceStub(cust.channel).CreateCustomer(
+            customer_service_pb2.CreateCustomerRequest(kind=customer_pb2.CUSTOMER_KIND_INDIVIDUAL, name="李明"),
+            metadata=cust.md(RM1),
+            timeout=5,
+        )
+        customer_id = created.customer.id
+        stub = interaction_service_pb2_grpc.InteractionServiceStub(svc.channel)
+        request = interaction_service_pb2.LogInteractionRequest(
+            customer_id=customer_id, channel=interaction_pb2.CHANNEL_PHONE, summary="asked about CDs", request_id="r1"
+        )
+        # The customer directory fills from the customer.created event; until then the customer is unknown here.
+        for _ in range(200):
+            try:
+                logged = await stub.LogInteraction(request, metadata=svc.md(RM1), timeout=5)
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND
+                await asyncio.sleep(0.05)
+        else:
+            pytest.fail("customer.created never reached the interaction service")
+        again = await stub.LogInteraction(request, metadata=svc.md(RM1), timeout=5)
+        assert again.interaction.id == logged.interaction.id  # idempotent for the same caller
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.LogInteraction(request, metadata=svc.md(RM2), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # rm2's request id "r1" is not rm1's, and out of scope
+
+        listing = await stub.ListInteractions(
+            interaction_service_pb2.ListInteractionsRequest(customer_id=customer_id), metadata=svc.md(HEAD), timeout=5
+        )
+        assert [i.id for i in listing.interactions] == [logged.interaction.id]
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.LogInteraction(
+                interaction_service_pb2.LogInteractionRequest(customer_id=customer_id, summary=""),
+                metadata=svc.md(RM1),
+                timeout=5,
+            )
+        assert {v.field for v in parse_failure(err.value).violations} == {"channel", "summary"}
