@@ -2,76 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-
-import httpx
 import jwt
 import pytest
-import uvicorn
+from gateway_harness import PASSWORD, Gateway
 from litestar import Litestar, get
 from sqlalchemy import update
 
-from crm_customer.server import SPEC as CUSTOMER
-from crm_gateway.app import ROUTES, check_permissions_declared, create_app
-from crm_gateway.config import Settings
+from crm_gateway.app import ROUTES, check_permissions_declared
 from crm_gateway.identity import users
 from crm_gateway.policy import Policy
-from crm_platform.config import load
-from crm_testing.nats_server import NatsServer, free_port
-from crm_testing.services import TEST_SECRET, running_service
-
-PASSWORD = "Demo-Passw0rd!"
-
-
-@dataclass
-class Gateway:
-    client: httpx.AsyncClient
-    app: Litestar
-
-    async def login(self, username: str, password: str = PASSWORD) -> dict[str, str]:
-        reply = await self.client.post("/api/v1/auth/login", json={"username": username, "password": password})
-        assert reply.status_code == 200, reply.text
-        return reply.json()
-
-    async def bearer(self, username: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {(await self.login(username))['access_token']}"}
-
-
-@pytest.fixture
-async def gateway(sqlite_url: str, private_nats: NatsServer, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with running_service(CUSTOMER, database_url=sqlite_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
-        unused = f"127.0.0.1:{free_port()}"
-        settings = load(
-            Settings,
-            {
-                "CRM_DATA_DIR": str(tmp_path),
-                "CRM_NATS_URL": private_nats.url,
-                "CRM_INTERNAL_SECRET": TEST_SECRET,
-                "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
-                "CRM_DEMO": "1",
-                "CRM_CUSTOMER_ADDR": f"127.0.0.1:{svc.grpc_port}",
-                **{
-                    f"CRM_{s}_ADDR": unused
-                    for s in ("INTERACTION", "OPPORTUNITY", "TICKET", "NOTIFICATION", "REPORTING")
-                },
-            },
-        )
-        app = create_app(settings)
-        # A real HTTP server in this event loop, so the gateway and the service share it without blocking.
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield Gateway(client, app)
-        server.should_exit = True
-        await task
 
 
 async def test_customer_round_trip_through_the_gateway(gateway: Gateway) -> None:

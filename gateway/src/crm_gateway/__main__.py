@@ -1,4 +1,4 @@
-"""``python -m crm_gateway [serve|migrate]``."""
+"""``python -m crm_gateway [serve|migrate|audit-verify]``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,25 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+async def _audit_verify(settings: Settings) -> int:
+    """Check the whole audit chain; exit 0 when intact, 1 naming the first broken record."""
+    from crm_gateway.audit import verify
+    from crm_platform.db import create_engine, resolve_database_url
+
+    engine = create_engine(
+        resolve_database_url("gateway", settings.database_url, settings.postgres_url, settings.data_dir)
+    )
+    try:
+        checked, broken = await verify(engine)
+    finally:
+        await engine.dispose()
+    if broken is not None:
+        print(f"audit chain BROKEN at record {broken} (after {checked} intact records)")
+        return 1
+    print(f"audit chain intact: {checked} records")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve the gateway with uvicorn, or run its migrations and exit."""
     args = sys.argv[1:] if argv is None else argv
@@ -57,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(_migrate())
         return 0
+    if command == "audit-verify":
+        return asyncio.run(_audit_verify(settings))
     if command != "serve":
-        print("usage: python -m crm_gateway [serve|migrate]", file=sys.stderr)
+        print("usage: python -m crm_gateway [serve|migrate|audit-verify]", file=sys.stderr)
         return 2
     options = {
         "factory": True,

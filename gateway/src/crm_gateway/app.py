@@ -11,14 +11,15 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from crm_gateway.audit import AuditLog
 from crm_gateway.auth import Authenticator
 from crm_gateway.config import Settings
 from crm_gateway.errors import EXCEPTION_HANDLERS
 from crm_gateway.guards import permission_guard
 from crm_gateway.identity import IdentityStore
-from crm_gateway.middleware import observability_middleware
+from crm_gateway.middleware import audit_middleware, observability_middleware
 from crm_gateway.policy import OPENAPI_PATH, Policy, is_automatic_options
-from crm_gateway.routes import auth, customers, health, notifications
+from crm_gateway.routes import audit, auth, customers, health, notifications
 from crm_gateway.seed import seed_demo
 from crm_platform.bus import DOMAIN_STREAMS, Bus
 from crm_platform.config import load
@@ -40,6 +41,7 @@ ROUTES = [
     customers.get_customer,
     customers.create_customer,
     notifications.list_inbox,
+    audit.list_audit,
 ]
 
 
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             store=store,
             bus=bus,
             services=services,
+            audit=AuditLog(engine),
             authenticator=Authenticator(
                 store, policy, settings.jwt_secret, settings.access_token_minutes, settings.refresh_token_hours
             ),
@@ -108,7 +111,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=ROUTES,
         guards=[permission_guard],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[observability_middleware],
+        middleware=[observability_middleware, audit_middleware],
         lifespan=[lifespan],
         cors_config=cors,
         request_max_body_size=settings.max_body_bytes,

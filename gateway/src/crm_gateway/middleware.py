@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
@@ -12,6 +13,7 @@ from opentelemetry import trace
 from crm_platform import metrics, telemetry
 
 _tracer = trace.get_tracer(__name__)
+_log = logging.getLogger(__name__)
 
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -68,3 +70,51 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
                 metrics.HTTP_LATENCY.labels(scope["method"], route).observe(time.perf_counter() - started)
 
     return middleware
+
+
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def audit_middleware(app: ASGIApp) -> ASGIApp:
+    """Record every state-changing call (and every reveal, which is a POST) in the audit trail.
+
+    The record is written when the response status is known and before the response starts, so a caller
+    that saw an answer can rely on its audit record existing. Handlers add facts (a reveal's purpose, a
+    login's username) under ``scope["state"]["audit_detail"]``.
+    """
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _STATE_CHANGING:
+            await app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await _record(scope, message["status"])
+            await send(message)
+
+        await app(scope, receive, send_wrapper)
+
+    return middleware
+
+
+async def _record(scope: Scope, status: int) -> None:
+    from crm_gateway.audit import AuditEntry
+
+    state = scope.get("state", {})
+    identity = state.get("identity")
+    client = scope.get("client") or ("", 0)
+    entry = AuditEntry(
+        actor_id=identity.user_id if identity is not None else "anonymous",
+        actor_roles=",".join(identity.roles) if identity is not None else "",
+        action=scope["method"],
+        resource=scope["path"],
+        outcome=status,
+        request_id=state.get("request_id", ""),
+        client_addr=str(client[0]),
+        detail=state.get("audit_detail", {}),
+    )
+    try:
+        await scope["app"].state.audit.append(entry)
+    except Exception:  # noqa: BLE001 - the change already happened; losing its record must be loud
+        _log.critical("audit record could not be written", extra={"request_id": entry.request_id}, exc_info=True)

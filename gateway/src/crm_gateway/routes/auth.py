@@ -22,6 +22,7 @@ def _authenticator(request: Request[Any, Any, Any]) -> Authenticator:
 @post("/api/v1/auth/login", opt={"permission": PUBLIC}, status_code=200)
 async def login(request: Request[Any, Any, Any], data: LoginRequest) -> TokenResponse:
     """Exchange staff number and password for an access and a refresh token."""
+    request.scope["state"]["audit_detail"] = {"username": data.username}
     return _tokens(await _authenticator(request).login(data.username, data.password))
 
 

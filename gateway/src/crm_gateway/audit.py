@@ -1,0 +1,143 @@
+"""The audit trail: every state-changing call and every reveal, append-only and hash-chained.
+
+Each record's hash covers its fields and the previous record's hash, so editing, deleting or inserting a
+row anywhere breaks the chain from that point; :func:`verify` finds the first broken record. The database
+refuses UPDATE and DELETE on the table (triggers), and appends are serialised so the chain never forks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crm_platform.db import is_postgres
+from crm_platform.outbox import utcnow
+
+GENESIS = "0" * 64
+
+metadata = MetaData()
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", String(32), nullable=False),
+    Column("actor_id", String(64), nullable=False),
+    Column("actor_roles", String(200), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("resource", String(500), nullable=False),
+    Column("outcome", Integer, nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("client_addr", String(64), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+_HASHED = ("at", "actor_id", "actor_roles", "action", "resource", "outcome", "request_id", "client_addr", "detail")
+
+
+def record_hash(prev_hash: str, fields: dict[str, Any]) -> str:
+    """SHA-256 over the previous hash and the record's fields in a canonical form."""
+    canonical = json.dumps([prev_hash, *(fields[k] for k in _HASHED)], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """What happened, by whom, with what outcome."""
+
+    actor_id: str
+    actor_roles: str
+    action: str
+    resource: str
+    outcome: int
+    request_id: str
+    client_addr: str
+    detail: dict[str, Any]
+
+
+class AuditLog:
+    """Appends to and reads the audit trail."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._lock = asyncio.Lock()  # one appender per process; PostgreSQL's advisory lock covers replicas
+
+    async def append(self, entry: AuditEntry) -> int:
+        """Add one record at the end of the chain; return its sequence number."""
+        fields = {
+            "at": utcnow().isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "actor_id": entry.actor_id,
+            "actor_roles": entry.actor_roles,
+            "action": entry.action,
+            "resource": entry.resource[:500],
+            "outcome": entry.outcome,
+            "request_id": entry.request_id,
+            "client_addr": entry.client_addr,
+            "detail": json.dumps(entry.detail, ensure_ascii=False, sort_keys=True, separators=(",", ":")),
+        }
+        async with self._lock, self._engine.begin() as conn:
+            if is_postgres(self._engine):
+                from sqlalchemy import text
+
+                await conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))  # serialise the chain's head
+            last = (await conn.execute(select(audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1))).scalar()
+            prev = last or GENESIS
+            result = await conn.execute(
+                insert(audit_log).values(**fields, prev_hash=prev, hash=record_hash(prev, fields))
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    async def query(
+        self,
+        *,
+        actor: str | None,
+        resource: str | None,
+        since: str | None,
+        until: str | None,
+        after_seq: int,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Records matching the filters, oldest first, after ``after_seq``."""
+        query = select(audit_log).where(audit_log.c.seq > after_seq)
+        if actor:
+            query = query.where(audit_log.c.actor_id == actor)
+        if resource:
+            query = query.where(audit_log.c.resource.startswith(resource, autoescape=True))
+        if since:
+            query = query.where(audit_log.c.at >= since)
+        if until:
+            query = query.where(audit_log.c.at < until)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(audit_log.c.seq).limit(limit))).all()
+        return [dict(r._mapping) for r in rows]
+
+
+async def verify(engine: AsyncEngine, batch: int = 5000) -> tuple[int, int | None]:
+    """Walk the whole chain; return (records checked, first broken seq or None)."""
+    prev = GENESIS
+    checked = 0
+    after = 0
+    async with engine.connect() as conn:
+        while True:
+            rows = (
+                await conn.execute(
+                    select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(batch)
+                )
+            ).all()
+            if not rows:
+                return checked, None
+            for row in rows:
+                m = row._mapping
+                fields = {k: m[k] for k in _HASHED}
+                if m["prev_hash"] != prev or record_hash(prev, fields) != m["hash"]:
+                    return checked, int(m["seq"])
+                prev = m["hash"]
+                checked += 1
+                after = m["seq"]
