@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from gateway_harness import Gateway
 
 from crm_customer.server import SPEC as CUSTOMER
 from crm_gateway.app import create_app
@@ -18,6 +17,7 @@ from crm_gateway.config import Settings
 from crm_platform.config import load
 from crm_testing.nats_server import NatsServer, free_port
 from crm_testing.services import TEST_SECRET, running_service
+from gateway_harness import Gateway
 
 
 @pytest.fixture

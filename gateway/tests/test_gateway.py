@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import jwt
 import pytest
-from gateway_harness import PASSWORD, Gateway
 from litestar import Litestar, get
 from sqlalchemy import update
 
 from crm_gateway.app import ROUTES, check_permissions_declared
 from crm_gateway.identity import users
 from crm_gateway.policy import Policy
+from gateway_harness import PASSWORD, Gateway
 
 
 async def test_customer_round_trip_through_the_gateway(gateway: Gateway) -> None:

@@ -18,14 +18,15 @@ from crm_gateway.errors import EXCEPTION_HANDLERS
 from crm_gateway.guards import permission_guard
 from crm_gateway.identity import IdentityStore
 from crm_gateway.middleware import audit_middleware, observability_middleware
+from crm_gateway.organisation import Organisation
 from crm_gateway.policy import OPENAPI_PATH, Policy, is_automatic_options
-from crm_gateway.routes import audit, auth, customers, health, notifications
+from crm_gateway.routes import admin, audit, auth, customers, health, notifications
 from crm_gateway.seed import seed_demo
 from crm_platform.bus import DOMAIN_STREAMS, Bus
 from crm_platform.config import load
 from crm_platform.db import create_engine, ensure_database, resolve_database_url, session_factory
 from crm_platform.migrations import migrate
-from crm_platform.outbox import OutboxRelay
+from crm_platform.outbox import Outbox, OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,13 @@ ROUTES = [
     auth.logout,
     auth.change_password,
     auth.me,
+    auth.enrol_totp,
+    auth.confirm_totp,
     customers.get_customer,
     customers.create_customer,
     notifications.list_inbox,
     audit.list_audit,
+    *admin.ROUTES,
 ]
 
 
@@ -90,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             bus=bus,
             services=services,
             audit=AuditLog(engine),
+            organisation=Organisation(store.sessions, Outbox("identity", notify=relay.wake), policy),
             authenticator=Authenticator(
                 store, policy, settings.jwt_secret, settings.access_token_minutes, settings.refresh_token_hours
             ),

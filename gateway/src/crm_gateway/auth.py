@@ -6,16 +6,22 @@ sessions revoked by logout in this process), so the check costs microseconds per
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import os
 import secrets
 import string
 import time
 from dataclasses import dataclass
 
 import jwt
+import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crm_gateway.identity import IdentityStore, User
 from crm_platform.auth_context import Identity
@@ -25,6 +31,8 @@ from crm_platform.outbox import utcnow
 
 from .policy import Policy
 
+PASSWORD_HISTORY = 5
+TOTP_ISSUER = "Bank CRM"
 MAX_FAILURES = 5
 FAILURE_WINDOW = dt.timedelta(minutes=15)
 LOCK_DURATION = dt.timedelta(minutes=15)
@@ -81,9 +89,14 @@ class Authenticator:
         self._access_ttl = access_minutes * 60
         self._refresh_ttl = dt.timedelta(hours=refresh_hours)
         self._revoked_sessions: dict[str, float] = {}
+        # TOTP seeds are C3 data: encrypted at rest with a key derived from the gateway's secret.
+        self._seal_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"crm-totp-seal").derive(
+            secret.encode()
+        )
 
-    async def login(self, username: str, password: str) -> TokenPair:
-        """Check the password (same answer for unknown user and wrong password); lock after 5 failures."""
+    async def login(self, username: str, password: str, otp: str | None = None) -> TokenPair:
+        """Check the password (same answer for unknown user and wrong password) and, when enrolled, the
+        one-time code; five failures within 15 minutes lock the account for 15 minutes."""
         user = await self._store.user_by_username(username)
         now = utcnow()
         if user is None or user.status != "active":
@@ -92,7 +105,12 @@ class Authenticator:
         if user.locked_until is not None and user.locked_until > now:
             _verify(_DUMMY_HASH, password)
             raise Unauthenticated("account locked after repeated failures; try again later", reason="ACCOUNT_LOCKED")
-        if not _verify(user.password_hash, password):
+        password_ok = _verify(user.password_hash, password)
+        if password_ok and user.totp_enabled:
+            if not otp:
+                raise Unauthenticated("one-time code required", reason="OTP_REQUIRED")
+            password_ok = self._totp(user.totp_secret).verify(otp, valid_window=1)
+        if not password_ok:
             in_window = user.first_failed_at is not None and now - user.first_failed_at < FAILURE_WINDOW
             failures = user.failed_logins + 1 if in_window else 1
             first = user.first_failed_at if in_window and user.first_failed_at else now
@@ -129,12 +147,41 @@ class Authenticator:
         if user is None or not _verify(user.password_hash, current):
             raise InvalidArgument([FieldViolation("current_password", "does not match")])
         check_password_policy(new, user.username)
-        if _verify(user.password_hash, new):
-            raise InvalidArgument([FieldViolation("new_password", "must differ from the current password")])
+        for earlier in await self._store.recent_password_hashes(user.id, PASSWORD_HISTORY):
+            if _verify(earlier, new):
+                raise InvalidArgument([FieldViolation("new_password", "must not be one of the last 5 passwords")])
         await self._store.set_password(user.id, hash_password(new), must_change=False)
         updated = await self._store.user_by_id(user.id)
         assert updated is not None
         return await self._issue(updated, family_id=new_id())
+
+    async def enrol_totp(self, user_id: str) -> tuple[str, str]:
+        """Start TOTP enrolment: a new secret (stored encrypted, not yet required); returns it and its URI."""
+        user = await self._store.user_by_id(user_id)
+        assert user is not None
+        secret = pyotp.random_base32()
+        await self._store.set_totp(user.id, self._seal(secret), enabled=False)
+        return secret, pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=TOTP_ISSUER)
+
+    async def confirm_totp(self, user_id: str, otp: str) -> None:
+        """Finish enrolment with a first valid code; from then on login requires a code."""
+        user = await self._store.user_by_id(user_id)
+        if user is None or not user.totp_secret:
+            raise InvalidArgument([FieldViolation("otp", "no enrolment in progress")])
+        if not self._totp(user.totp_secret).verify(otp, valid_window=1):
+            raise InvalidArgument([FieldViolation("otp", "does not match")])
+        await self._store.set_totp(user.id, user.totp_secret, enabled=True)
+
+    def _totp(self, sealed: str | None) -> pyotp.TOTP:
+        return pyotp.TOTP(self._open(sealed or ""))
+
+    def _seal(self, secret: str) -> str:
+        nonce = os.urandom(12)
+        return base64.b64encode(nonce + AESGCM(self._seal_key).encrypt(nonce, secret.encode(), b"totp")).decode()
+
+    def _open(self, sealed: str) -> str:
+        raw = base64.b64decode(sealed)
+        return AESGCM(self._seal_key).decrypt(raw[:12], raw[12:], b"totp").decode()
 
     async def _issue(self, user: User, family_id: str) -> TokenPair:
         now = int(time.time())

@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_platform.ids import new_id
 from crm_platform.outbox import utcnow
 
 metadata = MetaData()
@@ -60,6 +61,16 @@ users = Table(
     Column("locked_until", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("totp_secret", String(200)),
+    Column("totp_enabled", Boolean, nullable=False, default=False),
+)
+password_history = Table(
+    "password_history",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id"), nullable=False),
+    Column("password_hash", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 refresh_tokens = Table(
     "refresh_tokens",
@@ -98,6 +109,8 @@ class User:
     failed_logins: int
     first_failed_at: dt.datetime | None
     locked_until: dt.datetime | None
+    totp_secret: str | None = None
+    totp_enabled: bool = False
 
 
 class IdentityStore:
@@ -139,6 +152,8 @@ class IdentityStore:
             failed_logins=m["failed_logins"],
             first_failed_at=aware(m["first_failed_at"]),
             locked_until=aware(m["locked_until"]),
+            totp_secret=m["totp_secret"],
+            totp_enabled=bool(m["totp_enabled"]),
         )
 
     async def record_failure(
@@ -167,12 +182,45 @@ class IdentityStore:
             )
 
     async def set_password(self, user_id: str, password_hash: str, must_change: bool) -> None:
-        """Replace a user's password hash."""
+        """Replace a user's password hash, keeping the old one in the history (no reuse of the last five)."""
+        async with self.sessions() as session, session.begin():
+            old = (await session.execute(select(users.c.password_hash).where(users.c.id == user_id))).scalar_one()
+            await session.execute(
+                insert(password_history).values(id=new_id(), user_id=user_id, password_hash=old, created_at=utcnow())
+            )
+            await session.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(
+                    password_hash=password_hash,
+                    must_change_password=must_change,
+                    failed_logins=0,
+                    locked_until=None,
+                    updated_at=utcnow(),
+                )
+            )
+
+    async def recent_password_hashes(self, user_id: str, count: int) -> list[str]:
+        """The current hash and the ``count - 1`` previous ones, newest first."""
+        async with self.sessions() as session:
+            current = (await session.execute(select(users.c.password_hash).where(users.c.id == user_id))).scalar_one()
+            older = (
+                await session.execute(
+                    select(password_history.c.password_hash)
+                    .where(password_history.c.user_id == user_id)
+                    .order_by(password_history.c.created_at.desc())
+                    .limit(count - 1)
+                )
+            ).scalars()
+            return [current, *older]
+
+    async def set_totp(self, user_id: str, encrypted_secret: str | None, enabled: bool) -> None:
+        """Store a (pending or confirmed) TOTP secret, encrypted, or remove it."""
         async with self.sessions() as session, session.begin():
             await session.execute(
                 update(users)
                 .where(users.c.id == user_id)
-                .values(password_hash=password_hash, must_change_password=must_change, updated_at=utcnow())
+                .values(totp_secret=encrypted_secret, totp_enabled=enabled, updated_at=utcnow())
             )
 
     async def count_users(self) -> int:

@@ -8,7 +8,15 @@ from litestar import Request, get, post
 
 from crm_gateway.auth import Authenticator, TokenPair
 from crm_gateway.policy import AUTHENTICATED, PUBLIC
-from crm_gateway.schemas.auth import LoginRequest, MeResponse, PasswordChangeRequest, RefreshRequest, TokenResponse
+from crm_gateway.schemas.auth import (
+    LoginRequest,
+    MeResponse,
+    PasswordChangeRequest,
+    RefreshRequest,
+    TokenResponse,
+    TotpConfirm,
+    TotpEnrolment,
+)
 
 
 def _tokens(pair: TokenPair) -> TokenResponse:
@@ -23,7 +31,7 @@ def _authenticator(request: Request[Any, Any, Any]) -> Authenticator:
 async def login(request: Request[Any, Any, Any], data: LoginRequest) -> TokenResponse:
     """Exchange staff number and password for an access and a refresh token."""
     request.scope["state"]["audit_detail"] = {"username": data.username}
-    return _tokens(await _authenticator(request).login(data.username, data.password))
+    return _tokens(await _authenticator(request).login(data.username, data.password, data.otp))
 
 
 @post("/api/v1/auth/refresh", opt={"permission": PUBLIC}, status_code=200)
@@ -63,3 +71,16 @@ async def me(request: Request[Any, Any, Any]) -> MeResponse:
         region=identity.region,
         must_change_password=bool(claims.get("pwd_change")),
     )
+
+
+@post("/api/v1/auth/totp/enrol", opt={"permission": AUTHENTICATED}, status_code=200)
+async def enrol_totp(request: Request[Any, Any, Any]) -> TotpEnrolment:
+    """Start enrolling a second factor: the secret and its otpauth URI (for an authenticator app)."""
+    secret, uri = await _authenticator(request).enrol_totp(request.scope["state"]["identity"].user_id)
+    return TotpEnrolment(secret=secret, otpauth_uri=uri)
+
+
+@post("/api/v1/auth/totp/confirm", opt={"permission": AUTHENTICATED}, status_code=204)
+async def confirm_totp(request: Request[Any, Any, Any], data: TotpConfirm) -> None:
+    """Confirm enrolment with a first code; logins then require a code."""
+    await _authenticator(request).confirm_totp(request.scope["state"]["identity"].user_id, data.otp)

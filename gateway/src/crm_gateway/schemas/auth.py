@@ -49,3 +49,16 @@ class MeResponse(msgspec.Struct):
     team_id: str
     region: str
     must_change_password: bool
+
+
+class TotpEnrolment(msgspec.Struct):
+    """A new TOTP secret, shown once."""
+
+    secret: str
+    otpauth_uri: str
+
+
+class TotpConfirm(msgspec.Struct, forbid_unknown_fields=True):
+    """The first code from the authenticator app."""
+
+    otp: Annotated[str, msgspec.Meta(pattern=r"^\d{6}$")]
