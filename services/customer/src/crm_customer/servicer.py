@@ -49,6 +49,6 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             earlier = await self._store.find_by_request(identity, request.request_id)
             if earlier is not None:
                 return customer_service_pb2.CreateCustomerResponse(customer=to_proto(earlier))
-        customer = register_customer(identity, _PROTO_TO_KIND.get(request.kind), request.name, utcnow())
+        customer = register_customer(identity, _PROTO_TO_KIND.get(request.kind), {"name": request.name}, utcnow())
         created = await self._store.create(customer, request.request_id)
         return customer_service_pb2.CreateCustomerResponse(customer=to_proto(created))

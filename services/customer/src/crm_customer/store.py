@@ -9,7 +9,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm.customer.v1 import events_pb2
-from crm_customer.domain import Customer, CustomerKind
+from crm_customer.domain import Customer, CustomerKind, Profile
 from crm_customer.events import CUSTOMER_CREATED, customer_created
 from crm_platform.auth_context import Identity
 from crm_platform.errors import NotFound
@@ -49,7 +49,7 @@ def _to_customer(row: Row[tuple[object, ...]]) -> Customer:
         id=m["id"],
         customer_no=m["customer_no"],
         kind=CustomerKind(m["kind"]),
-        name=m["name"],
+        profile=Profile(name=m["name"]),
         owner_id=m["owner_id"],
         team_id=m["team_id"],
         branch_id=m["branch_id"],
