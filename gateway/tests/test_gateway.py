@@ -143,3 +143,28 @@ def test_app_refuses_a_route_without_permission() -> None:
     app = Litestar(route_handlers=[*ROUTES, undeclared])
     with pytest.raises(RuntimeError, match="declares no permission"):
         check_permissions_declared(app, Policy.load())
+
+
+async def test_login_flood_from_one_address_is_throttled(gateway: Gateway) -> None:
+    statuses = []
+    for _ in range(25):
+        reply = await gateway.client.post("/api/v1/auth/login", json={"username": "nobody", "password": "x"})
+        statuses.append(reply.status_code)
+        if reply.status_code == 429:
+            assert int(reply.headers["retry-after"]) >= 1
+            assert reply.json()["reason"] == "RATE_LIMITED"
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {401}
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    from crm_gateway.ratelimit import RateLimited, RateLimiter
+
+    limiter = RateLimiter(rate=2, burst=2)
+    limiter.hit("u", now=0.0)
+    limiter.hit("u", now=0.0)
+    with pytest.raises(RateLimited) as err:
+        limiter.hit("u", now=0.1)
+    assert err.value.retry_after == 1
+    limiter.hit("u", now=0.6)  # 0.5 s at 2/s gave back one token
+    limiter.hit("other", now=0.6)  # keys are independent

@@ -20,7 +20,8 @@ from crm_gateway.identity import IdentityStore
 from crm_gateway.middleware import audit_middleware, observability_middleware
 from crm_gateway.organisation import Organisation
 from crm_gateway.policy import OPENAPI_PATH, Policy, is_automatic_options
-from crm_gateway.routes import admin, audit, auth, customers, health, notifications
+from crm_gateway.ratelimit import Limits
+from crm_gateway.routes import access, admin, audit, auth, customers, health, notifications
 from crm_gateway.seed import seed_demo
 from crm_platform.bus import DOMAIN_STREAMS, Bus
 from crm_platform.config import load
@@ -46,6 +47,7 @@ ROUTES = [
     notifications.list_inbox,
     audit.list_audit,
     *admin.ROUTES,
+    access.explain_access,
 ]
 
 
@@ -94,6 +96,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             bus=bus,
             services=services,
             audit=AuditLog(engine),
+            policy=policy,
+            limits=Limits(settings.login_rate_per_minute, settings.api_rate_per_second),
             organisation=Organisation(store.sessions, Outbox("identity", notify=relay.wake), policy),
             authenticator=Authenticator(
                 store, policy, settings.jwt_secret, settings.access_token_minutes, settings.refresh_token_hours

@@ -24,6 +24,12 @@ class Settings(CommonSettings):
     refresh_token_hours: int = setting("CRM_GATEWAY_REFRESH_TOKEN_HOURS", 12, "Refresh token lifetime.")
     cors_origins: tuple[str, ...] = setting("CRM_GATEWAY_CORS_ORIGINS", (), "Allowed CORS origins, comma separated.")
     max_body_bytes: int = setting("CRM_GATEWAY_MAX_BODY_BYTES", 1_048_576, "Largest accepted request body.")
+    login_rate_per_minute: int = setting(
+        "CRM_GATEWAY_LOGIN_RATE_PER_MINUTE", 20, "Login attempts per client address per minute (half per username)."
+    )
+    api_rate_per_second: int = setting(
+        "CRM_GATEWAY_API_RATE_PER_SECOND", 100, "API calls per user per second (burst twice that; 4x per address)."
+    )
     demo: bool = setting("CRM_DEMO", False, "Seed the demo branches and users at start when absent.")
     demo_password: str = setting("CRM_DEMO_PASSWORD", "Demo-Passw0rd!", "Password of the demo users.", secret=True)
     call_timeout: float = setting("CRM_GATEWAY_CALL_TIMEOUT", 5.0, "Deadline of each call to a service, seconds.")

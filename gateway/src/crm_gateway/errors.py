@@ -108,7 +108,10 @@ def on_service_failure(request: Request[Any, Any, Any], exc: ServiceFailure) -> 
 
 
 def on_domain_error(request: Request[Any, Any, Any], exc: errors.DomainError) -> Response[dict[str, Any]]:
-    """A gateway-side domain error (validation, authentication) → problem."""
+    """A gateway-side domain error (validation, authentication, rate limit) → problem."""
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        return problem(request, 429, exc.message, reason=exc.reason, headers={"Retry-After": str(retry_after)})
     status = next((s for cls, s in _DOMAIN_TO_HTTP.items() if isinstance(exc, cls)), 400)
     fields = [{"field": v.field, "message": v.description} for v in getattr(exc, "violations", [])]
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

@@ -9,6 +9,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from crm_gateway.auth import Authenticator, require_password_changed
 from crm_gateway.policy import AUTHENTICATED, OPENAPI_PATH, PUBLIC, is_automatic_options
+from crm_gateway.ratelimit import Limits
 from crm_platform.errors import PermissionDenied, Unauthenticated
 
 
@@ -19,6 +20,9 @@ def permission_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     permission = handler.opt.get("permission")
     if permission is None:  # unreachable once the start-up check passed; fail closed anyway
         raise PermissionDenied("route declares no permission")
+    limits: Limits = connection.app.state.limits
+    client = connection.scope.get("client") or ("unknown", 0)
+    limits.api_address.hit(str(client[0]))
     if permission == PUBLIC:
         return
     header = connection.headers.get("authorization", "")
@@ -27,6 +31,7 @@ def permission_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
         raise Unauthenticated("bearer token required")
     authenticator: Authenticator = connection.app.state.authenticator
     identity, claims = authenticator.verify(token.strip(), connection.scope.get("state", {}).get("request_id", ""))
+    limits.api_user.hit(identity.user_id)
     connection.scope["state"]["identity"] = identity
     connection.scope["state"]["claims"] = claims
     if permission == AUTHENTICATED:

@@ -223,6 +223,12 @@ class IdentityStore:
                 .values(totp_secret=encrypted_secret, totp_enabled=enabled, updated_at=utcnow())
             )
 
+    async def branch_region(self, branch_id: str) -> str:
+        """The region of a branch ('' when unknown)."""
+        async with self.sessions() as session:
+            region = (await session.execute(select(branches.c.region).where(branches.c.id == branch_id))).scalar()
+        return region or ""
+
     async def count_users(self) -> int:
         """How many users exist (the demo seed runs only on an empty store)."""
         async with self.sessions() as session:

@@ -31,6 +31,10 @@ def _authenticator(request: Request[Any, Any, Any]) -> Authenticator:
 async def login(request: Request[Any, Any, Any], data: LoginRequest) -> TokenResponse:
     """Exchange staff number and password for an access and a refresh token."""
     request.scope["state"]["audit_detail"] = {"username": data.username}
+    limits = request.app.state.limits
+    client = request.scope.get("client") or ("unknown", 0)
+    limits.login_address.hit(str(client[0]))
+    limits.login_username.hit(data.username.lower())
     return _tokens(await _authenticator(request).login(data.username, data.password, data.otp))
 
 
