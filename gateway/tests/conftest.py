@@ -21,7 +21,15 @@ from gateway_harness import Gateway
 
 
 @pytest.fixture
-async def gateway(sqlite_url: str, private_nats: NatsServer, tmp_path: Path) -> AsyncIterator[Gateway]:
+def gateway_env() -> dict[str, str]:
+    """Extra gateway settings for a test module (override this fixture in the module)."""
+    return {}
+
+
+@pytest.fixture
+async def gateway(
+    gateway_env: dict[str, str], sqlite_url: str, private_nats: NatsServer, tmp_path: Path
+) -> AsyncIterator[Gateway]:
     async with running_service(CUSTOMER, database_url=sqlite_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
         unused = f"127.0.0.1:{free_port()}"
         settings = load(
@@ -37,6 +45,7 @@ async def gateway(sqlite_url: str, private_nats: NatsServer, tmp_path: Path) -> 
                     f"CRM_{s}_ADDR": unused
                     for s in ("INTERACTION", "OPPORTUNITY", "TICKET", "NOTIFICATION", "REPORTING")
                 },
+                **gateway_env,
             },
         )
         app = create_app(settings)

@@ -18,6 +18,7 @@ from crm_gateway.errors import EXCEPTION_HANDLERS
 from crm_gateway.guards import permission_guard
 from crm_gateway.identity import IdentityStore
 from crm_gateway.middleware import audit_middleware, observability_middleware
+from crm_gateway.oidc import OidcVerifier
 from crm_gateway.organisation import Organisation
 from crm_gateway.policy import OPENAPI_PATH, Policy, is_automatic_options
 from crm_gateway.ratelimit import Limits
@@ -97,6 +98,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             services=services,
             audit=AuditLog(engine),
             policy=policy,
+            oidc=OidcVerifier(
+                store,
+                policy,
+                settings.oidc_issuer,
+                settings.oidc_jwks_url,
+                settings.oidc_audience,
+                settings.oidc_roles_claim,
+                settings.oidc_username_claim,
+            )
+            if settings.oidc_issuer
+            else None,
             limits=Limits(settings.login_rate_per_minute, settings.api_rate_per_second),
             organisation=Organisation(store.sessions, Outbox("identity", notify=relay.wake), policy),
             authenticator=Authenticator(

@@ -30,6 +30,13 @@ class Settings(CommonSettings):
     api_rate_per_second: int = setting(
         "CRM_GATEWAY_API_RATE_PER_SECOND", 100, "API calls per user per second (burst twice that; 4x per address)."
     )
+    oidc_issuer: str = setting("CRM_GATEWAY_OIDC_ISSUER", "", "Issuer of an external OIDC provider; empty = off.")
+    oidc_jwks_url: str = setting("CRM_GATEWAY_OIDC_JWKS_URL", "", "JWKS URL of that provider.")
+    oidc_audience: str = setting("CRM_GATEWAY_OIDC_AUDIENCE", "crm", "Audience its tokens must carry.")
+    oidc_roles_claim: str = setting("CRM_GATEWAY_OIDC_ROLES_CLAIM", "roles", "Claim holding the CRM role names.")
+    oidc_username_claim: str = setting(
+        "CRM_GATEWAY_OIDC_USERNAME_CLAIM", "preferred_username", "Claim holding the staff number."
+    )
     demo: bool = setting("CRM_DEMO", False, "Seed the demo branches and users at start when absent.")
     demo_password: str = setting("CRM_DEMO_PASSWORD", "Demo-Passw0rd!", "Password of the demo users.", secret=True)
     call_timeout: float = setting("CRM_GATEWAY_CALL_TIMEOUT", 5.0, "Deadline of each call to a service, seconds.")
