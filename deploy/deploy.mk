@@ -18,3 +18,14 @@ deploy-check: $(STAMP) ## Render the overlays and validate them offline (Kuberne
 .PHONY: deploy-rules
 deploy-rules: $(STAMP) ## Regenerate deploy/alerts/prometheusrule.yaml from deploy/alerts/crm.rules.yml
 	$(PY) deploy/tools/wrap_rules.py
+
+BACKUP ?=
+
+.PHONY: backup
+backup: $(STAMP) ## Back up the running local stack (every database and JetStream stream) into var/backups/<time>
+	$(PY) deploy/tools/backup.py backup
+
+.PHONY: restore
+restore: $(STAMP) ## Restore into the stopped local stack: make restore BACKUP=var/backups/<time>
+	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=var/backups/<time>"; exit 2; }
+	$(PY) deploy/tools/backup.py restore "$(BACKUP)"

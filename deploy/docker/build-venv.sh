@@ -28,9 +28,12 @@ export PIP_CONSTRAINT
 "$python" -m grpc_tools.protoc -Iprotos --python_out=libs/protos --grpc_python_out=libs/protos \
     --pyi_out=libs/protos $(find protos -name '*.proto')
 
-"$python" -m pip wheel --quiet --no-deps --wheel-dir "$wheels" "$@"
+# "./" makes pip read each argument as a directory ("gateway" alone would be looked up on the index).
+for package in "$@"; do
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$wheels" "./$package"
+done
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --no-cache-dir -c constraints.txt "$wheels"/*.whl
 "$venv/bin/python" -m pip check
-# The runtime needs no installer: leave none behind for an attacker or a drifting hot-fix.
-"$venv/bin/python" -m pip uninstall --quiet --yes pip
+# The runtime needs no installer or build tool: leave none behind for an attacker or a drifting hot-fix.
+"$venv/bin/python" -m pip uninstall --quiet --yes pip setuptools
