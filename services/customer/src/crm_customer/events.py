@@ -1,8 +1,11 @@
-"""What the customer service publishes (and, later, consumes)."""
+"""What the customer service publishes (and, later, consumes). Payloads carry ids, ownership and field
+names, never personal values."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from google.protobuf.descriptor import EnumDescriptor
 
 from crm.customer.v1 import customer_pb2, events_pb2
 from crm_platform.inbox import Subscription
@@ -11,11 +14,39 @@ if TYPE_CHECKING:
     from crm_customer.domain import Customer
 
 CUSTOMER_CREATED = "crm.customer.customer.created"
+CUSTOMER_UPDATED = "crm.customer.customer.updated"
+CUSTOMER_ASSIGNED = "crm.customer.customer.assigned"
+CUSTOMER_TIER_CHANGED = "crm.customer.customer.tier_changed"
+CUSTOMER_ERASED = "crm.customer.customer.erased"
 
 KIND_TO_PROTO = {
     "individual": customer_pb2.CUSTOMER_KIND_INDIVIDUAL,
     "corporate": customer_pb2.CUSTOMER_KIND_CORPORATE,
 }
+
+
+def _prefix(descriptor: EnumDescriptor) -> str:
+    return descriptor.values_by_number[0].name.removesuffix("UNSPECIFIED")
+
+
+def enum_text(descriptor: EnumDescriptor, number: int) -> str:
+    """``GENDER_MALE`` → ``male``; 0 → ``""``; an unknown number → ``"?<n>"`` (which validation refuses)."""
+    if number == 0:
+        return ""
+    value = descriptor.values_by_number.get(number)
+    if value is None:
+        return f"?{number}"
+    return value.name.removeprefix(_prefix(descriptor)).lower()
+
+
+def enum_number(descriptor: EnumDescriptor, text: str) -> int:
+    """``male`` → ``GENDER_MALE``'s number; ``""`` → 0."""
+    if not text:
+        return 0
+    return descriptor.values_by_name[_prefix(descriptor) + text.upper()].number
+
+
+TIER = customer_pb2.Tier.DESCRIPTOR
 
 
 def customer_created(customer: Customer) -> events_pb2.CustomerCreated:
@@ -27,7 +58,41 @@ def customer_created(customer: Customer) -> events_pb2.CustomerCreated:
         branch_id=customer.branch_id,
         team_id=customer.team_id,
         region=customer.region,
+        tier=enum_number(TIER, customer.profile.tier),  # type: ignore[arg-type]
+        source_channel=enum_number(customer_pb2.SourceChannel.DESCRIPTOR, customer.profile.source_channel),  # type: ignore[arg-type]
     )
+
+
+def customer_updated(customer: Customer, changed_fields: list[str]) -> events_pb2.CustomerUpdated:
+    """The ``customer.updated`` payload: which fields changed, never their values."""
+    return events_pb2.CustomerUpdated(customer_id=customer.id, changed_fields=changed_fields, version=customer.version)
+
+
+def customer_assigned(customer: Customer, previous_owner_id: str, reason: str) -> events_pb2.CustomerAssigned:
+    """The ``customer.assigned`` payload: the new ownership facts every service's directory keeps."""
+    return events_pb2.CustomerAssigned(
+        customer_id=customer.id,
+        owner_id=customer.owner_id,
+        team_id=customer.team_id,
+        branch_id=customer.branch_id,
+        region=customer.region,
+        previous_owner_id=previous_owner_id,
+        reason=reason,
+    )
+
+
+def tier_changed(customer: Customer, previous_tier: str) -> events_pb2.CustomerTierChanged:
+    """The ``customer.tier_changed`` payload."""
+    return events_pb2.CustomerTierChanged(
+        customer_id=customer.id,
+        previous_tier=enum_number(TIER, previous_tier),  # type: ignore[arg-type]
+        tier=enum_number(TIER, customer.profile.tier),  # type: ignore[arg-type]
+    )
+
+
+def customer_erased(customer: Customer) -> events_pb2.CustomerErased:
+    """The ``customer.erased`` payload."""
+    return events_pb2.CustomerErased(customer_id=customer.id)
 
 
 def subscriptions() -> list[Subscription]:

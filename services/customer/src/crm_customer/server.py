@@ -16,7 +16,8 @@ from crm_platform.runtime import Context, ServiceSpec
 
 def wire(server: grpc.aio.Server, ctx: Context) -> Sequence[str]:
     """Register the servicer; return the served service names."""
-    store = CustomerStore(ctx.sessions, ctx.outbox)
+    settings: Settings = ctx.settings  # type: ignore[assignment]
+    store = CustomerStore(ctx.sessions, ctx.outbox, settings.keyring())
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(CustomerServicer(store), server)
     return [customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name]
 

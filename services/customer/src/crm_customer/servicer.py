@@ -2,21 +2,76 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from crm.common.v1 import money_pb2, paging_pb2
 from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
-from crm_customer.domain import Customer, register_customer
-from crm_customer.events import KIND_TO_PROTO
-from crm_customer.store import CustomerStore
+from crm_customer import domain
+from crm_customer.domain import Customer, FieldChange, masked, register_customer, require, revise_profile
+from crm_customer.events import KIND_TO_PROTO, enum_number, enum_text
+from crm_customer.store import CustomerFilter, CustomerStore
+from crm_platform import identifiers
 from crm_platform.auth_context import current_identity
+from crm_platform.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from crm_platform.outbox import utcnow
+from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
 
 _PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items()}
+_ENUMS = {
+    "gender": customer_pb2.Gender.DESCRIPTOR,
+    "id_type": customer_pb2.IdType.DESCRIPTOR,
+    "risk_appetite": customer_pb2.RiskAppetite.DESCRIPTOR,
+    "tier": customer_pb2.Tier.DESCRIPTOR,
+    "source_channel": customer_pb2.SourceChannel.DESCRIPTOR,
+}
+_TEXT = [f for f in domain.PROFILE_FIELDS if f not in _ENUMS and f not in ("interests", "do_not_disturb")]
+_TEXT = [f for f in _TEXT if not f.startswith("annual_income") and f != "name"]
+
+
+def profile_to_raw(profile: customer_pb2.CustomerProfile, fields: set[str] | None = None) -> dict[str, object]:
+    """The plain values of a profile message (only ``fields`` when given) for domain validation."""
+    raw: dict[str, object] = {}
+    for name in _TEXT:
+        raw[name] = getattr(profile, name)
+    for name, descriptor in _ENUMS.items():
+        raw[name] = enum_text(descriptor, getattr(profile, name))
+    raw["interests"] = list(profile.interests)
+    raw["do_not_disturb"] = profile.do_not_disturb
+    raw["annual_income"] = profile.annual_income.amount
+    raw["annual_income_currency"] = profile.annual_income.currency
+    if fields is None:
+        return raw
+    wanted = set(fields)
+    if "annual_income" in wanted:
+        wanted.add("annual_income_currency")
+    return {k: v for k, v in raw.items() if k in wanted}
+
+
+def profile_to_proto(profile: domain.Profile) -> customer_pb2.CustomerProfile:
+    """The wire form of a (masked) profile."""
+    message = customer_pb2.CustomerProfile(
+        interests=list(profile.interests),
+        do_not_disturb=profile.do_not_disturb,
+        **{name: _text(getattr(profile, name)) for name in _TEXT},
+        **{name: enum_number(d, getattr(profile, name)) for name, d in _ENUMS.items()},  # type: ignore[arg-type]
+    )
+    if profile.annual_income:
+        message.annual_income.CopyFrom(
+            money_pb2.Money(amount=profile.annual_income, currency=profile.annual_income_currency)
+        )
+    return message
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def to_proto(customer: Customer) -> customer_pb2.Customer:
-    """The wire form of a customer."""
+    """The wire form of a customer, sensitive fields masked."""
     return customer_pb2.Customer(
         id=customer.id,
         customer_no=customer.customer_no,
@@ -25,9 +80,35 @@ def to_proto(customer: Customer) -> customer_pb2.Customer:
         owner_id=customer.owner_id,
         branch_id=customer.branch_id,
         team_id=customer.team_id,
+        region=customer.region,
         version=customer.version,
         created_at=timestamp(customer.created_at),
         updated_at=timestamp(customer.updated_at),
+        profile=profile_to_proto(masked(customer.profile)),
+        erased=customer.erased_at is not None,
+    )
+
+
+def _changes(items: list[FieldChange]) -> list[customer_pb2.FieldChange]:
+    return [customer_pb2.FieldChange(field=c.field, before=c.before, after=c.after) for c in items]
+
+
+def _filter(request: customer_service_pb2.ListCustomersRequest) -> CustomerFilter:
+    return CustomerFilter(
+        name=request.name.strip(),
+        id_number=identifiers.normalise_id_number(request.id_number),
+        mobile=identifiers.normalise_mobile(request.mobile),
+        customer_no=request.customer_no.strip(),
+        tiers=tuple(enum_text(_ENUMS["tier"], t) for t in request.tiers),
+        risk_appetites=tuple(enum_text(_ENUMS["risk_appetite"], r) for r in request.risk_appetites),
+        owner_id=request.owner_id,
+        unassigned=request.unassigned,
+        branch_id=request.branch_id,
+        team_id=request.team_id,
+        kind=_PROTO_TO_KIND.get(request.kind, ""),
+        created_from=request.created_from.ToDatetime(tzinfo=dt.UTC) if request.HasField("created_from") else None,
+        created_to=request.created_to.ToDatetime(tzinfo=dt.UTC) if request.HasField("created_to") else None,
+        order_by=request.order_by or "-created_at",
     )
 
 
@@ -39,7 +120,9 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
 
     async def GetCustomer(self, request: Any, context: Any) -> customer_service_pb2.GetCustomerResponse:  # noqa: N802
         """See the proto."""
-        customer = await self._store.get(current_identity(), request.customer_id)
+        identity = current_identity()
+        require(identity, "customer:read")
+        customer = await self._store.get(identity, request.customer_id)
         return customer_service_pb2.GetCustomerResponse(customer=to_proto(customer))
 
     async def CreateCustomer(self, request: Any, context: Any) -> customer_service_pb2.CreateCustomerResponse:  # noqa: N802
@@ -49,6 +132,106 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             earlier = await self._store.find_by_request(identity, request.request_id)
             if earlier is not None:
                 return customer_service_pb2.CreateCustomerResponse(customer=to_proto(earlier))
-        customer = register_customer(identity, _PROTO_TO_KIND.get(request.kind), {"name": request.name}, utcnow())
-        created = await self._store.create(customer, request.request_id)
+        raw = {**profile_to_raw(request.profile), "name": request.name}
+        customer = register_customer(identity, _PROTO_TO_KIND.get(request.kind), raw, utcnow())
+        created = await self._store.create(identity, customer, request.request_id)
         return customer_service_pb2.CreateCustomerResponse(customer=to_proto(created))
+
+    async def UpdateCustomer(self, request: Any, context: Any) -> customer_service_pb2.UpdateCustomerResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:write")
+        paths = set(request.update_mask.paths)
+        if not paths:
+            raise InvalidArgument([FieldViolation("update_mask", "names no field to change")])
+        if len(request.note) > 500:
+            raise InvalidArgument([FieldViolation("note", "must be at most 500 characters")])
+        current = await self._store.get(identity, request.customer_id)
+        if current.erased_at is not None:
+            raise FailedPrecondition("an erased customer cannot be changed", reason="ERASED")
+        updates = profile_to_raw(request.profile, paths)
+        if "name" in paths:
+            updates["name"] = request.name
+        updates.update({p: None for p in paths if p not in updates})  # unknown names: refused by the domain
+        now = utcnow()
+        profile, diff = revise_profile(current, updates, now.date())
+        saved = await self._store.save_revision(
+            identity, current, profile, diff, request.expected_version, request.note.strip(), now
+        )
+        return customer_service_pb2.UpdateCustomerResponse(customer=to_proto(saved))
+
+    async def ListCustomers(self, request: Any, context: Any) -> customer_service_pb2.ListCustomersResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:read")
+        page, cursor = await self._store.list(
+            identity, _filter(request), page_limit(request.page), request.page.page_token
+        )
+        return customer_service_pb2.ListCustomersResponse(
+            customers=[to_proto(c) for c in page], page=paging_pb2.PageInfo(next_page_token=cursor)
+        )
+
+    async def ListCustomerHistory(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> customer_service_pb2.ListCustomerHistoryResponse:
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:read")
+        entries, cursor = await self._store.history(
+            identity, request.customer_id, page_limit(request.page), request.page.page_token
+        )
+        return customer_service_pb2.ListCustomerHistoryResponse(
+            changes=[
+                customer_pb2.CustomerChange(
+                    id=e.id,
+                    action=e.action,
+                    actor=e.actor,
+                    occurred_at=timestamp(e.occurred_at),
+                    note=e.note,
+                    changes=_changes(e.changes),
+                )
+                for e in entries
+            ],
+            page=paging_pb2.PageInfo(next_page_token=cursor),
+        )
+
+    async def AssignCustomer(self, request: Any, context: Any) -> customer_service_pb2.AssignCustomerResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:assign")
+        current = await self._store.get(identity, request.customer_id)
+        reason = request.reason.strip()
+        ownership = domain.plan_assignment(
+            identity,
+            current,
+            request.owner_id.strip(),
+            request.owner_team_id,
+            request.owner_branch_id,
+            tuple(request.owner_roles),
+            reason,
+        )
+        saved = await self._store.save_ownership(identity, current, ownership, "assigned", reason, utcnow())
+        return customer_service_pb2.AssignCustomerResponse(customer=to_proto(saved))
+
+    async def ReclaimCustomer(self, request: Any, context: Any) -> customer_service_pb2.ReclaimCustomerResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:assign")
+        current = await self._store.get(identity, request.customer_id)
+        reason = request.reason.strip()
+        ownership = domain.plan_reclaim(identity, current, reason)
+        saved = await self._store.save_ownership(identity, current, ownership, "reclaimed", reason, utcnow())
+        return customer_service_pb2.ReclaimCustomerResponse(customer=to_proto(saved))
+
+    async def EraseCustomer(self, request: Any, context: Any) -> customer_service_pb2.EraseCustomerResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:erase")
+        current = await self._store.get(identity, request.customer_id)
+        if current.erased_at is not None:
+            return customer_service_pb2.EraseCustomerResponse(customer=to_proto(current))
+        reason = request.reason.strip()
+        if not reason or len(reason) > 500:
+            raise InvalidArgument([FieldViolation("reason", "is required (the lawful basis), at most 500 characters")])
+        erased = await self._store.erase(identity, current, reason, utcnow())
+        return customer_service_pb2.EraseCustomerResponse(customer=to_proto(erased))

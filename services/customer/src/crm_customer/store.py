@@ -1,20 +1,62 @@
-"""Customer tables and queries. Every read applies the caller's data scope in SQL."""
+"""Customer tables and queries. Every read applies the caller's data scope in SQL.
+
+Personal fields (ID number, mobile, e-mail, address, contact mobile) are stored only as AES-GCM ciphertext
+under the customer's own data key (``customer_keys``, wrapped by a master key); ID number and mobile also
+as keyed hashes for exact lookup and duplicate detection. Deleting the key row is the erasure.
+"""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import datetime as dt
+import decimal
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ColumnElement,
+    Date,
+    DateTime,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm.customer.v1 import events_pb2
-from crm_customer.domain import Customer, CustomerKind, Profile
-from crm_customer.events import CUSTOMER_CREATED, customer_created
+from crm_customer import events
+from crm_customer.domain import (
+    SENSITIVE_FIELDS,
+    Customer,
+    CustomerKind,
+    FieldChange,
+    Ownership,
+    Profile,
+    changes,
+    erased_profile,
+)
 from crm_platform.auth_context import Identity
-from crm_platform.errors import NotFound
+from crm_platform.errors import AlreadyExists, Conflict, FieldViolation, InvalidArgument, NotFound
+from crm_platform.ids import new_id
 from crm_platform.outbox import Outbox
-from crm_platform.scope import scope_condition
+from crm_platform.pii import Keyring, WrappedKey
+from crm_platform.scope import in_scope, scope_condition
 
 metadata = MetaData()
 
@@ -34,81 +76,507 @@ customers = Table(
     Column("created_by", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("gender", String(10), nullable=False, default=""),
+    Column("birth_date", Date, nullable=True),
+    Column("id_type", String(40), nullable=False, default=""),
+    Column("id_number_enc", LargeBinary, nullable=True),
+    Column("id_number_hash", String(80), nullable=True),
+    Column("mobile_enc", LargeBinary, nullable=True),
+    Column("mobile_hash", String(80), nullable=True),
+    Column("email_enc", LargeBinary, nullable=True),
+    Column("address_enc", LargeBinary, nullable=True),
+    Column("contact_mobile_enc", LargeBinary, nullable=True),
+    Column("occupation", String(100), nullable=False, default=""),
+    Column("employer", String(100), nullable=False, default=""),
+    Column("annual_income", Numeric(17, 2), nullable=True),
+    Column("annual_income_currency", String(3), nullable=False, default=""),
+    Column("family_situation", String(500), nullable=False, default=""),
+    Column("risk_appetite", String(20), nullable=False, default=""),
+    Column("risk_assessed_on", Date, nullable=True),
+    Column("risk_expires_on", Date, nullable=True),
+    Column("investment_experience", String(200), nullable=False, default=""),
+    Column("interests", Text, nullable=False, default="[]"),
+    Column("credit_code", String(18), nullable=True),
+    Column("industry", String(100), nullable=False, default=""),
+    Column("main_business", String(500), nullable=False, default=""),
+    Column("contact_person", String(50), nullable=False, default=""),
+    Column("parent_customer_id", String(36), nullable=False, default=""),
+    Column("tier", String(20), nullable=False, default="none"),
+    Column("source_channel", String(30), nullable=False, default=""),
+    Column("do_not_disturb", Boolean, nullable=False, default=False),
+    Column("erased_at", DateTime(timezone=True), nullable=True),
 )
 
+customer_keys = Table(
+    "customer_keys",
+    metadata,
+    Column("customer_id", String(36), primary_key=True),
+    Column("kid", String(40), nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+customer_history = Table(
+    "customer_history",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("customer_id", String(36), nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("note", String(500), nullable=False, default=""),
+    Column("changes", Text, nullable=False, default="[]"),
+)
+
+_SEALED = tuple(SENSITIVE_FIELDS)  # stored as <field>_enc
+_HASHED = ("id_number", "mobile")  # also stored as <field>_hash
+_PLAIN = tuple(
+    f.name
+    for f in dataclasses.fields(Profile)
+    if f.name not in _SEALED and f.name not in ("annual_income", "interests")
+)
 _COLUMNS = [c for c in customers.c if c.name != "request_id"]
+_SORTS = {"created_at", "updated_at", "name", "customer_no"}
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _to_customer(row: Row[tuple[object, ...]]) -> Customer:
-    m = row._mapping
-    return Customer(
-        id=m["id"],
-        customer_no=m["customer_no"],
-        kind=CustomerKind(m["kind"]),
-        profile=Profile(name=m["name"]),
-        owner_id=m["owner_id"],
-        team_id=m["team_id"],
-        branch_id=m["branch_id"],
-        region=m["region"],
-        version=m["version"],
-        created_by=m["created_by"],
-        created_at=_utc(m["created_at"]),
-        updated_at=_utc(m["updated_at"]),
-    )
+@dataclass(frozen=True)
+class CustomerFilter:
+    """Exact search terms and filters of a list (empty means "any")."""
+
+    name: str = ""
+    id_number: str = ""
+    mobile: str = ""
+    customer_no: str = ""
+    tiers: tuple[str, ...] = ()
+    risk_appetites: tuple[str, ...] = ()
+    owner_id: str = ""
+    unassigned: bool = False
+    branch_id: str = ""
+    team_id: str = ""
+    kind: str = ""
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+    order_by: str = "-created_at"
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One change of a customer file."""
+
+    id: str
+    action: str
+    actor: str
+    occurred_at: dt.datetime
+    note: str
+    changes: list[FieldChange]
 
 
 class CustomerStore:
     """Reads and writes customer files; writes put their events in the outbox in the same transaction."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, keyring: Keyring) -> None:
         self._sessions = sessions
         self._outbox = outbox
+        self._keyring = keyring
+
+    # Reading
 
     @staticmethod
-    def _scoped(identity: Identity):  # type: ignore[no-untyped-def]
+    def _scoped(identity: Identity) -> ColumnElement[bool]:
         c = customers.c
         return scope_condition(identity, owner=c.owner_id, team=c.team_id, branch=c.branch_id, region=c.region)
+
+    def _select(self) -> Any:
+        k = customer_keys.c
+        return select(*_COLUMNS, k.kid, k.wrapped).select_from(
+            customers.outerjoin(customer_keys, k.customer_id == customers.c.id)
+        )
+
+    def _to_customer(self, row: Row[Any]) -> Customer:
+        m = row._mapping
+        values: dict[str, Any] = {name: m[name] for name in _PLAIN}
+        values["birth_date"] = m["birth_date"]
+        values["interests"] = tuple(json.loads(m["interests"] or "[]"))
+        values["annual_income"] = "" if m["annual_income"] is None else f"{decimal.Decimal(m['annual_income']):.2f}"
+        values["credit_code"] = m["credit_code"] or ""
+        if m["wrapped"] is not None:
+            data_key = self._keyring.unwrap(m["id"], WrappedKey(m["kid"], m["wrapped"]))
+            for name in _SEALED:
+                blob = m[f"{name}_enc"]
+                values[name] = "" if blob is None else self._keyring.decrypt(data_key, m["id"], name, blob)
+        return Customer(
+            id=m["id"],
+            customer_no=m["customer_no"],
+            kind=CustomerKind(m["kind"]),
+            profile=Profile(**values),
+            owner_id=m["owner_id"],
+            team_id=m["team_id"],
+            branch_id=m["branch_id"],
+            region=m["region"],
+            version=m["version"],
+            created_by=m["created_by"],
+            created_at=_utc(m["created_at"]),
+            updated_at=_utc(m["updated_at"]),
+            erased_at=_utc(m["erased_at"]) if m["erased_at"] is not None else None,
+        )
 
     async def get(self, identity: Identity, customer_id: str) -> Customer:
         """One customer inside the caller's scope; :class:`NotFound` otherwise (no existence leak)."""
         async with self._sessions() as session:
-            query = select(*_COLUMNS).where(customers.c.id == customer_id, self._scoped(identity))
-            row = (await session.execute(query)).first()
+            return await self._get(session, identity, customer_id)
+
+    async def _get(self, session: AsyncSession, identity: Identity, customer_id: str) -> Customer:
+        query = self._select().where(customers.c.id == customer_id, self._scoped(identity))
+        row = (await session.execute(query)).first()
         if row is None:
             raise NotFound(f"customer {customer_id} not found")
-        return _to_customer(row)
+        return self._to_customer(row)
 
     async def find_by_request(self, identity: Identity, request_id: str) -> Customer | None:
         """The customer an earlier call with the same request id created, if any (idempotent create)."""
         async with self._sessions() as session:
-            query = select(*_COLUMNS).where(customers.c.request_id == request_id, self._scoped(identity))
+            query = self._select().where(customers.c.request_id == request_id, self._scoped(identity))
             row = (await session.execute(query)).first()
-        return _to_customer(row) if row is not None else None
+        return self._to_customer(row) if row is not None else None
 
-    async def create(self, customer: Customer, request_id: str) -> Customer:
-        """Insert the customer and its ``customer.created`` event in one transaction."""
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                insert(customers).values(
-                    id=customer.id,
-                    customer_no=customer.customer_no,
-                    kind=customer.kind.value,
-                    name=customer.name,
-                    owner_id=customer.owner_id,
-                    team_id=customer.team_id,
-                    branch_id=customer.branch_id,
-                    region=customer.region,
-                    request_id=request_id or None,
-                    version=customer.version,
-                    created_by=customer.created_by,
-                    created_at=customer.created_at,
-                    updated_at=customer.updated_at,
-                )
+    async def list(
+        self, identity: Identity, where: CustomerFilter, limit: int, cursor: str
+    ) -> tuple[list[Customer], str]:
+        """One page of the caller's customers matching ``where``, and the next cursor ("" after the last page)."""
+        c = customers.c
+        conditions: list[ColumnElement[bool]] = [self._scoped(identity)]
+        if where.name:
+            conditions.append(c.name == where.name)
+        if where.id_number:
+            conditions.append(c.id_number_hash.in_(self._keyring.lookup_hashes("id_number", where.id_number)))
+        if where.mobile:
+            conditions.append(c.mobile_hash.in_(self._keyring.lookup_hashes("mobile", where.mobile)))
+        if where.customer_no:
+            conditions.append(c.customer_no == where.customer_no)
+        if where.tiers:
+            conditions.append(c.tier.in_(where.tiers))
+        if where.risk_appetites:
+            conditions.append(c.risk_appetite.in_(where.risk_appetites))
+        if where.owner_id:
+            conditions.append(c.owner_id == where.owner_id)
+        if where.unassigned:
+            conditions.append(c.owner_id == "")
+        if where.branch_id:
+            conditions.append(c.branch_id == where.branch_id)
+        if where.team_id:
+            conditions.append(c.team_id == where.team_id)
+        if where.kind:
+            conditions.append(c.kind == where.kind)
+        if where.created_from is not None:
+            conditions.append(c.created_at >= where.created_from)
+        if where.created_to is not None:
+            conditions.append(c.created_at < where.created_to)
+        descending = where.order_by.startswith("-")
+        sort_name = where.order_by.lstrip("-") or "created_at"
+        if sort_name not in _SORTS:
+            raise InvalidArgument([FieldViolation("order_by", f"must be one of {', '.join(sorted(_SORTS))}")])
+        sort_col = c[sort_name]
+        if cursor:
+            last_value, last_id = _decode_cursor(cursor, sort_name)
+            after = (sort_col < last_value) if descending else (sort_col > last_value)
+            same = and_(sort_col == last_value, (c.id < last_id) if descending else (c.id > last_id))
+            conditions.append(or_(after, same))
+        order = (sort_col.desc(), c.id.desc()) if descending else (sort_col.asc(), c.id.asc())
+        query = self._select().where(*conditions).order_by(*order).limit(limit + 1)
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        page = [self._to_customer(r) for r in rows[:limit]]
+        next_cursor = ""
+        if len(rows) > limit:
+            last = rows[limit - 1]._mapping
+            next_cursor = _encode_cursor(last[sort_name], last["id"])
+        return page, next_cursor
+
+    async def history(
+        self, identity: Identity, customer_id: str, limit: int, cursor: str
+    ) -> tuple[list[HistoryEntry], str]:
+        """A page of a customer's history, newest first (the customer must be in the caller's scope)."""
+        h = customer_history.c
+        async with self._sessions() as session:
+            await self._get(session, identity, customer_id)
+            query = select(customer_history).where(h.customer_id == customer_id)
+            if cursor:
+                query = query.where(h.id < cursor)
+            rows = (await session.execute(query.order_by(h.id.desc()).limit(limit + 1))).all()
+        entries = [
+            HistoryEntry(
+                id=r.id,
+                action=r.action,
+                actor=r.actor,
+                occurred_at=_utc(r.occurred_at),
+                note=r.note,
+                changes=[FieldChange(**item) for item in json.loads(r.changes)],
             )
-            event: events_pb2.CustomerCreated = customer_created(customer)
-            await self._outbox.add(session, CUSTOMER_CREATED, event, subject_id=customer.id, actor=customer.created_by)
+            for r in rows[:limit]
+        ]
+        return entries, (entries[-1].id if len(rows) > limit else "")
+
+    # Writing
+
+    async def create(self, identity: Identity, customer: Customer, request_id: str) -> Customer:
+        """Insert the customer, its data key, history and ``customer.created`` event in one transaction."""
+        try:
+            async with self._sessions() as session, session.begin():
+                await self._reject_duplicates(session, identity, customer.profile, exclude_id=None)
+                data_key, wrapped = self._keyring.new_data_key(customer.id)
+                await session.execute(
+                    insert(customer_keys).values(
+                        customer_id=customer.id,
+                        kid=wrapped.kid,
+                        wrapped=wrapped.wrapped,
+                        created_at=customer.created_at,
+                    )
+                )
+                await session.execute(
+                    insert(customers).values(
+                        id=customer.id,
+                        customer_no=customer.customer_no,
+                        kind=customer.kind.value,
+                        owner_id=customer.owner_id,
+                        team_id=customer.team_id,
+                        branch_id=customer.branch_id,
+                        region=customer.region,
+                        request_id=request_id or None,
+                        version=customer.version,
+                        created_by=customer.created_by,
+                        created_at=customer.created_at,
+                        updated_at=customer.updated_at,
+                        **self._profile_columns(customer.id, data_key, customer.profile),
+                    )
+                )
+                created = changes(Profile(name=""), customer.profile)
+                await self._record(
+                    session, customer.id, "created", customer.created_by, customer.created_at, "", created
+                )
+                await self._outbox.add(
+                    session,
+                    events.CUSTOMER_CREATED,
+                    events.customer_created(customer),
+                    subject_id=customer.id,
+                    actor=customer.created_by,
+                )
+        except IntegrityError:
+            # A concurrent create won the race: answer as if we had seen it first.
+            if request_id and (earlier := await self.find_by_request(identity, request_id)) is not None:
+                return earlier
+            async with self._sessions() as session:
+                await self._reject_duplicates(session, identity, customer.profile, exclude_id=None)
+            raise
         return customer
+
+    async def save_revision(
+        self,
+        identity: Identity,
+        before: Customer,
+        profile: Profile,
+        diff: list[FieldChange],
+        expected_version: int,
+        note: str,
+        now: dt.datetime,
+    ) -> Customer:
+        """Store a revised profile if the file is still at ``expected_version`` (else :class:`Conflict`)."""
+        if before.version != expected_version:
+            raise Conflict(f"customer {before.id} is at version {before.version}, not {expected_version}")
+        if not diff:
+            return before
+        after = dataclasses.replace(before, profile=profile, version=before.version + 1, updated_at=now)
+        async with self._sessions() as session, session.begin():
+            await self._reject_duplicates(session, identity, profile, exclude_id=before.id)
+            data_key = await self._data_key(session, before.id)
+            values = self._profile_columns(before.id, data_key, profile)
+            await self._update_versioned(session, before, version=after.version, updated_at=now, **values)
+            await self._record(session, before.id, "updated", identity.user_id, now, note, diff)
+            changed = [c.field for c in diff]
+            await self._outbox.add(
+                session,
+                events.CUSTOMER_UPDATED,
+                events.customer_updated(after, changed),
+                subject_id=before.id,
+                actor=identity.user_id,
+            )
+            if before.profile.tier != profile.tier:
+                await self._outbox.add(
+                    session,
+                    events.CUSTOMER_TIER_CHANGED,
+                    events.tier_changed(after, before.profile.tier),
+                    subject_id=before.id,
+                    actor=identity.user_id,
+                )
+        return after
+
+    async def save_ownership(
+        self, identity: Identity, before: Customer, ownership: Ownership, action: str, reason: str, now: dt.datetime
+    ) -> Customer:
+        """Store a new owner (or the branch pool), its history and the ``customer.assigned`` event."""
+        after = dataclasses.replace(
+            before, owner_id=ownership.owner_id, team_id=ownership.team_id, version=before.version + 1, updated_at=now
+        )
+        diff = [
+            FieldChange(name, old, new)
+            for name, old, new in (
+                ("owner_id", before.owner_id, after.owner_id),
+                ("team_id", before.team_id, after.team_id),
+            )
+            if old != new
+        ]
+        async with self._sessions() as session, session.begin():
+            await self._update_versioned(
+                session, before, owner_id=after.owner_id, team_id=after.team_id, version=after.version, updated_at=now
+            )
+            await self._record(session, before.id, action, identity.user_id, now, reason, diff)
+            await self._outbox.add(
+                session,
+                events.CUSTOMER_ASSIGNED,
+                events.customer_assigned(after, before.owner_id, reason),
+                subject_id=before.id,
+                actor=identity.user_id,
+            )
+        return after
+
+    async def erase(self, identity: Identity, before: Customer, reason: str, now: dt.datetime) -> Customer:
+        """Crypto-shred: destroy the data key, drop the lookup hashes and personal plain fields, scrub history."""
+        remaining = erased_profile(before.profile)
+        after = dataclasses.replace(
+            before, profile=remaining, version=before.version + 1, updated_at=now, erased_at=now
+        )
+        h = customer_history.c
+        async with self._sessions() as session, session.begin():
+            await session.execute(delete(customer_keys).where(customer_keys.c.customer_id == before.id))
+            plain = self._plain_columns(remaining)
+            await self._update_versioned(
+                session,
+                before,
+                version=after.version,
+                updated_at=now,
+                erased_at=now,
+                id_number_hash=None,
+                mobile_hash=None,
+                **plain,
+            )
+            # Earlier history may hold masked fragments and plain names: keep only which fields changed.
+            for row in (await session.execute(select(h.id, h.changes).where(h.customer_id == before.id))).all():
+                scrubbed = [{**c, "before": "", "after": ""} for c in json.loads(row.changes)]
+                await session.execute(
+                    update(customer_history).where(h.id == row.id).values(changes=json.dumps(scrubbed))
+                )
+            await self._record(session, before.id, "erased", identity.user_id, now, reason, [])
+            await self._outbox.add(
+                session,
+                events.CUSTOMER_ERASED,
+                events.customer_erased(after),
+                subject_id=before.id,
+                actor=identity.user_id,
+            )
+        return after
+
+    # Internals
+
+    async def _update_versioned(self, session: AsyncSession, before: Customer, **values: Any) -> None:
+        c = customers.c
+        result = await session.execute(
+            update(customers).where(c.id == before.id, c.version == before.version).values(**values)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise Conflict(f"customer {before.id} changed meanwhile; read it again")
+
+    async def _data_key(self, session: AsyncSession, customer_id: str) -> bytes:
+        k = customer_keys.c
+        row = (await session.execute(select(k.kid, k.wrapped).where(k.customer_id == customer_id))).first()
+        if row is None:
+            raise NotFound(f"customer {customer_id} was erased")
+        return self._keyring.unwrap(customer_id, WrappedKey(row.kid, row.wrapped))
+
+    def _plain_columns(self, profile: Profile) -> dict[str, Any]:
+        values: dict[str, Any] = {name: getattr(profile, name) for name in _PLAIN}
+        values["credit_code"] = profile.credit_code or None
+        values["interests"] = json.dumps(list(profile.interests), ensure_ascii=False)
+        values["annual_income"] = decimal.Decimal(profile.annual_income) if profile.annual_income else None
+        for name in _SEALED:
+            values[f"{name}_enc"] = None
+        return values
+
+    def _profile_columns(self, customer_id: str, data_key: bytes, profile: Profile) -> dict[str, Any]:
+        values = self._plain_columns(profile)
+        for name in _SEALED:
+            value = getattr(profile, name)
+            values[f"{name}_enc"] = self._keyring.encrypt(data_key, customer_id, name, value) if value else None
+        for name in _HASHED:
+            value = getattr(profile, name)
+            values[f"{name}_hash"] = self._keyring.lookup_hash(name, value) if value else None
+        return values
+
+    async def _reject_duplicates(
+        self, session: AsyncSession, identity: Identity, profile: Profile, exclude_id: str | None
+    ) -> None:
+        c = customers.c
+        checks: list[tuple[str, ColumnElement[bool]]] = []
+        if profile.id_number:
+            checks.append(
+                ("id_number", c.id_number_hash.in_(self._keyring.lookup_hashes("id_number", profile.id_number)))
+            )
+        if profile.mobile:
+            checks.append(("mobile", c.mobile_hash.in_(self._keyring.lookup_hashes("mobile", profile.mobile))))
+        if profile.credit_code:
+            checks.append(("credit_code", c.credit_code == profile.credit_code))
+        for field, condition in checks:
+            query = select(c.id, c.owner_id, c.team_id, c.branch_id, c.region).where(condition, c.erased_at.is_(None))
+            if exclude_id is not None:
+                query = query.where(c.id != exclude_id)
+            row = (await session.execute(query.limit(1))).first()
+            if row is None:
+                continue
+            visible = in_scope(identity, owner=row.owner_id, team=row.team_id, branch=row.branch_id, region=row.region)
+            raise AlreadyExists(
+                f"a customer with this {field} already exists",
+                existing_id=row.id if visible else "",
+                reason=f"DUPLICATE_{field.upper()}",
+            )
+
+    async def _record(
+        self,
+        session: AsyncSession,
+        customer_id: str,
+        action: str,
+        actor: str,
+        at: dt.datetime,
+        note: str,
+        diff: Sequence[FieldChange],
+    ) -> None:
+        await session.execute(
+            insert(customer_history).values(
+                id=new_id(),
+                customer_id=customer_id,
+                action=action,
+                actor=actor,
+                occurred_at=at,
+                note=note,
+                changes=json.dumps([dataclasses.asdict(d) for d in diff], ensure_ascii=False),
+            )
+        )
+
+
+def _encode_cursor(value: Any, last_id: str) -> str:
+    if isinstance(value, dt.datetime):
+        value = _utc(value).isoformat()
+    return base64.urlsafe_b64encode(json.dumps([value, last_id]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, sort_name: str) -> tuple[Any, str]:
+    try:
+        value, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if sort_name in ("created_at", "updated_at"):
+            value = dt.datetime.fromisoformat(value)
+        if not isinstance(last_id, str):
+            raise ValueError("cursor id")
+    except (ValueError, TypeError):
+        raise InvalidArgument([FieldViolation("cursor", "is not a cursor this list returned")]) from None
+    return value, last_id
