@@ -3,73 +3,14 @@ services (and their events reach the others), and SIGTERM stops every process cl
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
-
-from crm_testing.nats_server import free_port
+from conftest import SERVICES, Stack
 
 pytestmark = pytest.mark.slow
-
-SERVICES = ["CUSTOMER", "INTERACTION", "OPPORTUNITY", "TICKET", "NOTIFICATION", "REPORTING"]
-
-
-@dataclass
-class Stack:
-    process: subprocess.Popen[bytes]
-    url: str
-    ports: dict[str, int]
-    log: Path
-
-
-def _stack_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
-    ports = {"gateway": free_port(), "nats": free_port()}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRM_", "GATEWAY_"))}
-    env.update(
-        CRM_DATA_DIR=str(tmp_path / "var"),
-        CRM_DEMO="1",
-        CRM_GATEWAY_PORT=str(ports["gateway"]),
-        CRM_EMBEDDED_NATS_PORT=str(ports["nats"]),
-    )
-    for name in SERVICES:
-        ports[name], ports[f"{name}_metrics"] = free_port(), free_port()
-        env[f"CRM_{name}_GRPC_PORT"] = str(ports[name])
-        env[f"CRM_{name}_METRICS_PORT"] = str(ports[f"{name}_metrics"])
-    return env, ports
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp_path = tmp_path_factory.mktemp("stack")
-    env, ports = _stack_env(tmp_path)
-    log = tmp_path / "stack.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "crm_testing.stack"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{ports['gateway']}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"stack exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        if "CRM gateway ready" in log.read_text(errors="replace"):
-            break
-        time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"stack not ready in time:\n{log.read_text()[-4000:]}")
-    yield Stack(process, url, ports, log)
-    if process.poll() is None:
-        process.kill()
-        process.wait()
 
 
 def _login(client: httpx.Client, user: str) -> dict[str, str]:
