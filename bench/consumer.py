@@ -1,0 +1,177 @@
+"""Consumer throughput: how fast ``ConsumerRunner`` drains a backlog on PostgreSQL (one event per transaction).
+
+This bounds the end-to-end benchmark: at 500 events/s a consumer must handle an event in under 2 ms. A
+stream is pre-filled with ``EVENTS`` envelopes; each variant then drains it with its own durable consumer
+(trivial handler) into its own scratch database, timed from start to the last handler:
+
+* the platform's ``ConsumerRunner`` on the platform's engine (``crm_platform.db.create_engine``);
+* :class:`bench.patched.PatchedConsumerRunner` (inbox check and record in one ``INSERT … ON CONFLICT``);
+* the same on an engine without ``pool_pre_ping`` (one round trip fewer per transaction).
+
+The bare limit: one asyncpg connection running the same statements per event
+(``BEGIN; SELECT inbox; INSERT inbox; COMMIT``) with nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.common import (
+    NATS_URL,
+    Row,
+    Section,
+    pg_dsn,
+    progress,
+    sample_envelope_bytes,
+    scratch_database,
+    scratch_stream,
+    unique_token,
+)
+
+EVENTS = 1000
+TIME_LIMIT = 60.0
+
+
+async def _create_tables(database: str) -> None:
+    from crm_platform.db import create_engine, normalise_url
+    from crm_platform.schema import platform_metadata
+
+    engine = create_engine(normalise_url(pg_dsn(database)))
+    async with engine.begin() as conn:
+        await conn.run_sync(platform_metadata.create_all)
+    await engine.dispose()
+
+
+async def _bare(database: str) -> float:
+    """Inbox transactions per second on one bare asyncpg connection."""
+    import datetime as dt
+
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_dsn(database))
+    try:
+        select = await conn.prepare("SELECT outcome FROM inbox WHERE consumer = $1 AND event_id = $2")
+        insert = await conn.prepare(
+            "INSERT INTO inbox (consumer, event_id, outcome, handled_at) VALUES ($1, $2, 'handled', $3)"
+        )
+        started = time.perf_counter()
+        for i in range(EVENTS):
+            async with conn.transaction():
+                await select.fetchrow("bare", f"e-{i}")
+                await insert.fetch("bare", f"e-{i}", dt.datetime.now(dt.UTC))
+        return EVENTS / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+async def _drain(stream: Any, subject: str, runner_class: type[Any], pre_ping: bool) -> dict[str, float]:
+    """Drain the stream with a new durable consumer into a fresh database; return events/s and CPU/event."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from crm_platform.bus import Bus
+    from crm_platform.db import create_engine, normalise_url, session_factory
+    from crm_platform.inbox import Event, Subscription
+    from crm_platform.outbox import Outbox
+
+    async with scratch_database() as database:
+        await _create_tables(database)
+        url = normalise_url(pg_dsn(database))
+        if pre_ping:
+            engine = create_engine(url)
+        else:
+            engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=False, pool_recycle=1800)
+        bus = Bus(NATS_URL, name="crm-bench-consumer")
+        await bus.connect(attempts=3)
+        handled = 0
+        done = asyncio.Event()
+
+        async def handle(_session: Any, _event: Event) -> None:
+            nonlocal handled
+            handled += 1
+            if handled >= EVENTS:
+                done.set()
+
+        subscription = Subscription(f"bench-drain-{unique_token()}", stream.name, subject, {subject: handle})
+        runner = runner_class(bus, session_factory(engine), Outbox("bench-consumer"), [subscription])
+        cpu = time.process_time()
+        started = time.perf_counter()
+        try:
+            await runner.start()
+            await asyncio.wait_for(done.wait(), timeout=TIME_LIMIT)
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu
+        finally:
+            await runner.stop()
+            await bus.close()
+            await engine.dispose()
+    return {"events_per_s": handled / elapsed, "cpu_ms_per_event": cpu * 1000 / handled}
+
+
+async def measure() -> dict[str, Any]:
+    """Bare inbox transactions, then the three consumer variants on the same pre-filled stream."""
+    from bench.patched import PatchedConsumerRunner
+    from crm.customer.v1 import events_pb2  # noqa: F401 - registers the payload type for unpacking
+    from crm_platform.bus import Bus
+    from crm_platform.inbox import ConsumerRunner
+
+    async with scratch_database() as database:
+        await _create_tables(database)
+        bare = await _bare(database)
+    progress(f"  bare inbox transaction {bare:,.0f}/s")
+    results: dict[str, Any] = {"events": EVENTS, "bare": bare}
+    async with scratch_stream() as stream:
+        subject = stream.subject("customer.customer.created")
+        bus = Bus(NATS_URL, name="crm-bench-fill")
+        await bus.connect(attempts=3)
+        futures = [await bus.js.publish_async(subject, sample_envelope_bytes(subject, i)[1]) for i in range(EVENTS)]
+        await asyncio.gather(*futures)
+        await bus.close()
+        for key, runner_class, pre_ping in (
+            ("platform", ConsumerRunner, True),
+            ("patched_inbox", PatchedConsumerRunner, True),
+            ("patched_inbox_no_pre_ping", PatchedConsumerRunner, False),
+        ):
+            results[key] = await _drain(stream, subject, runner_class, pre_ping)
+            progress(
+                f"  consumer {key}: {results[key]['events_per_s']:,.0f} events/s, "
+                f"{results[key]['cpu_ms_per_event']:.2f} ms CPU/event"
+            )
+    return results
+
+
+def section(figures: dict[str, Any]) -> Section:
+    """Rows per consumer variant, each as a ratio to the bare inbox transaction rate."""
+    bare = figures["bare"]
+    labels = {
+        "platform": "ConsumerRunner (platform)",
+        "patched_inbox": "ConsumerRunner, patched `_apply` (ON CONFLICT)",
+        "patched_inbox_no_pre_ping": "… and engine without `pool_pre_ping`",
+    }
+    rows = [
+        Row(
+            label,
+            "backlog drain, PostgreSQL",
+            figures[key]["events_per_s"],
+            "events/s",
+            bare_label="bare asyncpg inbox transaction",
+            bare_value=bare,
+            ratio=figures[key]["events_per_s"] / bare,
+            target="≥ 500/s (to sustain the e2e rate)" if key == "platform" else "",
+            met=figures[key]["events_per_s"] >= 500 if key == "platform" else None,
+        )
+        for key, label in labels.items()
+    ]
+    detail = [
+        f"Consumer drain: {figures['events']:,} events pre-published; each variant drains them with its own durable "
+        f"consumer (trivial handler) into its own scratch database. Bare: one asyncpg connection doing `BEGIN; "
+        f"SELECT inbox; INSERT inbox; COMMIT` per event: {bare:,.0f}/s. "
+        + "; ".join(
+            f"{labels[k]}: {figures[k]['events_per_s']:,.0f} events/s, {figures[k]['cpu_ms_per_event']:.2f} ms "
+            f"CPU per event in the consumer process"
+            for k in labels
+        )
+        + "."
+    ]
+    return Section("Consumer throughput", rows, detail)

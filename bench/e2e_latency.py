@@ -1,0 +1,271 @@
+"""End-to-end event latency on PostgreSQL at a steady rate: commit → consumer's inbox commit.
+
+Two processes besides this one, as in production:
+
+* the **writer** commits one event per transaction through :class:`crm_platform.outbox.Outbox` (a row in a
+  business table plus the outbox row), paced at ``RATE`` per second, with an
+  :class:`crm_platform.outbox.OutboxRelay` running in the same process and woken on commit;
+* the **consumer** runs :class:`crm_platform.inbox.ConsumerRunner` on a durable pull consumer with a trivial
+  handler, in its own database. A subclass records, right after the runner's transaction (inbox row +
+  handler) has committed, ``now − envelope.occurred_at`` (same machine clock). ``occurred_at`` is stamped
+  when the event is added, just before the writer's commit, so the figure slightly over-states the latency.
+
+The first ``WARMUP_EVENTS`` are excluded (connection pools and caches warming up).
+``python -m bench.e2e_latency writer|consumer ...`` are the two halves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.common import (
+    NATS_URL,
+    Row,
+    Section,
+    child_process,
+    emit_json,
+    latency_summary_ms,
+    pg_dsn,
+    progress,
+    python_child,
+    run_json,
+    scratch_database,
+    scratch_stream,
+    unique_token,
+)
+
+RATE = 500
+SECONDS = 22.0
+WARMUP_EVENTS = 1000
+TARGET_P99_MS = 10.0
+DURABLE = "bench-e2e"
+DRAIN_SECONDS = 15.0  # after the writer is done, how long the consumer may take to catch up
+WRITER_TIME_LIMIT_FACTOR = 2.0
+WRITER_CONCURRENCY = 8  # transactions in flight at most, as concurrent requests of a service would be
+
+
+def _subject(root: str) -> str:
+    return f"{root}.customer.customer.created"
+
+
+async def writer(dsn: str, root: str, rate: int, seconds: float) -> dict[str, Any]:
+    """Commit ``rate × seconds`` events, one per transaction, each started on schedule (up to
+    ``WRITER_CONCURRENCY`` transactions in flight); the in-process relay publishes them."""
+    from crm.customer.v1 import customer_pb2, events_pb2
+    from crm_platform.bus import Bus
+    from crm_platform.db import create_engine, normalise_url, session_factory
+    from crm_platform.outbox import Outbox, OutboxRelay
+    from crm_testing.outbox_env import notes
+
+    engine = create_engine(normalise_url(dsn))
+    sessions = session_factory(engine)
+    bus = Bus(NATS_URL, name="crm-bench-writer")
+    await bus.connect(attempts=3)
+    relay = OutboxRelay(engine, bus)
+    outbox = Outbox("bench", notify=relay.wake)
+    relay.start()
+    subject = _subject(root)
+    total = int(rate * seconds)
+    loop = asyncio.get_running_loop()
+    behind_max = 0.0
+    run = unique_token()
+    slots = asyncio.Semaphore(WRITER_CONCURRENCY)
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def commit_one(i: int) -> None:
+        try:
+            message = events_pb2.CustomerCreated(
+                customer_id=f"cus-{i}", kind=customer_pb2.CUSTOMER_KIND_INDIVIDUAL, owner_id="u-rm1", branch_id="br-1"
+            )
+            async with sessions() as session, session.begin():
+                await session.execute(notes.insert().values(id=f"{run}-{i}", text="bench"))
+                await outbox.add(session, subject, message, subject_id=str(i), actor="u-rm1")
+        finally:
+            slots.release()
+
+    started = loop.time()
+    written = 0
+    for i in range(total):
+        if loop.time() - started > WRITER_TIME_LIMIT_FACTOR * seconds:
+            break  # the machine cannot keep the pace: stop rather than run unbounded
+        written += 1
+        delay = started + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        behind_max = max(behind_max, loop.time() - (started + i / rate))
+        task = asyncio.create_task(commit_one(i))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    await asyncio.gather(*in_flight)
+    elapsed = loop.time() - started
+    await relay.stop(flush_timeout=10)
+    await bus.close()
+    await engine.dispose()
+    return {"written": written, "planned": total, "seconds": elapsed, "behind_max_ms": behind_max * 1000}
+
+
+async def consumer(dsn: str, stream: str, root: str, total: int, warmup: int, timeout: float) -> dict[str, Any]:
+    """Consume until ``total`` events are handled, ``timeout`` passes or SIGTERM; return the latency summary."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from crm.customer.v1 import events_pb2  # noqa: F401 - registers the payload type for unpacking
+    from crm_platform.bus import Bus
+    from crm_platform.db import create_engine, normalise_url, session_factory
+    from crm_platform.inbox import ConsumerRunner, Event, Subscription
+    from crm_platform.outbox import Outbox
+
+    samples: dict[int, float] = {}
+    done = asyncio.Event()
+
+    class MeasuringRunner(ConsumerRunner):
+        """The platform runner, recording commit → inbox-commit latency after each handled event."""
+
+        async def _apply(self, sub: Subscription, event: Event) -> str:
+            outcome = await super()._apply(sub, event)
+            samples[int(event.subject_id)] = time.time() - event.occurred_at.timestamp()
+            if len(samples) >= total:
+                done.set()
+            return outcome
+
+    async def handle(_session: AsyncSession, _event: Event) -> None:
+        return None
+
+    engine = create_engine(normalise_url(dsn))
+    bus = Bus(NATS_URL, name="crm-bench-consumer")
+    await bus.connect(attempts=3)
+    subject = _subject(root)
+    runner = MeasuringRunner(
+        bus,
+        session_factory(engine),
+        Outbox("bench-consumer"),
+        [Subscription(DURABLE, stream, subject, {subject: handle})],
+    )
+    await runner.start()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, done.set)
+    print("ready", flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), timeout=timeout)
+    await runner.stop()
+    await bus.close()
+    await engine.dispose()
+    measured = [latency for index, latency in samples.items() if index >= warmup]
+    return {"handled": len(samples), "measured": latency_summary_ms(measured)}
+
+
+async def measure() -> dict[str, Any]:
+    """Run writer and consumer processes against scratch databases and a scratch stream."""
+    from crm_platform.db import create_engine, normalise_url
+    from crm_platform.schema import platform_metadata
+    from crm_testing.outbox_env import notes_metadata
+
+    total = int(RATE * SECONDS)
+    async with scratch_database() as writer_db, scratch_database() as consumer_db, scratch_stream() as stream:
+        for database in (writer_db, consumer_db):
+            engine = create_engine(normalise_url(pg_dsn(database)))
+            async with engine.begin() as conn:
+                await conn.run_sync(platform_metadata.create_all)
+                await conn.run_sync(notes_metadata.create_all)
+            await engine.dispose()
+        consumer_cmd = python_child(
+            "bench.e2e_latency",
+            "consumer",
+            pg_dsn(consumer_db),
+            stream.name,
+            stream.root,
+            str(total),
+            str(WARMUP_EVENTS),
+            str(SECONDS * WRITER_TIME_LIMIT_FACTOR + DRAIN_SECONDS + 30),
+        )
+        with child_process(consumer_cmd, "ready") as process:
+            progress(f"  writer: {total:,} events at {RATE}/s")
+            written = run_json(
+                python_child("bench.e2e_latency", "writer", pg_dsn(writer_db), stream.root, str(RATE), str(SECONDS)),
+                timeout=SECONDS * WRITER_TIME_LIMIT_FACTOR + 60,
+            )
+            try:
+                out, _ = process.communicate(timeout=DRAIN_SECONDS)
+            except subprocess.TimeoutExpired:
+                progress(f"  consumer still behind {DRAIN_SECONDS:.0f} s after the writer finished; stopping it")
+                process.terminate()
+                out, _ = process.communicate(timeout=30)
+        lines = [line for line in out.splitlines() if line.strip()]
+        consumed = json.loads(lines[-1])
+    summary = consumed["measured"]
+    progress(
+        f"  end-to-end p50 {summary['p50']:.2f} / p95 {summary['p95']:.2f} / p99 {summary['p99']:.2f} / "
+        f"max {summary['max']:.2f} ms ({consumed['handled']:,} handled)"
+    )
+    return {"rate": RATE, "seconds": SECONDS, "total": total, "writer": written, **consumed}
+
+
+def section(figures: dict[str, Any], bare_rtt_p99_ms: float) -> Section:
+    """Rows for the latency percentiles; p99 is compared with the bare publish round-trip p99."""
+    summary = figures["measured"]
+    writer_info = figures["writer"]
+    achieved = writer_info["written"] / writer_info["seconds"] if writer_info["seconds"] else 0.0
+    complete = figures["handled"] >= writer_info["written"] == writer_info["planned"]
+    note = (
+        ""
+        if complete
+        else (
+            f"incomplete: {figures['handled']:,} of {writer_info['planned']:,} planned events handled in the "
+            f"time limit (writer reached {achieved:,.0f}/s); percentiles cover handled events only"
+        )
+    )
+    name = f"End-to-end event latency at {figures['rate']}/s"
+    rows = [
+        Row(
+            name,
+            "p99",
+            summary["p99"],
+            "ms",
+            bare_label="bare JetStream publish RTT p99",
+            bare_value=bare_rtt_p99_ms,
+            ratio=summary["p99"] / bare_rtt_p99_ms if bare_rtt_p99_ms else float("nan"),
+            target=f"≤ {TARGET_P99_MS:.0f} ms",
+            met=complete and summary["p99"] <= TARGET_P99_MS,
+            note=note,
+        ),
+        Row(name, "p50", summary["p50"], "ms"),
+        Row(name, "p95", summary["p95"], "ms"),
+        Row(name, "max", summary["max"], "ms"),
+    ]
+    detail = [
+        f"End to end: the writer process committed {writer_info['written']:,} of {writer_info['planned']:,} planned "
+        f"events, one per transaction (a `notes` row plus `Outbox.add`), each started on a {figures['rate']}/s "
+        f"schedule with up to {WRITER_CONCURRENCY} transactions in flight, in {writer_info['seconds']:.1f} s "
+        f"({achieved:,.0f}/s achieved; worst start behind schedule {writer_info['behind_max_ms']:.1f} ms); the relay "
+        f"runs in the writer process and is woken on commit. The consumer process (`ConsumerRunner`, durable pull "
+        f"consumer, trivial handler, its own database) handled {figures['handled']:,}. The first {WARMUP_EVENTS:,} "
+        f"are warm-up; over the other {int(summary['count']):,}: p50 {summary['p50']:.2f} / p95 "
+        f"{summary['p95']:.2f} / p99 {summary['p99']:.2f} / max {summary['max']:.2f} ms."
+    ]
+    return Section("End-to-end event latency", rows, detail)
+
+
+def main(argv: list[str]) -> int:
+    """``writer DSN ROOT RATE SECONDS`` or ``consumer DSN STREAM ROOT TOTAL WARMUP TIMEOUT``."""
+    import logging
+
+    logging.getLogger("crm_platform.bus").setLevel(logging.ERROR)
+    if argv[:1] == ["writer"] and len(argv) == 5:
+        emit_json(asyncio.run(writer(argv[1], argv[2], int(argv[3]), float(argv[4]))))
+        return 0
+    if argv[:1] == ["consumer"] and len(argv) == 7:
+        result = asyncio.run(consumer(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]), float(argv[6])))
+        emit_json(result)
+        return 0
+    print("usage: python -m bench.e2e_latency writer|consumer ...", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
