@@ -50,6 +50,10 @@ ROUTE_CALLS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/api/v1/admin/users/{user_id:str}/disable"): ("/api/v1/admin/users/u-nobody/disable", None),
     ("POST", "/api/v1/admin/users/{user_id:str}/reset-password"): ("/api/v1/admin/users/u-nobody/reset-password", None),
     ("GET", "/api/v1/access/explain"): ("/api/v1/access/explain?user=rm2&customer={customer}", None),
+    ("GET", "/api/v1/customers/{customer_id:str}/interactions"): ("/api/v1/customers/{customer}/interactions", None),
+    ("GET", "/api/v1/customers/{customer_id:str}/opportunities"): ("/api/v1/customers/{customer}/opportunities", None),
+    ("GET", "/api/v1/customers/{customer_id:str}/tickets"): ("/api/v1/customers/{customer}/tickets", None),
+    ("GET", "/api/v1/customers/{customer_id:str}/360"): ("/api/v1/customers/{customer}/360", None),
 }
 
 # Customer records relative to the callers: owned by rm1 (T1), rm2 (T1), rm3 (T2, same branch), rm4 (SH001).

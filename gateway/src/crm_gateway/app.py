@@ -22,7 +22,19 @@ from crm_gateway.oidc import OidcVerifier
 from crm_gateway.organisation import Organisation
 from crm_gateway.policy import OPENAPI_PATH, Policy, is_automatic_options
 from crm_gateway.ratelimit import Limits
-from crm_gateway.routes import access, admin, audit, auth, customers, health, notifications
+from crm_gateway.routes import (
+    access,
+    admin,
+    audit,
+    auth,
+    customer_360,
+    customers,
+    health,
+    interactions,
+    notifications,
+    opportunities,
+    tickets,
+)
 from crm_gateway.seed import seed_demo
 from crm_platform.bus import DOMAIN_STREAMS, Bus
 from crm_platform.config import load
@@ -49,6 +61,10 @@ ROUTES = [
     audit.list_audit,
     *admin.ROUTES,
     access.explain_access,
+    interactions.list_customer_interactions,
+    opportunities.list_customer_opportunities,
+    tickets.list_customer_tickets,
+    customer_360.get_customer_360,
 ]
 
 

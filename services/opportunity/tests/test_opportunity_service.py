@@ -20,13 +20,15 @@ import grpc
 import nats
 import pytest
 import pytest_asyncio
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm.common.v1 import envelope_pb2, money_pb2
+from crm.common.v1 import envelope_pb2, money_pb2, paging_pb2
 from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
 from crm.opportunity.v1 import events_pb2, opportunity_pb2, opportunity_service_pb2, opportunity_service_pb2_grpc
 from crm_customer.server import SPEC as CUSTOMER_SPEC
 from crm_opportunity.server import SPEC
+from crm_opportunity.store import opportunities as opportunities_table
 from crm_platform.auth_context import Scope
 from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.directory import upsert
@@ -67,6 +69,13 @@ class Opportunities:
                 session, customer_id=customer_id, owner_id=owner_id, team_id=team_id, branch_id=branch_id, region=region
             )
         return customer_id
+
+    async def set_stage(self, opportunity_id: str, stage: str) -> None:
+        """Move an opportunity to ``stage`` in the database (no stage-changing call exists yet)."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(opportunities_table).where(opportunities_table.c.id == opportunity_id).values(stage=stage)
+            )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -233,3 +242,93 @@ async def test_invalid_input_names_each_field(opportunities: Opportunities) -> N
     failure = parse_failure(err.value)
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert {v.field for v in failure.violations} == {"expected_amount.amount", "expected_amount.currency"}
+
+
+def list_request(
+    customer_id: str, *, open_only: bool = False, page_size: int = 0, page_token: str = ""
+) -> opportunity_service_pb2.ListOpportunitiesRequest:
+    return opportunity_service_pb2.ListOpportunitiesRequest(
+        customer_id=customer_id,
+        open_only=open_only,
+        page=paging_pb2.PageRequest(page_size=page_size, page_token=page_token),
+    )
+
+
+async def test_list_pages_newest_first_and_filters_open(opportunities: Opportunities) -> None:
+    svc, stub = opportunities.svc, opportunities.stub
+    customer_id = await opportunities.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    other_customer = await opportunities.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    created = []
+    for n in range(5):
+        reply = await stub.CreateOpportunity(
+            create_request(customer_id, name=f"deal {n}"), metadata=svc.md(RM1), timeout=5
+        )
+        created.append(reply.opportunity.id)
+    await stub.CreateOpportunity(create_request(other_customer), metadata=svc.md(RM1), timeout=5)
+    newest_first = list(reversed(created))
+
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await stub.ListOpportunities(
+            list_request(customer_id, page_size=2, page_token=token), metadata=svc.md(RM1), timeout=5
+        )
+        assert len(page.opportunities) <= 2
+        seen += [o.id for o in page.opportunities]
+        pages += 1
+        token = page.page.next_page_token
+        if not token:
+            break
+    assert seen == newest_first and pages == 3
+    assert {o.customer_id for o in page.opportunities} == {customer_id}
+
+    everything = await stub.ListOpportunities(list_request(customer_id), metadata=svc.md(RM1), timeout=5)
+    assert [o.id for o in everything.opportunities] == newest_first and not everything.page.next_page_token
+    assert everything.opportunities[0].expected_amount == money_pb2.Money(amount="500000.00", currency="CNY")
+    assert everything.opportunities[0].name == "deal 4"
+
+    await opportunities.set_stage(created[1], "won")
+    await opportunities.set_stage(created[3], "lost")
+    await opportunities.set_stage(created[2], "negotiation")
+    open_ones = await stub.ListOpportunities(list_request(customer_id, open_only=True), metadata=svc.md(RM1), timeout=5)
+    assert [o.id for o in open_ones.opportunities] == [created[4], created[2], created[0]]
+    assert open_ones.opportunities[1].stage == opportunity_pb2.STAGE_NEGOTIATION
+    first = await stub.ListOpportunities(
+        list_request(customer_id, open_only=True, page_size=2), metadata=svc.md(RM1), timeout=5
+    )
+    rest = await stub.ListOpportunities(
+        list_request(customer_id, open_only=True, page_size=2, page_token=first.page.next_page_token),
+        metadata=svc.md(RM1),
+        timeout=5,
+    )
+    assert [o.id for o in first.opportunities] == [created[4], created[2]]
+    assert [o.id for o in rest.opportunities] == [created[0]] and not rest.page.next_page_token
+
+
+async def test_list_applies_scope_and_permission(opportunities: Opportunities) -> None:
+    svc, stub = opportunities.svc, opportunities.stub
+    customer_id = await opportunities.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    created = await stub.CreateOpportunity(create_request(customer_id), metadata=svc.md(RM1), timeout=5)
+
+    for insider in (RM1, LEAD_T1, HEAD, EXEC_NORTH, ADMIN):
+        got = await stub.ListOpportunities(list_request(customer_id), metadata=svc.md(insider), timeout=5)
+        assert [o.id for o in got.opportunities] == [created.opportunity.id]
+    # Outside the scope, or unknown here: NOT_FOUND, never an empty list that would confirm the customer exists.
+    for outsider in (RM2, LEAD_T2, OTHER_HEAD, EXEC_EAST):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ListOpportunities(list_request(customer_id), metadata=svc.md(outsider), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListOpportunities(list_request("c-unknown"), metadata=svc.md(ADMIN), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    no_read = identity("rm1", permissions=("opportunity:write",))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListOpportunities(list_request(customer_id), metadata=svc.md(no_read), timeout=5)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    # A customer in scope with nothing in the pipeline answers an empty page.
+    empty = await opportunities.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    got = await stub.ListOpportunities(list_request(empty), metadata=svc.md(RM1), timeout=5)
+    assert list(got.opportunities) == [] and not got.page.next_page_token

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from crm_opportunity.domain import open_opportunity
-from crm_opportunity.store import OpportunityStore
+from crm_opportunity.store import OpportunityStore, opportunities
 from crm_platform.auth_context import Scope
 from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.directory import upsert
@@ -61,3 +61,21 @@ async def test_create_get_scope_idempotency_and_outbox(store: OpportunityStore) 
     async with store._sessions() as session:
         rows = (await session.execute(select(outbox.c.subject))).scalars().all()
     assert rows == ["crm.opportunity.opportunity.created"] * 2
+
+
+async def test_list_open_only_pages_and_scope(store: OpportunityStore) -> None:
+    now = utcnow()
+    ids = [(await store.create(RM1, open_opportunity(RM1, "c1", f"o{n}", "1", "CNY", now), "")).id for n in range(4)]
+    async with store._sessions() as session, session.begin():
+        await session.execute(update(opportunities).where(opportunities.c.id == ids[1]).values(stage="won"))
+        await session.execute(update(opportunities).where(opportunities.c.id == ids[2]).values(stage="lost"))
+
+    items, token = await store.list_for_customer(HEAD, "c1", open_only=False, limit=3, after_id="")
+    assert [o.id for o in items] == [ids[3], ids[2], ids[1]] and token == ids[1]
+    items, token = await store.list_for_customer(HEAD, "c1", open_only=False, limit=3, after_id=token)
+    assert [o.id for o in items] == [ids[0]] and token == ""
+    items, token = await store.list_for_customer(RM1, "c1", open_only=True, limit=50, after_id="")
+    assert [o.id for o in items] == [ids[3], ids[0]] and token == ""
+    for outsider in (RM2, OTHER_HEAD):
+        with pytest.raises(NotFound):
+            await store.list_for_customer(outsider, "c1", open_only=False, limit=50, after_id="")

@@ -21,9 +21,10 @@ import grpc
 import nats
 import pytest
 import pytest_asyncio
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm.common.v1 import envelope_pb2
+from crm.common.v1 import envelope_pb2, paging_pb2
 from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
 from crm.ticket.v1 import events_pb2, ticket_pb2, ticket_service_pb2, ticket_service_pb2_grpc
 from crm_customer.server import SPEC as CUSTOMER_SPEC
@@ -34,6 +35,7 @@ from crm_platform.grpc_client import parse_failure
 from crm_testing.nats_server import NatsServer
 from crm_testing.services import RunningService, identity, running_service
 from crm_ticket.server import SPEC
+from crm_ticket.store import tickets as tickets_table
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -68,6 +70,11 @@ class Tickets:
                 session, customer_id=customer_id, owner_id=owner_id, team_id=team_id, branch_id=branch_id, region=region
             )
         return customer_id
+
+    async def set_status(self, ticket_id: str, status: str) -> None:
+        """Move a ticket to ``status`` in the database (no resolving or closing call exists yet)."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(update(tickets_table).where(tickets_table.c.id == ticket_id).values(status=status))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -227,3 +234,91 @@ async def test_invalid_input_names_each_field(tickets: Tickets) -> None:
     failure = parse_failure(err.value)
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert {v.field for v in failure.violations} == {"urgency", "description"}
+
+
+def list_request(
+    customer_id: str, *, open_only: bool = False, page_size: int = 0, page_token: str = ""
+) -> ticket_service_pb2.ListTicketsRequest:
+    return ticket_service_pb2.ListTicketsRequest(
+        customer_id=customer_id,
+        open_only=open_only,
+        page=paging_pb2.PageRequest(page_size=page_size, page_token=page_token),
+    )
+
+
+async def test_list_pages_newest_first_and_filters_open(tickets: Tickets) -> None:
+    svc, stub = tickets.svc, tickets.stub
+    customer_id = await tickets.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    other_customer = await tickets.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    opened = []
+    for n in range(5):
+        reply = await stub.OpenTicket(
+            open_request(customer_id, description=f"matter {n}"), metadata=svc.md(RM1), timeout=5
+        )
+        opened.append(reply.ticket.id)
+    await stub.OpenTicket(open_request(other_customer), metadata=svc.md(RM1), timeout=5)
+    newest_first = list(reversed(opened))
+
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await stub.ListTickets(
+            list_request(customer_id, page_size=2, page_token=token), metadata=svc.md(RM1), timeout=5
+        )
+        assert len(page.tickets) <= 2
+        seen += [t.id for t in page.tickets]
+        pages += 1
+        token = page.page.next_page_token
+        if not token:
+            break
+    assert seen == newest_first and pages == 3
+
+    everything = await stub.ListTickets(list_request(customer_id), metadata=svc.md(RM1), timeout=5)
+    assert [t.id for t in everything.tickets] == newest_first and not everything.page.next_page_token
+    assert everything.tickets[0].description == "matter 4"
+    assert {t.customer_id for t in everything.tickets} == {customer_id}
+
+    await tickets.set_status(opened[1], "resolved")
+    await tickets.set_status(opened[3], "closed")
+    open_ones = await stub.ListTickets(list_request(customer_id, open_only=True), metadata=svc.md(RM1), timeout=5)
+    assert [t.id for t in open_ones.tickets] == [opened[4], opened[2], opened[0]]
+    assert {t.status for t in open_ones.tickets} == {ticket_pb2.TICKET_STATUS_OPEN}
+    first = await stub.ListTickets(
+        list_request(customer_id, open_only=True, page_size=2), metadata=svc.md(RM1), timeout=5
+    )
+    rest = await stub.ListTickets(
+        list_request(customer_id, open_only=True, page_size=2, page_token=first.page.next_page_token),
+        metadata=svc.md(RM1),
+        timeout=5,
+    )
+    assert [t.id for t in first.tickets] == [opened[4], opened[2]]
+    assert [t.id for t in rest.tickets] == [opened[0]] and not rest.page.next_page_token
+
+
+async def test_list_applies_scope_and_permission(tickets: Tickets) -> None:
+    svc, stub = tickets.svc, tickets.stub
+    customer_id = await tickets.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    opened = await stub.OpenTicket(open_request(customer_id), metadata=svc.md(RM1), timeout=5)
+
+    for insider in (RM1, LEAD_T1, HEAD, EXEC_NORTH, ADMIN):
+        got = await stub.ListTickets(list_request(customer_id), metadata=svc.md(insider), timeout=5)
+        assert [t.id for t in got.tickets] == [opened.ticket.id]
+    # Outside the scope, or unknown here: NOT_FOUND, never an empty list that would confirm the customer exists.
+    for outsider in (RM2, LEAD_T2, OTHER_HEAD, EXEC_EAST):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ListTickets(list_request(customer_id), metadata=svc.md(outsider), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListTickets(list_request("c-unknown"), metadata=svc.md(ADMIN), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    no_read = identity("rm1", permissions=("ticket:write",))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListTickets(list_request(customer_id), metadata=svc.md(no_read), timeout=5)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    # A customer in scope without tickets answers an empty page.
+    empty = await tickets.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    got = await stub.ListTickets(list_request(empty), metadata=svc.md(RM1), timeout=5)
+    assert list(got.tickets) == [] and not got.page.next_page_token

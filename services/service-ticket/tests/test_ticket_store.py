@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from crm_platform.auth_context import Scope
 from crm_platform.db import create_engine, normalise_url, session_factory
@@ -17,7 +17,7 @@ from crm_platform.outbox import Outbox, utcnow
 from crm_platform.schema import outbox
 from crm_testing.services import identity
 from crm_ticket.domain import open_ticket
-from crm_ticket.store import TicketStore
+from crm_ticket.store import TicketStore, tickets
 
 RM1 = identity("rm1")
 RM2 = identity("rm2")
@@ -56,3 +56,20 @@ async def test_open_get_scope_idempotency_and_outbox(store: TicketStore) -> None
     async with store._sessions() as session:
         rows = (await session.execute(select(outbox.c.subject, outbox.c.id))).all()
     assert [r.subject for r in rows] == ["crm.ticket.ticket.opened"]
+
+
+async def test_list_open_only_pages_and_scope(store: TicketStore) -> None:
+    now = utcnow()
+    ids = [(await store.open(RM1, open_ticket(RM1, "c1", "enquiry", "low", f"d{n}", now), "")).id for n in range(3)]
+    async with store._sessions() as session, session.begin():
+        await session.execute(update(tickets).where(tickets.c.id == ids[1]).values(status="closed"))
+
+    items, token = await store.list_for_customer(HEAD, "c1", open_only=False, limit=2, after_id="")
+    assert [t.id for t in items] == [ids[2], ids[1]] and token == ids[1]
+    items, token = await store.list_for_customer(HEAD, "c1", open_only=False, limit=2, after_id=token)
+    assert [t.id for t in items] == [ids[0]] and token == ""
+    items, token = await store.list_for_customer(RM1, "c1", open_only=True, limit=50, after_id="")
+    assert [t.id for t in items] == [ids[2], ids[0]] and token == ""
+    for outsider in (RM2, OTHER_HEAD):
+        with pytest.raises(NotFound):
+            await store.list_for_customer(outsider, "c1", open_only=False, limit=50, after_id="")

@@ -33,6 +33,10 @@ class Stage(enum.StrEnum):
     LOST = "lost"
 
 
+# Stages that end the pipeline; every other stage is an open opportunity.
+CLOSED_STAGES: frozenset[str] = frozenset({Stage.WON.value, Stage.LOST.value})
+
+
 @dataclass(frozen=True)
 class Opportunity:
     """A sales opportunity with a customer, worked by its owner."""

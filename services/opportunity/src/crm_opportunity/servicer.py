@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from crm.common.v1 import paging_pb2
 from crm.opportunity.v1 import opportunity_pb2, opportunity_service_pb2, opportunity_service_pb2_grpc
 from crm_opportunity.domain import Opportunity, ensure_may_read, open_opportunity
 from crm_opportunity.events import STAGE_TO_PROTO, money
 from crm_opportunity.store import OpportunityStore
 from crm_platform.auth_context import current_identity
 from crm_platform.outbox import utcnow
+from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
 
 
@@ -55,3 +57,20 @@ class OpportunityServicer(opportunity_service_pb2_grpc.OpportunityServiceService
         ensure_may_read(identity)
         opportunity = await self._store.get(identity, request.opportunity_id)
         return opportunity_service_pb2.GetOpportunityResponse(opportunity=to_proto(opportunity))
+
+    async def ListOpportunities(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> opportunity_service_pb2.ListOpportunitiesResponse:
+        """See the proto."""
+        identity = current_identity()
+        ensure_may_read(identity)
+        items, next_token = await self._store.list_for_customer(
+            identity,
+            request.customer_id,
+            open_only=request.open_only,
+            limit=page_limit(request.page),
+            after_id=request.page.page_token,
+        )
+        return opportunity_service_pb2.ListOpportunitiesResponse(
+            opportunities=[to_proto(i) for i in items], page=paging_pb2.PageInfo(next_page_token=next_token)
+        )

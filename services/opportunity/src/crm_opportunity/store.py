@@ -10,7 +10,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm_opportunity.domain import CENT, Opportunity, Stage
+from crm_opportunity.domain import CENT, CLOSED_STAGES, Opportunity, Stage
 from crm_opportunity.events import OPPORTUNITY_CREATED, opportunity_created
 from crm_platform.auth_context import Identity
 from crm_platform.directory import customer_directory, require_customer_in_scope
@@ -115,6 +115,25 @@ class OpportunityStore:
         if row is None:
             raise NotFound(f"opportunity {opportunity_id} not found")
         return _to_opportunity(row)
+
+    async def list_for_customer(
+        self, identity: Identity, customer_id: str, *, open_only: bool, limit: int, after_id: str
+    ) -> tuple[list[Opportunity], str]:
+        """A page of a customer's opportunities, newest first; returns the items and the next page token.
+
+        :class:`NotFound` when the customer is unknown here or outside the caller's scope. Ids are time-ordered,
+        so ordering by id is creation order and the last id on a page is the token of the next.
+        """
+        query = self._scoped(identity).where(opportunities.c.customer_id == customer_id)
+        if open_only:
+            query = query.where(opportunities.c.stage.not_in(CLOSED_STAGES))
+        if after_id:
+            query = query.where(opportunities.c.id < after_id)
+        async with self._sessions() as session:
+            await require_customer_in_scope(session, identity, customer_id)
+            rows = (await session.execute(query.order_by(opportunities.c.id.desc()).limit(limit + 1))).all()
+        items = [_to_opportunity(r) for r in rows[:limit]]
+        return items, (items[-1].id if len(rows) > limit else "")
 
     @staticmethod
     def _scoped(identity: Identity):  # type: ignore[no-untyped-def]

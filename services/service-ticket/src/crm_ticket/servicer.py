@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from crm.common.v1 import paging_pb2
 from crm.ticket.v1 import ticket_pb2, ticket_service_pb2, ticket_service_pb2_grpc
 from crm_platform.auth_context import current_identity
 from crm_platform.outbox import utcnow
+from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
 from crm_ticket.domain import Ticket, ensure_may_read, open_ticket
 from crm_ticket.events import KIND_TO_PROTO, STATUS_TO_PROTO, URGENCY_TO_PROTO
@@ -56,3 +58,18 @@ class TicketServicer(ticket_service_pb2_grpc.TicketServiceServicer):
         ensure_may_read(identity)
         ticket = await self._store.get(identity, request.ticket_id)
         return ticket_service_pb2.GetTicketResponse(ticket=to_proto(ticket))
+
+    async def ListTickets(self, request: Any, context: Any) -> ticket_service_pb2.ListTicketsResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        ensure_may_read(identity)
+        items, next_token = await self._store.list_for_customer(
+            identity,
+            request.customer_id,
+            open_only=request.open_only,
+            limit=page_limit(request.page),
+            after_id=request.page.page_token,
+        )
+        return ticket_service_pb2.ListTicketsResponse(
+            tickets=[to_proto(t) for t in items], page=paging_pb2.PageInfo(next_page_token=next_token)
+        )

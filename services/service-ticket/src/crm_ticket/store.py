@@ -110,6 +110,25 @@ class TicketStore:
             raise NotFound(f"ticket {ticket_id} not found")
         return _to_ticket(row)
 
+    async def list_for_customer(
+        self, identity: Identity, customer_id: str, *, open_only: bool, limit: int, after_id: str
+    ) -> tuple[list[Ticket], str]:
+        """A page of a customer's tickets, newest first; returns the items and the next page token.
+
+        :class:`NotFound` when the customer is unknown here or outside the caller's scope. Ids are time-ordered,
+        so ordering by id is creation order and the last id on a page is the token of the next.
+        """
+        query = self._scoped(identity).where(tickets.c.customer_id == customer_id)
+        if open_only:
+            query = query.where(tickets.c.status == TicketStatus.OPEN.value)
+        if after_id:
+            query = query.where(tickets.c.id < after_id)
+        async with self._sessions() as session:
+            await require_customer_in_scope(session, identity, customer_id)
+            rows = (await session.execute(query.order_by(tickets.c.id.desc()).limit(limit + 1))).all()
+        items = [_to_ticket(r) for r in rows[:limit]]
+        return items, (items[-1].id if len(rows) > limit else "")
+
     @staticmethod
     def _scoped(identity: Identity):  # type: ignore[no-untyped-def]
         # Scope follows the customer's ownership (from the directory), not who opened the ticket: a teller may
