@@ -1,5 +1,6 @@
 # Entry points of the bank-branch CRM. `make help` lists them.
 SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3.11
@@ -19,14 +20,23 @@ PYTEST_ARGS ?=
 help: ## Show this list
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
+# pip's notes about the machine's optional local index folders are noise; its exit status is kept (pipefail).
+QUIET_PIP := { grep -v "is ignored: it is neither" || true; }
+
 $(STAMP): constraints.txt requirements-dev.in $(PYPROJECTS) $(PROTO_FILES)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PIP) install -q -c constraints.txt -r requirements-dev.in 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(PY) -c "import grpc_tools, nats, sqlalchemy" || { echo "dependency install failed"; exit 1; }
+	@$(PIP) install -q -c constraints.txt -r requirements-dev.in 2>&1 | $(QUIET_PIP)
 	@$(PY) tools/gen_protos.py
-	@$(PIP) install -q -c constraints.txt $(foreach p,$(LOCAL_PACKAGES),-e $(p)) 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(PY) -c "import crm_gateway, crm_customer, crm_testing" || { echo "package install failed"; exit 1; }
+	@$(PIP) install -q -c constraints.txt $(foreach p,$(LOCAL_PACKAGES),-e $(p)) 2>&1 | $(QUIET_PIP)
+	@$(PY) -c "import crm_gateway, crm_customer, crm_reporting, crm_testing, nats, sqlalchemy"
+	@command -v promtool >/dev/null || $(MAKE) --no-print-directory system-packages
 	@touch $(STAMP)
+
+.PHONY: system-packages
+system-packages: ## Install the Debian tools the checks use (promtool from prometheus; needs root)
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else echo "not root: install Debian's prometheus package for promtool (deployment checks skip without it)"; fi
 
 .PHONY: install
 install: $(STAMP) ## Create .venv and install every package from the pinned constraints (idempotent)

@@ -57,6 +57,11 @@ ROUTES = [
     auth.confirm_totp,
     customers.get_customer,
     customers.create_customer,
+    customers.update_customer,
+    customers.list_customers,
+    customers.customer_history,
+    customers.assign_customer,
+    customers.reclaim_customer,
     notifications.list_inbox,
     audit.list_audit,
     *admin.ROUTES,
@@ -100,7 +105,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         store = IdentityStore(session_factory(engine))
         if settings.demo:
             await seed_demo(store, settings.demo_password)
-        bus = Bus(settings.nats_url, name="crm-gateway")
+        bus = Bus(settings.nats_url, name="crm-gateway", replicas=settings.nats_stream_replicas)
         await bus.connect()
         await bus.ensure_streams(DOMAIN_STREAMS)
         relay = OutboxRelay(engine, bus)

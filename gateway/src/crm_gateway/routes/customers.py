@@ -2,52 +2,211 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from typing import Annotated, Any
 
-from litestar import Request, Response, get, post
+from google.protobuf import field_mask_pb2, timestamp_pb2
+from litestar import Request, Response, get, patch, post
+from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
-from crm.customer.v1 import customer_service_pb2
-from crm_gateway.schemas.customers import KIND_TO_PROTO, CustomerCreate, CustomerOut
+from crm.common.v1 import paging_pb2
+from crm.customer.v1 import customer_service_pb2 as pb
+from crm_gateway.errors import ServiceFailure
+from crm_gateway.schemas.customers import (
+    ENUMS,
+    KIND_TO_PROTO,
+    AssignIn,
+    CustomerChangeOut,
+    CustomerCreate,
+    CustomerOut,
+    CustomerPatch,
+    Kind,
+    ReclaimIn,
+    RiskAppetite,
+    Tier,
+    enum_number,
+    to_profile,
+)
+from crm_gateway.schemas.paging import Cursor, Limit, Page
+from crm_platform.errors import FieldViolation, InvalidArgument
 
 _ID = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 _IDEMPOTENCY_KEY = Annotated[
     str | None, Parameter(header="Idempotency-Key", required=False, min_length=8, max_length=64)
 ]
+_IF_MATCH = Annotated[str | None, Parameter(header="If-Match", required=False, max_length=40)]
+_TERM = Annotated[str | None, Parameter(required=False, max_length=100)]
+
+
+def _identity(request: Request[Any, Any, Any]) -> Any:
+    return request.scope["state"]["identity"]
+
+
+async def _call(request: Request[Any, Any, Any], method: str, message: Any) -> Any:
+    return await request.app.state.services.call("customer", method, message, _identity(request))
+
+
+def _answer(customer: Any, status_code: int = 200, **headers: str) -> Response[CustomerOut]:
+    out = CustomerOut.from_proto(customer)
+    return Response(out, status_code=status_code, headers={"ETag": f'"{out.version}"', **headers})
 
 
 @get("/api/v1/customers/{customer_id:str}", opt={"permission": "customer:read"})
 async def get_customer(request: Request[Any, Any, Any], customer_id: _ID) -> Response[CustomerOut]:
-    """One customer in the caller's scope (404 outside it)."""
-    reply = await request.app.state.services.call(
-        "customer",
-        "GetCustomer",
-        customer_service_pb2.GetCustomerRequest(customer_id=customer_id),
-        request.scope["state"]["identity"],
-    )
-    out = CustomerOut.from_proto(reply.customer)
-    return Response(out, headers={"ETag": f'"{out.version}"'})
+    """One customer in the caller's scope (404 outside it); sensitive fields masked; ``ETag`` = version."""
+    reply = await _call(request, "GetCustomer", pb.GetCustomerRequest(customer_id=customer_id))
+    return _answer(reply.customer)
 
 
 @post("/api/v1/customers", opt={"permission": "customer:create"})
 async def create_customer(
     request: Request[Any, Any, Any], data: CustomerCreate, idempotency_key: _IDEMPOTENCY_KEY = None
 ) -> Response[CustomerOut]:
-    """Create a customer owned by the calling RM or teller (others create into the branch pool)."""
-    identity = request.scope["state"]["identity"]
+    """Create a customer owned by the calling RM or teller (others create into the branch pool).
+
+    409 when the ID number, mobile or credit code belongs to a customer already: ``existing_id`` names it when
+    the caller may see it.
+    """
+    data.violations().raise_if_any()
     # Keys are per user, so two users cannot collide on (or probe) each other's keys.
-    scoped_key = f"{identity.user_id}:{idempotency_key}"
+    scoped_key = f"{_identity(request).user_id}:{idempotency_key}"
     request_id = hashlib.sha256(scoped_key.encode()).hexdigest() if idempotency_key else ""
-    reply = await request.app.state.services.call(
-        "customer",
-        "CreateCustomer",
-        customer_service_pb2.CreateCustomerRequest(
-            kind=KIND_TO_PROTO[data.kind], name=data.name, request_id=request_id
-        ),
-        identity,
+    message = pb.CreateCustomerRequest(
+        kind=KIND_TO_PROTO[data.kind], name=data.name, request_id=request_id, profile=to_profile(data.values())
     )
-    out = CustomerOut.from_proto(reply.customer)
-    return Response(
-        out, status_code=201, headers={"ETag": f'"{out.version}"', "Location": f"/api/v1/customers/{out.id}"}
+    reply = await _call(request, "CreateCustomer", message)
+    return _answer(reply.customer, 201, Location=f"/api/v1/customers/{reply.customer.id}")
+
+
+@patch("/api/v1/customers/{customer_id:str}", opt={"permission": "customer:write"})
+async def update_customer(
+    request: Request[Any, Any, Any], customer_id: _ID, data: CustomerPatch, if_match: _IF_MATCH = None
+) -> Response[CustomerOut]:
+    """Change some fields (merge patch; ``null`` clears). Requires ``If-Match`` with the ETag read: 428 without,
+    412 when the customer changed meanwhile."""
+    if not if_match:
+        raise HTTPException(status_code=428, detail="If-Match with the customer's ETag is required")
+    try:
+        expected = int(if_match.strip().removeprefix("W/").strip('"'))
+    except ValueError:
+        raise HTTPException(status_code=412, detail="If-Match does not match the customer's ETag") from None
+    data.violations().raise_if_any()
+    changes = data.changes()
+    message = pb.UpdateCustomerRequest(
+        customer_id=customer_id,
+        expected_version=expected,
+        name=changes.get("name") or "",
+        profile=to_profile(changes),
+        update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)),
+        note=data.note or "",
     )
+    try:
+        reply = await _call(request, "UpdateCustomer", message)
+    except ServiceFailure as exc:
+        if exc.failure.reason == "VERSION_CONFLICT":
+            raise HTTPException(
+                status_code=412, detail="the customer changed since it was read; read it again"
+            ) from None
+        raise
+    return _answer(reply.customer)
+
+
+def _timestamp(value: dt.datetime | None, name: str) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise InvalidArgument([FieldViolation(name, "must carry a time zone, e.g. 2026-01-01T00:00:00Z")])
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+@get("/api/v1/customers", opt={"permission": "customer:read"})
+async def list_customers(
+    request: Request[Any, Any, Any],
+    name: _TERM = None,
+    id_number: Annotated[str | None, Parameter(required=False, max_length=32)] = None,
+    mobile: Annotated[str | None, Parameter(required=False, max_length=20)] = None,
+    customer_no: Annotated[str | None, Parameter(required=False, max_length=20)] = None,
+    tier: Annotated[list[Tier] | None, Parameter(required=False)] = None,
+    risk_appetite: Annotated[list[RiskAppetite] | None, Parameter(required=False)] = None,
+    owner_id: Annotated[str | None, Parameter(required=False, max_length=64)] = None,
+    unassigned: bool = False,
+    branch_id: Annotated[str | None, Parameter(required=False, max_length=64)] = None,
+    team_id: Annotated[str | None, Parameter(required=False, max_length=64)] = None,
+    kind: Kind | None = None,
+    created_from: dt.datetime | None = None,
+    created_to: dt.datetime | None = None,
+    sort: Annotated[
+        str,
+        Parameter(pattern=r"^-?(created_at|updated_at|name|customer_no)$", description="e.g. -created_at (default)"),
+    ] = "-created_at",
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[CustomerOut]:
+    """Search and list the caller's customers: exact by name, ID number, mobile or customer number, combined with
+    filters; always inside the caller's data scope."""
+    message = pb.ListCustomersRequest(
+        page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or ""),
+        name=name or "",
+        id_number=id_number or "",
+        mobile=mobile or "",
+        customer_no=customer_no or "",
+        tiers=[enum_number(ENUMS["tier"], t) for t in tier or ()],
+        risk_appetites=[enum_number(ENUMS["risk_appetite"], r) for r in risk_appetite or ()],
+        owner_id=owner_id or "",
+        unassigned=unassigned,
+        branch_id=branch_id or "",
+        team_id=team_id or "",
+        kind=KIND_TO_PROTO[kind] if kind else 0,
+        created_from=_timestamp(created_from, "created_from"),
+        created_to=_timestamp(created_to, "created_to"),
+        order_by=sort,
+    )
+    reply = await _call(request, "ListCustomers", message)
+    return Page(
+        items=[CustomerOut.from_proto(c) for c in reply.customers], next_cursor=reply.page.next_page_token or None
+    )
+
+
+@get("/api/v1/customers/{customer_id:str}/history", opt={"permission": "customer:read"})
+async def customer_history(
+    request: Request[Any, Any, Any], customer_id: _ID, limit: Limit = 50, cursor: Cursor = None
+) -> Page[CustomerChangeOut]:
+    """Every change of the customer, newest first: who, when, the note, each field's masked before and after."""
+    message = pb.ListCustomerHistoryRequest(
+        customer_id=customer_id, page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or "")
+    )
+    reply = await _call(request, "ListCustomerHistory", message)
+    return Page(
+        items=[CustomerChangeOut.from_proto(h) for h in reply.changes], next_cursor=reply.page.next_page_token or None
+    )
+
+
+@post("/api/v1/customers/{customer_id:str}/assign", opt={"permission": "customer:assign"}, status_code=200)
+async def assign_customer(request: Request[Any, Any, Any], customer_id: _ID, data: AssignIn) -> Response[CustomerOut]:
+    """Make ``owner_id`` the owner: the branch head within the branch, a team lead within the team."""
+    owner = await request.app.state.store.user_by_id(data.owner_id)
+    if owner is None or owner.status != "active":
+        raise InvalidArgument([FieldViolation("owner_id", "is not an active user")])
+    message = pb.AssignCustomerRequest(
+        customer_id=customer_id,
+        owner_id=owner.id,
+        owner_team_id=owner.team_id,
+        owner_branch_id=owner.branch_id,
+        owner_roles=list(owner.roles),
+        reason=data.reason,
+    )
+    reply = await _call(request, "AssignCustomer", message)
+    return _answer(reply.customer)
+
+
+@post("/api/v1/customers/{customer_id:str}/reclaim", opt={"permission": "customer:assign"}, status_code=200)
+async def reclaim_customer(request: Request[Any, Any, Any], customer_id: _ID, data: ReclaimIn) -> Response[CustomerOut]:
+    """Return the customer to the branch pool (the branch head)."""
+    reply = await _call(
+        request, "ReclaimCustomer", pb.ReclaimCustomerRequest(customer_id=customer_id, reason=data.reason)
+    )
+    return _answer(reply.customer)

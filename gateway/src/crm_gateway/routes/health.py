@@ -19,17 +19,21 @@ async def healthz() -> dict[str, str]:
 
 @get("/readyz", opt={"permission": PUBLIC}, include_in_schema=False)
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """Ready when the identity database, NATS and every service answer; 503 naming what is not."""
+    """Ready when the gateway's own dependencies answer (identity database, NATS); 503 naming what is not.
+
+    The services' health is reported beside them but does not gate readiness: one service being down must
+    make its routes answer 503, not take every gateway replica out of the load balancer.
+    """
     state = request.app.state
-    checks: dict[str, bool] = dict(await state.services.health())
+    checks: dict[str, bool] = {"nats": state.bus.connected}
     try:
         await ping(state.engine)
         checks["database"] = True
     except Exception:  # noqa: BLE001 - any failure means not ready
         checks["database"] = False
-    checks["nats"] = state.bus.connected
     ready = all(checks.values())
-    return Response({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
+    body = {"status": "ready" if ready else "not_ready", "checks": checks, "services": await state.services.health()}
+    return Response(body, status_code=200 if ready else 503)
 
 
 @get("/metrics", opt={"permission": PUBLIC}, include_in_schema=False, media_type=CONTENT_TYPE_LATEST)

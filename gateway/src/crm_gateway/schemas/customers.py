@@ -1,13 +1,19 @@
-"""Bodies of the customer routes."""
+"""Bodies of the customer routes, checked with the same identifier rules the customer service applies
+(``crm_platform.identifiers``): a bad request is refused at the door with every bad field named."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from google.protobuf.descriptor import EnumDescriptor
+from msgspec import UNSET, UnsetType
 
+from crm.common.v1 import money_pb2
 from crm.customer.v1 import customer_pb2
 from crm_gateway.schemas.common import rfc3339
+from crm_platform import identifiers as ids
+from crm_platform.validation import Violations
 
 KIND_FROM_PROTO = {
     customer_pb2.CUSTOMER_KIND_INDIVIDUAL: "individual",
@@ -15,16 +21,222 @@ KIND_FROM_PROTO = {
 }
 KIND_TO_PROTO = {v: k for k, v in KIND_FROM_PROTO.items()}
 
+Kind = Literal["individual", "corporate"]
+Gender = Literal["male", "female"]
+IdType = Literal["resident_id", "passport", "hk_macau_permit", "taiwan_permit", "foreign_permanent_resident", "other"]
+RiskAppetite = Literal["conservative", "balanced", "aggressive"]
+Tier = Literal["diamond", "platinum", "gold", "none"]
+SourceChannel = Literal[
+    "branch_counter", "lobby", "referral", "online", "mobile_app", "phone", "campaign", "import", "other"
+]
+Date = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$", description="YYYY-MM-DD")]
 
-class CustomerCreate(msgspec.Struct, forbid_unknown_fields=True):
-    """A new customer's basic facts."""
 
-    kind: Literal["individual", "corporate"]
+def _text(limit: int) -> Any:
+    return Annotated[str, msgspec.Meta(max_length=limit)]
+
+
+ENUMS: dict[str, EnumDescriptor] = {
+    "gender": customer_pb2.Gender.DESCRIPTOR,
+    "id_type": customer_pb2.IdType.DESCRIPTOR,
+    "risk_appetite": customer_pb2.RiskAppetite.DESCRIPTOR,
+    "tier": customer_pb2.Tier.DESCRIPTOR,
+    "source_channel": customer_pb2.SourceChannel.DESCRIPTOR,
+}
+
+
+def _prefix(descriptor: EnumDescriptor) -> str:
+    return descriptor.values_by_number[0].name.removesuffix("UNSPECIFIED")
+
+
+def enum_text(descriptor: EnumDescriptor, number: int) -> str | None:
+    """``TIER_GOLD`` → ``gold``; unspecified → ``None``."""
+    value = descriptor.values_by_number.get(number)
+    return None if number == 0 or value is None else value.name.removeprefix(_prefix(descriptor)).lower()
+
+
+def enum_number(descriptor: EnumDescriptor, text: str | None) -> int:
+    """``gold`` → ``TIER_GOLD``'s number; ``None`` → 0."""
+    return descriptor.values_by_name[_prefix(descriptor) + text.upper()].number if text else 0
+
+
+class Money(msgspec.Struct, forbid_unknown_fields=True):
+    """An exact decimal amount in a currency, e.g. ``{"amount": "500000.00", "currency": "CNY"}``."""
+
+    amount: Annotated[str, msgspec.Meta(pattern=r"^\d{1,15}(\.\d{1,2})?$")]
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "CNY"
+
+
+# The profile fields as the API names them; identical in create, patch and answers.
+PROFILE_TEXT = (
+    "birth_date",
+    "id_number",
+    "mobile",
+    "email",
+    "address",
+    "occupation",
+    "employer",
+    "family_situation",
+    "risk_assessed_on",
+    "risk_expires_on",
+    "investment_experience",
+    "credit_code",
+    "industry",
+    "main_business",
+    "contact_person",
+    "contact_mobile",
+    "parent_customer_id",
+)
+
+
+def check_identifiers(values: dict[str, Any], v: Violations) -> None:
+    """The identifier rules of ``crm_platform.identifiers`` over the fields present in ``values``."""
+    birth = None
+    for name in ("birth_date", "risk_assessed_on", "risk_expires_on"):
+        if values.get(name):
+            parsed = ids.parse_date(values[name])
+            if parsed is None:
+                v.add(name, "must be a date YYYY-MM-DD")
+            elif name == "birth_date":
+                if problem := ids.check_birth_date(parsed):
+                    v.add(name, problem)
+                birth = parsed
+    if values.get("id_number"):
+        if not values.get("id_type"):
+            v.add("id_type", "is required with id_number")
+        elif problem := ids.check_id_number(values["id_type"], ids.normalise_id_number(values["id_number"]), birth):
+            v.add("id_number", problem)
+    for name in ("mobile", "contact_mobile"):
+        if values.get(name) and (problem := ids.check_mobile(ids.normalise_mobile(values[name]))):
+            v.add(name, problem)
+    if values.get("email") and (problem := ids.check_email(ids.normalise_email(values["email"]))):
+        v.add("email", problem)
+    if values.get("credit_code") and (
+        problem := ids.check_credit_code(ids.normalise_credit_code(values["credit_code"]))
+    ):
+        v.add("credit_code", problem)
+    if values.get("risk_appetite") and not values.get("risk_assessed_on"):
+        v.add("risk_assessed_on", "is required with risk_appetite (the date of the risk assessment)")
+
+
+def to_profile(values: dict[str, Any]) -> customer_pb2.CustomerProfile:
+    """The service's profile message from the present fields of a create or patch body."""
+    profile = customer_pb2.CustomerProfile(
+        **{name: values.get(name) or "" for name in PROFILE_TEXT},
+        **{name: enum_number(d, values.get(name)) for name, d in ENUMS.items()},
+        interests=values.get("interests") or [],
+        do_not_disturb=bool(values.get("do_not_disturb")),
+    )
+    income = values.get("annual_income")
+    if income:
+        profile.annual_income.CopyFrom(money_pb2.Money(amount=income.amount, currency=income.currency))
+    return profile
+
+
+class CustomerCreate(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A new customer. Individual: name plus any personal facts; corporate: name and ``credit_code``."""
+
+    kind: Kind
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    gender: Gender | None = None
+    birth_date: Date | None = None
+    id_type: IdType | None = None
+    id_number: _text(32) | None = None
+    mobile: _text(20) | None = None
+    email: _text(254) | None = None
+    address: _text(200) | None = None
+    occupation: _text(100) | None = None
+    employer: _text(100) | None = None
+    annual_income: Money | None = None
+    family_situation: _text(500) | None = None
+    risk_appetite: RiskAppetite | None = None
+    risk_assessed_on: Date | None = None
+    risk_expires_on: Date | None = None
+    investment_experience: _text(200) | None = None
+    interests: Annotated[list[_text(50)], msgspec.Meta(max_length=20)] | None = None
+    credit_code: _text(18) | None = None
+    industry: _text(100) | None = None
+    main_business: _text(500) | None = None
+    contact_person: _text(50) | None = None
+    contact_mobile: _text(20) | None = None
+    parent_customer_id: _text(36) | None = None
+    tier: Tier | None = None
+    source_channel: SourceChannel | None = None
+    do_not_disturb: bool | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The fields given (not null)."""
+        return {f: getattr(self, f) for f in self.__struct_fields__ if getattr(self, f) is not None}
+
+    def violations(self) -> Violations:
+        """Every rule the body breaks, field by field."""
+        v = Violations()
+        values = self.values()
+        check_identifiers(values, v)
+        if self.kind == "corporate" and not self.credit_code:
+            v.add("credit_code", "is required for corporate customers")
+        return v
+
+
+class CustomerPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """A partial update (JSON merge patch): fields present are changed, ``null`` clears; ``note`` goes to history."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | UnsetType = UNSET
+    gender: Gender | UnsetType | None = UNSET
+    birth_date: Date | UnsetType | None = UNSET
+    id_type: IdType | UnsetType | None = UNSET
+    id_number: _text(32) | UnsetType | None = UNSET
+    mobile: _text(20) | UnsetType | None = UNSET
+    email: _text(254) | UnsetType | None = UNSET
+    address: _text(200) | UnsetType | None = UNSET
+    occupation: _text(100) | UnsetType | None = UNSET
+    employer: _text(100) | UnsetType | None = UNSET
+    annual_income: Money | UnsetType | None = UNSET
+    family_situation: _text(500) | UnsetType | None = UNSET
+    risk_appetite: RiskAppetite | UnsetType | None = UNSET
+    risk_assessed_on: Date | UnsetType | None = UNSET
+    risk_expires_on: Date | UnsetType | None = UNSET
+    investment_experience: _text(200) | UnsetType | None = UNSET
+    interests: Annotated[list[_text(50)], msgspec.Meta(max_length=20)] | UnsetType | None = UNSET
+    credit_code: _text(18) | UnsetType | None = UNSET
+    industry: _text(100) | UnsetType | None = UNSET
+    main_business: _text(500) | UnsetType | None = UNSET
+    contact_person: _text(50) | UnsetType | None = UNSET
+    contact_mobile: _text(20) | UnsetType | None = UNSET
+    parent_customer_id: _text(36) | UnsetType | None = UNSET
+    tier: Tier | UnsetType | None = UNSET
+    source_channel: SourceChannel | UnsetType | None = UNSET
+    do_not_disturb: bool | UnsetType | None = UNSET
+    note: _text(500) | UnsetType = UNSET
+
+    def changes(self) -> dict[str, Any]:
+        """The fields present in the body (``None`` = clear), without the note."""
+        return {f: getattr(self, f) for f in self.__struct_fields__ if f != "note" and getattr(self, f) is not UNSET}
+
+    def violations(self) -> Violations:
+        """Rules that can be checked on the patch alone (the service checks the merged file)."""
+        v = Violations()
+        changes = self.changes()
+        if not changes:
+            v.add("body", "names no field to change")
+        present = {k: val for k, val in changes.items() if val is not None}
+        if "id_number" in present and "id_type" not in present:
+            present.pop("id_number")  # its type is the stored one: the service checks it
+            if changes.get("id_number") and (problem := _any_id_shape(changes["id_number"])):
+                v.add("id_number", problem)
+        if "risk_appetite" in present and "risk_assessed_on" not in present:
+            present.pop("risk_appetite")  # the stored assessment date may apply
+        check_identifiers(present, v)
+        return v
+
+
+def _any_id_shape(value: str) -> str | None:
+    normalised = ids.normalise_id_number(value)
+    return None if normalised.isalnum() and 4 <= len(normalised) <= 32 else "must be 4 to 32 letters or digits"
 
 
 class CustomerOut(msgspec.Struct):
-    """A customer as the caller may see it."""
+    """A customer as the caller may see it: sensitive fields (ID number, mobile, e-mail, address) masked."""
 
     id: str
     customer_no: str
@@ -36,10 +248,38 @@ class CustomerOut(msgspec.Struct):
     version: int
     created_at: str
     updated_at: str
+    erased: bool = False
+    gender: str | None = None
+    birth_date: str | None = None
+    id_type: str | None = None
+    id_number: str | None = None
+    mobile: str | None = None
+    email: str | None = None
+    address: str | None = None
+    occupation: str | None = None
+    employer: str | None = None
+    annual_income: Money | None = None
+    family_situation: str | None = None
+    risk_appetite: str | None = None
+    risk_assessed_on: str | None = None
+    risk_expires_on: str | None = None
+    investment_experience: str | None = None
+    interests: list[str] = msgspec.field(default_factory=list)
+    credit_code: str | None = None
+    industry: str | None = None
+    main_business: str | None = None
+    contact_person: str | None = None
+    contact_mobile: str | None = None
+    parent_customer_id: str | None = None
+    tier: str = "none"
+    source_channel: str | None = None
+    do_not_disturb: bool = False
 
     @classmethod
     def from_proto(cls, c: customer_pb2.Customer) -> CustomerOut:
         """Map the service's message to the HTTP shape."""
+        p = c.profile
+        income = p.annual_income if p.HasField("annual_income") else None
         return cls(
             id=c.id,
             customer_no=c.customer_no,
@@ -51,4 +291,55 @@ class CustomerOut(msgspec.Struct):
             version=c.version,
             created_at=rfc3339(c.created_at),
             updated_at=rfc3339(c.updated_at),
+            erased=c.erased,
+            annual_income=Money(amount=income.amount, currency=income.currency) if income else None,
+            interests=list(p.interests),
+            tier=enum_text(ENUMS["tier"], p.tier) or "none",
+            do_not_disturb=p.do_not_disturb,
+            **{name: getattr(p, name) or None for name in PROFILE_TEXT},
+            **{name: enum_text(d, getattr(p, name)) for name, d in ENUMS.items() if name != "tier"},
         )
+
+
+class FieldChangeOut(msgspec.Struct):
+    """One field's before and after (sensitive values masked)."""
+
+    field: str
+    before: str
+    after: str
+
+
+class CustomerChangeOut(msgspec.Struct):
+    """One entry of a customer's history."""
+
+    id: str
+    action: str
+    actor: str
+    occurred_at: str
+    note: str | None
+    changes: list[FieldChangeOut]
+
+    @classmethod
+    def from_proto(cls, h: customer_pb2.CustomerChange) -> CustomerChangeOut:
+        """Map the service's message to the HTTP shape."""
+        return cls(
+            id=h.id,
+            action=h.action,
+            actor=h.actor,
+            occurred_at=rfc3339(h.occurred_at),
+            note=h.note or None,
+            changes=[FieldChangeOut(c.field, c.before, c.after) for c in h.changes],
+        )
+
+
+class AssignIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Make ``owner_id`` the customer's owner."""
+
+    owner_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    reason: _text(500) = ""
+
+
+class ReclaimIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Return the customer to the branch pool."""
+
+    reason: _text(500) = ""

@@ -91,6 +91,9 @@ class CommonSettings:
     data_dir: Path = setting("CRM_DATA_DIR", Path("var"), "Directory for local state (SQLite files, NATS data).")
     log_level: str = setting("CRM_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
     nats_url: str = setting("CRM_NATS_URL", "nats://127.0.0.1:4222", "NATS server URL(s), comma separated.")
+    nats_stream_replicas: int = setting(
+        "CRM_NATS_STREAM_REPLICAS", 1, "Replicas of each JetStream stream this part creates (3 in a cluster)."
+    )
     postgres_url: str = setting(
         "CRM_POSTGRES_URL", "", "PostgreSQL server URL; each service then uses its own database `crm_<service>`."
     )

@@ -16,6 +16,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_retries", 1),
+    # Spread calls over every replica behind a headless Service (DNS gives all pod addresses).
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 

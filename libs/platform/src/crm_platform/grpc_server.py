@@ -142,7 +142,13 @@ def create_server(domain: str, secret: str, default_deadline: float = 10.0) -> g
     """A grpc.aio server with the CRM interceptor installed."""
     return grpc.aio.server(
         interceptors=[ServerInterceptor(domain, secret, default_deadline)],
-        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+        options=[
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+            # Clients reconnect every few minutes, so new replicas of a scaled-out service get traffic.
+            ("grpc.max_connection_age_ms", 300_000),
+            ("grpc.max_connection_age_grace_ms", 30_000),
+        ],
     )
 
 

@@ -79,7 +79,7 @@ async def run_service(spec: ServiceSpec, settings: CommonSettings, stop: asyncio
     host = getattr(settings, "grpc_host", "127.0.0.1")
     serve_metrics(settings.metrics_port, host=host)
     engine = await open_database(spec, settings)
-    bus = Bus(settings.nats_url, name=f"crm-{spec.domain}")
+    bus = Bus(settings.nats_url, name=f"crm-{spec.domain}", replicas=settings.nats_stream_replicas)
     await bus.connect()
     await bus.ensure_streams(DOMAIN_STREAMS)
     relay = OutboxRelay(engine, bus)
