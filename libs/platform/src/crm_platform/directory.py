@@ -4,6 +4,7 @@ fed by customer events, so they apply data scope in their own queries without ca
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, select
@@ -32,6 +33,7 @@ customer_directory = Table(
 )
 
 CUSTOMER_CREATED = "crm.customer.customer.created"
+CUSTOMER_ASSIGNED = "crm.customer.customer.assigned"
 
 
 def create_directory_table(op: Any) -> None:
@@ -40,9 +42,20 @@ def create_directory_table(op: Any) -> None:
 
 
 async def upsert(
-    session: AsyncSession, *, customer_id: str, owner_id: str, team_id: str, branch_id: str, region: str
+    session: AsyncSession,
+    *,
+    customer_id: str,
+    owner_id: str,
+    team_id: str,
+    branch_id: str,
+    region: str,
+    as_of: dt.datetime | None = None,
 ) -> None:
-    """Insert or replace one customer's ownership facts."""
+    """Insert or replace one customer's ownership facts as of ``as_of`` (default: now).
+
+    Facts older than the stored ones are ignored, so a late redelivery of ``created`` cannot undo an
+    ``assigned`` that was handled before it.
+    """
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     values = {
@@ -50,10 +63,11 @@ async def upsert(
         "team_id": team_id,
         "branch_id": branch_id,
         "region": region,
-        "updated_at": utcnow(),
+        "updated_at": as_of or utcnow(),
     }
     stmt = insert(customer_directory).values(customer_id=customer_id, **values)
-    await session.execute(stmt.on_conflict_do_update(index_elements=["customer_id"], set_=values))
+    newer = customer_directory.c.updated_at <= stmt.excluded.updated_at
+    await session.execute(stmt.on_conflict_do_update(index_elements=["customer_id"], set_=values, where=newer))
 
 
 async def on_customer_created(session: AsyncSession, event: Event) -> None:
@@ -67,6 +81,22 @@ async def on_customer_created(session: AsyncSession, event: Event) -> None:
         team_id=payload.team_id,
         branch_id=payload.branch_id,
         region=payload.region,
+        as_of=event.occurred_at,
+    )
+
+
+async def on_customer_assigned(session: AsyncSession, event: Event) -> None:
+    """Follow a (re)assignment or a reclaim to the branch pool: the new owner, team, branch and region."""
+    payload = event.payload
+    assert isinstance(payload, customer_events.CustomerAssigned)
+    await upsert(
+        session,
+        customer_id=payload.customer_id,
+        owner_id=payload.owner_id,
+        team_id=payload.team_id,
+        branch_id=payload.branch_id,
+        region=payload.region,
+        as_of=event.occurred_at,
     )
 
 
@@ -76,7 +106,7 @@ def directory_subscription(service: str) -> Subscription:
         durable=f"{service}-customer-directory",
         stream="CRM_CUSTOMER",
         subject="crm.customer.customer.>",
-        handlers={CUSTOMER_CREATED: on_customer_created},
+        handlers={CUSTOMER_CREATED: on_customer_created, CUSTOMER_ASSIGNED: on_customer_assigned},
     )
 
 

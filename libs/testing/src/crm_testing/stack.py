@@ -22,6 +22,7 @@ from types import FrameType
 
 from crm_platform.config import load
 from crm_platform.healthcheck import check_grpc
+from crm_platform.pii import generate_master_keys
 from crm_testing.nats_server import NatsServer
 
 SERVICES = [
@@ -52,6 +53,12 @@ def _secrets(data_dir: Path, env: dict[str, str]) -> None:
         if key not in env:
             stored.setdefault(key, secrets.token_urlsafe(48))
             env[key] = stored[key]
+    # PII master key of the customer service (envelope encryption); kept like the other secrets.
+    if "CRM_PII_MASTER_KEYS" not in env:
+        stored.setdefault("CRM_PII_MASTER_KEYS", generate_master_keys("k1"))
+        stored.setdefault("CRM_PII_ACTIVE_KEY_ID", "k1")
+        env["CRM_PII_MASTER_KEYS"] = stored["CRM_PII_MASTER_KEYS"]
+        env.setdefault("CRM_PII_ACTIVE_KEY_ID", stored["CRM_PII_ACTIVE_KEY_ID"])
     path.write_text("".join(f"{k}={v}\n" for k, v in stored.items()))
     path.chmod(0o600)
 

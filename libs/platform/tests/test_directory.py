@@ -1,0 +1,87 @@
+"""The customer directory other services keep: it follows creations and (re)assignments, in any delivery
+order, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from crm.common.v1 import envelope_pb2
+from crm.customer.v1 import events_pb2
+from crm_platform.auth_context import Scope
+from crm_platform.db import create_engine, normalise_url, session_factory
+from crm_platform.directory import (
+    customer_directory,
+    directory_metadata,
+    directory_subscription,
+    require_customer_in_scope,
+)
+from crm_platform.errors import NotFound
+from crm_platform.inbox import Event
+from crm_testing.services import identity
+
+T0 = dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)
+
+
+def _event(subject: str, payload: object, at: dt.datetime) -> Event:
+    return Event(
+        id=f"e-{subject}-{at.timestamp()}",
+        type=subject,
+        source="customer",
+        subject_id="c1",
+        actor="head",
+        occurred_at=at,
+        payload=payload,  # type: ignore[arg-type]
+        envelope=envelope_pb2.EventEnvelope(),
+    )
+
+
+async def test_directory_follows_assignments_in_any_order(db_url: str) -> None:
+    engine = create_engine(normalise_url(db_url))
+    async with engine.begin() as conn:
+        await conn.run_sync(directory_metadata.create_all)
+    sessions = session_factory(engine)
+    handlers = directory_subscription("test").handlers
+    created = _event(
+        "crm.customer.customer.created",
+        events_pb2.CustomerCreated(customer_id="c1", owner_id="rm1", team_id="T1", branch_id="BJ001", region="north"),
+        T0,
+    )
+    assigned = _event(
+        "crm.customer.customer.assigned",
+        events_pb2.CustomerAssigned(customer_id="c1", owner_id="rm3", team_id="T2", branch_id="BJ001", region="north"),
+        T0 + dt.timedelta(seconds=5),
+    )
+    reclaimed = _event(
+        "crm.customer.customer.assigned",
+        events_pb2.CustomerAssigned(customer_id="c1", owner_id="", team_id="", branch_id="BJ001", region="north"),
+        T0 + dt.timedelta(seconds=9),
+    )
+    rm1, rm3 = identity("rm1"), identity("rm3", team_id="T2")
+    head = identity("head", roles=("branch_head",), scope=Scope.BRANCH, team_id="")
+    try:
+
+        async def owner() -> tuple[str, str]:
+            async with sessions() as session:
+                row = (await session.execute(customer_directory.select())).one()
+            return row.owner_id, row.team_id
+
+        for event in (created, assigned):
+            async with sessions() as session, session.begin():
+                await handlers[event.type](session, event)
+        assert await owner() == ("rm3", "T2")
+        async with sessions() as session:
+            await require_customer_in_scope(session, rm3, "c1")
+            with pytest.raises(NotFound):
+                await require_customer_in_scope(session, rm1, "c1")
+
+        # A late redelivery of the older ``created`` changes nothing; the newer reclaim applies.
+        for event in (created, reclaimed, assigned):
+            async with sessions() as session, session.begin():
+                await handlers[event.type](session, event)
+        assert await owner() == ("", "")
+        async with sessions() as session:
+            await require_customer_in_scope(session, head, "c1")
+    finally:
+        await engine.dispose()
