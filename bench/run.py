@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         (
             "e2e",
             "End-to-end event latency",
-            lambda: asyncio.run(e2e_latency.measure()),
+            lambda: asyncio.run(e2e_latency.measure_both()),
             lambda f: e2e_latency.section(f, bare_rtt_p99()),
         ),
         ("stack", "Cold start, idle memory and stop of the whole stack", cold_start.measure, cold_start.section),
