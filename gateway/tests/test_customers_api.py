@@ -173,3 +173,13 @@ async def test_lists_search_scope_and_ownership(gateway: Gateway) -> None:
     history = (await c.get(f"/api/v1/customers/{mine['id']}/history", headers=h["head"])).json()["items"]
     assert [e["action"] for e in history] == ["reclaimed", "assigned", "assigned", "created"]
     assert history[0]["note"] == "RM 离职" and history[0]["actor"] == "u-head"
+
+    # Tags: put on, filtered by, in scope only.
+    tagged = await c.post(f"/api/v1/customers/{theirs['id']}/tags", json={"add": ["高净值"]}, headers=h["rm2"])
+    assert tagged.status_code == 200 and tagged.json()["tags"] == ["高净值"]
+    assert (
+        await c.post(f"/api/v1/customers/{theirs['id']}/tags", json={"add": ["x"]}, headers=h["rm1"])
+    ).status_code == 404
+    assert await ids("head", tag="高净值") == [theirs["id"]] and await ids("rm1", tag="高净值") == []
+    bad = await c.post(f"/api/v1/customers/{theirs['id']}/tags", json={"add": ["a,b"]}, headers=h["rm2"])
+    assert bad.status_code == 422

@@ -40,6 +40,7 @@ ROUTE_CALLS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/api/v1/customers/{customer_id:str}/history"): ("/api/v1/customers/{customer}/history", None),
     ("POST", "/api/v1/customers/{customer_id:str}/assign"): ("/api/v1/customers/{customer}/assign", {"owner_id": "u"}),
     ("POST", "/api/v1/customers/{customer_id:str}/reclaim"): ("/api/v1/customers/unknown/reclaim", {"reason": "m"}),
+    ("POST", "/api/v1/customers/{customer_id:str}/tags"): ("/api/v1/customers/{customer}/tags", {"add": ["矩阵"]}),
     ("GET", "/api/v1/me/inbox"): ("/api/v1/me/inbox", None),
     ("GET", "/api/v1/audit"): ("/api/v1/audit", None),
     ("POST", "/api/v1/admin/branches"): ("/api/v1/admin/branches", {"id": "M1", "name": "m", "region": "r"}),

@@ -62,6 +62,7 @@ ROUTES = [
     customers.customer_history,
     customers.assign_customer,
     customers.reclaim_customer,
+    customers.tag_customer,
     notifications.list_inbox,
     audit.list_audit,
     *admin.ROUTES,

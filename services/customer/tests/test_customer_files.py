@@ -301,3 +301,66 @@ async def test_master_key_rotation_keeps_files_readable(
             stub.GetCustomer(pb.GetCustomerRequest(customer_id=created.id), metadata=svc.md(RM1), timeout=5)
         )
         assert unreadable.code == grpc.StatusCode.INTERNAL
+
+
+async def test_tags_filter_history_and_event(db_url: str, private_nats: NatsServer, tmp_path: Path) -> None:
+    async with running_service(SPEC, database_url=db_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+        stub = customer_service_pb2_grpc.CustomerServiceStub(svc.channel)
+
+        def call(method: str, request: Any, who: Identity) -> Any:
+            return getattr(stub, method)(request, metadata=svc.md(who), timeout=5)
+
+        mine = (await call("CreateCustomer", individual(), RM1)).customer
+        theirs = (await call("CreateCustomer", individual(OTHER_ID, "13900139000"), RM2)).customer
+        tagged = (
+            await call("TagCustomer", pb.TagCustomerRequest(customer_id=mine.id, add=["高净值", "潜力客户"]), RM1)
+        ).customer
+        assert list(tagged.tags) == sorted(["高净值", "潜力客户"]) and tagged.version == 2
+        await call("TagCustomer", pb.TagCustomerRequest(customer_id=theirs.id, add=["高净值"]), RM2)
+        retagged = (
+            await call(
+                "TagCustomer",
+                pb.TagCustomerRequest(customer_id=mine.id, add=["关注理财产品"], remove=["潜力客户"]),
+                RM1,
+            )
+        ).customer
+        assert list(retagged.tags) == sorted(["高净值", "关注理财产品"])
+        bad = await failure(call("TagCustomer", pb.TagCustomerRequest(customer_id=mine.id, add=["x" * 21]), RM1))
+        assert bad.code == grpc.StatusCode.INVALID_ARGUMENT
+        denied = await failure(call("TagCustomer", pb.TagCustomerRequest(customer_id=mine.id, add=["x"]), RM2))
+        assert denied.code == grpc.StatusCode.NOT_FOUND
+
+        async def ids(who: Identity, *tags: str) -> list[str]:
+            reply = await call("ListCustomers", pb.ListCustomersRequest(tags=list(tags)), who)
+            return sorted(c.id for c in reply.customers)
+
+        assert await ids(RM1, "高净值") == [mine.id]  # rm2's customer carries the tag too, out of rm1's scope
+        assert await ids(HEAD, "高净值") == sorted([mine.id, theirs.id])
+        assert await ids(HEAD, "高净值", "关注理财产品") == [mine.id]
+        assert await ids(HEAD, "潜力客户") == []
+
+        history = (await call("ListCustomerHistory", pb.ListCustomerHistoryRequest(customer_id=mine.id), RM1)).changes
+        assert history[0].action == "tagged" and history[0].changes[0].field == "tags"
+        assert history[0].changes[0].after == "关注理财产品, 高净值"
+
+        nc = await nats.connect(private_nats.url)
+        try:
+            sub = await nc.jetstream().pull_subscribe(
+                "crm.customer.customer.tagged", durable=None, stream="CRM_CUSTOMER"
+            )
+            msgs = []
+            while True:
+                try:
+                    msgs.extend(await sub.fetch(1000, timeout=1))
+                except nats.errors.TimeoutError:
+                    break
+        finally:
+            await nc.close()
+        payloads = []
+        for m in msgs:
+            envelope = envelope_pb2.EventEnvelope.FromString(m.data)
+            if envelope.subject_id == mine.id:
+                payload = events_pb2.CustomerTagged()
+                envelope.payload.Unpack(payload)
+                payloads.append((list(payload.added), list(payload.removed)))
+        assert payloads == [(sorted(["高净值", "潜力客户"]), []), (["关注理财产品"], ["潜力客户"])]

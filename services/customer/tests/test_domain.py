@@ -146,3 +146,16 @@ def test_masks() -> None:
     shown = masked(validate_profile("individual", raw, TODAY))
     assert shown.id_number == "110105********1232" and shown.mobile == "138****8000"
     assert shown.email == "l***@example.com" and shown.address == "北京市朝阳区****"
+
+
+def test_retag() -> None:
+    import dataclasses
+
+    from crm_customer.domain import retag
+
+    customer = dataclasses.replace(register_customer(identity("rm1"), "individual", SMALLEST, NOW), tags=("高净值",))
+    assert retag(customer, [" 潜力客户 ", "高净值"], []) == (("潜力客户", "高净值"), ["潜力客户"], [])
+    assert retag(customer, [], ["高净值", "不存在"]) == ((), [], ["高净值"])
+    for add, remove in (([], []), (["a,b"], []), ([""], []), (["x" * 21], []), ([f"t{i}" for i in range(30)], [])):
+        with pytest.raises(InvalidArgument):
+            retag(customer, add, remove)

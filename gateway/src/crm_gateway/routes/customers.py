@@ -25,6 +25,7 @@ from crm_gateway.schemas.customers import (
     Kind,
     ReclaimIn,
     RiskAppetite,
+    TagsIn,
     Tier,
     enum_number,
     to_profile,
@@ -132,6 +133,7 @@ async def list_customers(
     customer_no: Annotated[str | None, Parameter(required=False, max_length=20)] = None,
     tier: Annotated[list[Tier] | None, Parameter(required=False)] = None,
     risk_appetite: Annotated[list[RiskAppetite] | None, Parameter(required=False)] = None,
+    tag: Annotated[list[str] | None, Parameter(required=False, description="customers carrying every tag")] = None,
     owner_id: Annotated[str | None, Parameter(required=False, max_length=64)] = None,
     unassigned: bool = False,
     branch_id: Annotated[str | None, Parameter(required=False, max_length=64)] = None,
@@ -156,6 +158,7 @@ async def list_customers(
         customer_no=customer_no or "",
         tiers=[enum_number(ENUMS["tier"], t) for t in tier or ()],
         risk_appetites=[enum_number(ENUMS["risk_appetite"], r) for r in risk_appetite or ()],
+        tags=[t[:20] for t in tag or ()],
         owner_id=owner_id or "",
         unassigned=unassigned,
         branch_id=branch_id or "",
@@ -209,4 +212,12 @@ async def reclaim_customer(request: Request[Any, Any, Any], customer_id: _ID, da
     reply = await _call(
         request, "ReclaimCustomer", pb.ReclaimCustomerRequest(customer_id=customer_id, reason=data.reason)
     )
+    return _answer(reply.customer)
+
+
+@post("/api/v1/customers/{customer_id:str}/tags", opt={"permission": "customer:write"}, status_code=200)
+async def tag_customer(request: Request[Any, Any, Any], customer_id: _ID, data: TagsIn) -> Response[CustomerOut]:
+    """Put tags on (``add``) and take them off (``remove``) a customer."""
+    message = pb.TagCustomerRequest(customer_id=customer_id, add=data.add, remove=data.remove)
+    reply = await _call(request, "TagCustomer", message)
     return _answer(reply.customer)

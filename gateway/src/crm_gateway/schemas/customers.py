@@ -274,6 +274,7 @@ class CustomerOut(msgspec.Struct):
     tier: str = "none"
     source_channel: str | None = None
     do_not_disturb: bool = False
+    tags: list[str] = msgspec.field(default_factory=list)
 
     @classmethod
     def from_proto(cls, c: customer_pb2.Customer) -> CustomerOut:
@@ -296,6 +297,7 @@ class CustomerOut(msgspec.Struct):
             interests=list(p.interests),
             tier=enum_text(ENUMS["tier"], p.tier) or "none",
             do_not_disturb=p.do_not_disturb,
+            tags=list(c.tags),
             **{name: getattr(p, name) or None for name in PROFILE_TEXT},
             **{name: enum_text(d, getattr(p, name)) for name, d in ENUMS.items() if name != "tier"},
         )
@@ -343,3 +345,13 @@ class ReclaimIn(msgspec.Struct, forbid_unknown_fields=True):
     """Return the customer to the branch pool."""
 
     reason: _text(500) = ""
+
+
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=20, pattern=r"^[^,]+$")]
+
+
+class TagsIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Tags to put on and take off a customer."""
+
+    add: Annotated[list[Tag], msgspec.Meta(max_length=30)] = msgspec.field(default_factory=list)
+    remove: Annotated[list[Tag], msgspec.Meta(max_length=30)] = msgspec.field(default_factory=list)

@@ -125,6 +125,7 @@ class Customer:
     created_at: dt.datetime
     updated_at: dt.datetime
     erased_at: dt.datetime | None = None
+    tags: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -480,3 +481,27 @@ def erased_profile(profile: Profile) -> Profile:
         industry=profile.industry,
         credit_code=profile.credit_code,
     )
+
+
+# Tags
+
+MAX_TAGS = 30
+_TAG_LENGTH = 20
+
+
+def retag(customer: Customer, add: list[str], remove: list[str]) -> tuple[tuple[str, ...], list[str], list[str]]:
+    """The customer's tags after adding ``add`` and removing ``remove``: (tags, really added, really removed)."""
+    with collect() as v:
+        clean_add = [t.strip() for t in add]
+        clean_remove = [t.strip() for t in remove]
+        if not clean_add and not clean_remove:
+            v.add("add", "names no tag to add or remove")
+        for name, tags in (("add", clean_add), ("remove", clean_remove)):
+            if any(not t or len(t) > _TAG_LENGTH or "," in t for t in tags):
+                v.add(name, f"tags are 1 to {_TAG_LENGTH} characters without commas")
+        result = sorted((set(customer.tags) | set(clean_add)) - set(clean_remove))
+        if len(result) > MAX_TAGS:
+            v.add("add", f"a customer carries at most {MAX_TAGS} tags")
+    added = sorted(set(result) - set(customer.tags))
+    removed = sorted(set(customer.tags) - set(result))
+    return tuple(result), added, removed

@@ -18,6 +18,7 @@ CUSTOMER_UPDATED = "crm.customer.customer.updated"
 CUSTOMER_ASSIGNED = "crm.customer.customer.assigned"
 CUSTOMER_TIER_CHANGED = "crm.customer.customer.tier_changed"
 CUSTOMER_ERASED = "crm.customer.customer.erased"
+CUSTOMER_TAGGED = "crm.customer.customer.tagged"
 
 KIND_TO_PROTO = {
     "individual": customer_pb2.CUSTOMER_KIND_INDIVIDUAL,
@@ -93,6 +94,11 @@ def tier_changed(customer: Customer, previous_tier: str) -> events_pb2.CustomerT
 def customer_erased(customer: Customer) -> events_pb2.CustomerErased:
     """The ``customer.erased`` payload."""
     return events_pb2.CustomerErased(customer_id=customer.id)
+
+
+def customer_tagged(customer: Customer, added: list[str], removed: list[str]) -> events_pb2.CustomerTagged:
+    """The ``customer.tagged`` payload."""
+    return events_pb2.CustomerTagged(customer_id=customer.id, added=added, removed=removed, tags=list(customer.tags))
 
 
 def subscriptions() -> list[Subscription]:

@@ -86,6 +86,7 @@ def to_proto(customer: Customer) -> customer_pb2.Customer:
         updated_at=timestamp(customer.updated_at),
         profile=profile_to_proto(masked(customer.profile)),
         erased=customer.erased_at is not None,
+        tags=list(customer.tags),
     )
 
 
@@ -100,6 +101,7 @@ def _filter(request: customer_service_pb2.ListCustomersRequest) -> CustomerFilte
         mobile=identifiers.normalise_mobile(request.mobile),
         customer_no=request.customer_no.strip(),
         tiers=tuple(enum_text(_ENUMS["tier"], t) for t in request.tiers),
+        tags=tuple(dict.fromkeys(t.strip() for t in request.tags if t.strip())),
         risk_appetites=tuple(enum_text(_ENUMS["risk_appetite"], r) for r in request.risk_appetites),
         owner_id=request.owner_id,
         unassigned=request.unassigned,
@@ -235,3 +237,12 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             raise InvalidArgument([FieldViolation("reason", "is required (the lawful basis), at most 500 characters")])
         erased = await self._store.erase(identity, current, reason, utcnow())
         return customer_service_pb2.EraseCustomerResponse(customer=to_proto(erased))
+
+    async def TagCustomer(self, request: Any, context: Any) -> customer_service_pb2.TagCustomerResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:write")
+        current = await self._store.get(identity, request.customer_id)
+        tags, added, removed = domain.retag(current, list(request.add), list(request.remove))
+        saved = await self._store.save_tags(identity, current, tags, added, removed, utcnow())
+        return customer_service_pb2.TagCustomerResponse(customer=to_proto(saved))

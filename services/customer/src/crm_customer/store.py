@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    exists,
     insert,
     or_,
     select,
@@ -116,6 +117,15 @@ customer_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+customer_tags = Table(
+    "customer_tags",
+    metadata,
+    Column("customer_id", String(36), primary_key=True),
+    Column("tag", String(20), primary_key=True),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 customer_history = Table(
     "customer_history",
     metadata,
@@ -152,6 +162,7 @@ class CustomerFilter:
     mobile: str = ""
     customer_no: str = ""
     tiers: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
     risk_appetites: tuple[str, ...] = ()
     owner_id: str = ""
     unassigned: bool = False
@@ -231,17 +242,29 @@ class CustomerStore:
 
     async def _get(self, session: AsyncSession, identity: Identity, customer_id: str) -> Customer:
         query = self._select().where(customers.c.id == customer_id, self._scoped(identity))
-        row = (await session.execute(query)).first()
-        if row is None:
+        found = await self._load(session, (await session.execute(query)).all())
+        if not found:
             raise NotFound(f"customer {customer_id} not found")
-        return self._to_customer(row)
+        return found[0]
+
+    async def _load(self, session: AsyncSession, rows: Sequence[Row[Any]]) -> list[Customer]:
+        """Rows → customers (decrypted), with their tags fetched in one query."""
+        loaded = [self._to_customer(r) for r in rows]
+        if not loaded:
+            return loaded
+        t = customer_tags.c
+        query = select(t.customer_id, t.tag).where(t.customer_id.in_([c.id for c in loaded])).order_by(t.tag)
+        tags: dict[str, list[str]] = {}
+        for customer_id, tag in (await session.execute(query)).all():
+            tags.setdefault(customer_id, []).append(tag)
+        return [dataclasses.replace(c, tags=tuple(tags.get(c.id, ()))) for c in loaded]
 
     async def find_by_request(self, identity: Identity, request_id: str) -> Customer | None:
         """The customer an earlier call with the same request id created, if any (idempotent create)."""
         async with self._sessions() as session:
             query = self._select().where(customers.c.request_id == request_id, self._scoped(identity))
-            row = (await session.execute(query)).first()
-        return self._to_customer(row) if row is not None else None
+            found = await self._load(session, (await session.execute(query)).all())
+        return found[0] if found else None
 
     async def list(
         self, identity: Identity, where: CustomerFilter, limit: int, cursor: str
@@ -259,6 +282,9 @@ class CustomerStore:
             conditions.append(c.customer_no == where.customer_no)
         if where.tiers:
             conditions.append(c.tier.in_(where.tiers))
+        for tag in where.tags:
+            t = customer_tags.c
+            conditions.append(exists().where(t.customer_id == c.id, t.tag == tag))
         if where.risk_appetites:
             conditions.append(c.risk_appetite.in_(where.risk_appetites))
         if where.owner_id:
@@ -289,7 +315,7 @@ class CustomerStore:
         query = self._select().where(*conditions).order_by(*order).limit(limit + 1)
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
-        page = [self._to_customer(r) for r in rows[:limit]]
+            page = await self._load(session, rows[:limit])
         next_cursor = ""
         if len(rows) > limit:
             last = rows[limit - 1]._mapping
@@ -437,6 +463,43 @@ class CustomerStore:
                 session,
                 events.CUSTOMER_ASSIGNED,
                 events.customer_assigned(after, before.owner_id, reason),
+                subject_id=before.id,
+                actor=identity.user_id,
+            )
+        return after
+
+    async def save_tags(
+        self,
+        identity: Identity,
+        before: Customer,
+        tags: tuple[str, ...],
+        added: list[str],
+        removed: list[str],
+        now: dt.datetime,
+    ) -> Customer:
+        """Store the new tag set, its history and the ``customer.tagged`` event (a no-op when nothing changes)."""
+        if not added and not removed:
+            return before
+        after = dataclasses.replace(before, tags=tags, version=before.version + 1, updated_at=now)
+        t = customer_tags.c
+        async with self._sessions() as session, session.begin():
+            await self._update_versioned(session, before, version=after.version, updated_at=now)
+            if removed:
+                await session.execute(delete(customer_tags).where(t.customer_id == before.id, t.tag.in_(removed)))
+            if added:
+                await session.execute(
+                    insert(customer_tags),
+                    [
+                        {"customer_id": before.id, "tag": tag, "created_by": identity.user_id, "created_at": now}
+                        for tag in added
+                    ],
+                )
+            diff = [FieldChange("tags", ", ".join(before.tags), ", ".join(tags))]
+            await self._record(session, before.id, "tagged", identity.user_id, now, "", diff)
+            await self._outbox.add(
+                session,
+                events.CUSTOMER_TAGGED,
+                events.customer_tagged(after, added, removed),
                 subject_id=before.id,
                 actor=identity.user_id,
             )
