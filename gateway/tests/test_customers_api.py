@@ -183,3 +183,17 @@ async def test_lists_search_scope_and_ownership(gateway: Gateway) -> None:
     assert await ids("head", tag="高净值") == [theirs["id"]] and await ids("rm1", tag="高净值") == []
     bad = await c.post(f"/api/v1/customers/{theirs['id']}/tags", json={"add": ["a,b"]}, headers=h["rm2"])
     assert bad.status_code == 422
+
+    # Saved segments: members and their count always inside the asker's scope.
+    segment = await c.post("/api/v1/segments", json={"name": "金卡", "filter": {"tiers": ["gold"]}}, headers=h["rm1"])
+    assert segment.status_code == 201, segment.text
+    assert segment.json()["filter"] == {"tiers": ["gold"]}
+    members = f"/api/v1/segments/{segment.json()['id']}/members"
+    as_rm1 = (await c.get(members, headers=h["rm1"])).json()
+    assert as_rm1["total"] == 2 and len(as_rm1["items"]) == 2
+    assert (await c.get(members, headers=h["rm2"])).json()["total"] == 0
+    assert (await c.get(members, headers=h["head2"])).status_code == 404
+    listed = (await c.get("/api/v1/segments", headers=h["rm2"])).json()
+    assert [s["name"] for s in listed["items"]] == ["金卡"] and listed["next_cursor"] is None
+    bad = await c.post("/api/v1/segments", json={"name": "x", "filter": {"tiers": ["silver"]}}, headers=h["rm1"])
+    assert bad.status_code == 422

@@ -4,6 +4,7 @@ duplicates, search and lists in scope, updates with versions, history, ownership
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
@@ -364,3 +365,79 @@ async def test_tags_filter_history_and_event(db_url: str, private_nats: NatsServ
                 envelope.payload.Unpack(payload)
                 payloads.append((list(payload.added), list(payload.removed)))
         assert payloads == [(sorted(["高净值", "潜力客户"]), []), (["关注理财产品"], ["潜力客户"])]
+
+
+async def test_segments_list_and_count_members_in_scope(db_url: str, private_nats: NatsServer, tmp_path: Path) -> None:
+    async with running_service(SPEC, database_url=db_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+        stub = customer_service_pb2_grpc.CustomerServiceStub(svc.channel)
+
+        def call(method: str, request: Any, who: Identity) -> Any:
+            return getattr(stub, method)(request, metadata=svc.md(who), timeout=5)
+
+        gold = customer_pb2.TIER_GOLD
+        young = (await call("CreateCustomer", individual(tier=gold), RM1)).customer  # born 1990
+        old = (await call("CreateCustomer", individual(OTHER_ID, "13900139000", tier=gold), RM1)).customer  # 1949
+        quiet = (
+            await call(
+                "CreateCustomer", individual("320311197707060018", "13700137000", tier=gold, do_not_disturb=True), RM1
+            )
+        ).customer
+        other = (await call("CreateCustomer", individual("510108200002291239", "13600136000", tier=gold), RM2)).customer
+        await call("CreateCustomer", individual("650102198511119990", "13500135000"), RM1)  # tier none
+
+        segment = (
+            await call(
+                "CreateSegment",
+                pb.CreateSegmentRequest(
+                    name="金卡客户", filter=customer_pb2.SegmentFilter(tiers=[gold], do_not_disturb_excluded=True)
+                ),
+                RM1,
+            )
+        ).segment
+        dup = await failure(call("CreateSegment", pb.CreateSegmentRequest(name="金卡客户"), RM2))
+        assert dup.code == grpc.StatusCode.ALREADY_EXISTS
+        bad = await failure(
+            call(
+                "CreateSegment",
+                pb.CreateSegmentRequest(name="x", filter=customer_pb2.SegmentFilter(age_min=60, age_max=30)),
+                RM1,
+            )
+        )
+        assert bad.code == grpc.StatusCode.INVALID_ARGUMENT and bad.violations[0].field == "filter.age_max"
+
+        async def members(who: Identity, segment_id: str) -> tuple[set[str], int]:
+            reply = await call("ListSegmentMembers", pb.ListSegmentMembersRequest(segment_id=segment_id), who)
+            return {c.id for c in reply.customers}, reply.total
+
+        # Membership is computed in the asker's scope: the same segment, different members.
+        assert await members(RM1, segment.id) == ({young.id, old.id}, 2)
+        assert await members(RM2, segment.id) == ({other.id}, 1)
+        assert await members(HEAD, segment.id) == ({young.id, old.id, other.id}, 3)
+        assert quiet.id not in (await members(HEAD, segment.id))[0]
+        missing = await failure(call("ListSegmentMembers", pb.ListSegmentMembersRequest(segment_id=segment.id), HEAD2))
+        assert missing.code == grpc.StatusCode.NOT_FOUND  # another branch's segment
+        listed = await call("ListSegments", pb.ListSegmentsRequest(), RM2)
+        assert [s.name for s in listed.segments] == ["金卡客户"]
+
+        # Age bands: over 60 today is the 1949 customer only.
+        seniors = (
+            await call(
+                "CreateSegment",
+                pb.CreateSegmentRequest(name="60岁以上", filter=customer_pb2.SegmentFilter(age_min=60)),
+                HEAD,
+            )
+        ).segment
+        assert await members(HEAD, seniors.id) == ({old.id}, 1)
+        found = await call("ListCustomers", pb.ListCustomersRequest(age_min=30, age_max=40), HEAD)
+        today = dt.date.today()
+        in_band = {
+            c.id
+            for c in (await call("ListCustomers", pb.ListCustomersRequest(), HEAD)).customers
+            if 30 <= _age(dt.date.fromisoformat(c.profile.birth_date), today) <= 40
+        }
+        assert young.id in in_band or today.year > 2030
+        assert {c.id for c in found.customers} == in_band
+
+
+def _age(born: dt.date, today: dt.date) -> int:
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))

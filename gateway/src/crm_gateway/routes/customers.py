@@ -25,6 +25,9 @@ from crm_gateway.schemas.customers import (
     Kind,
     ReclaimIn,
     RiskAppetite,
+    SegmentIn,
+    SegmentMembers,
+    SegmentOut,
     TagsIn,
     Tier,
     enum_number,
@@ -221,3 +224,37 @@ async def tag_customer(request: Request[Any, Any, Any], customer_id: _ID, data: 
     message = pb.TagCustomerRequest(customer_id=customer_id, add=data.add, remove=data.remove)
     reply = await _call(request, "TagCustomer", message)
     return _answer(reply.customer)
+
+
+@post("/api/v1/segments", opt={"permission": "customer:read"})
+async def create_segment(request: Request[Any, Any, Any], data: SegmentIn) -> Response[SegmentOut]:
+    """Save a dynamic segment, shared in the caller's branch."""
+    message = pb.CreateSegmentRequest(name=data.name, filter=data.filter.to_proto())
+    reply = await _call(request, "CreateSegment", message)
+    return Response(SegmentOut.from_proto(reply.segment), status_code=201)
+
+
+@get("/api/v1/segments", opt={"permission": "customer:read"})
+async def list_segments(request: Request[Any, Any, Any], limit: Limit = 50, cursor: Cursor = None) -> Page[SegmentOut]:
+    """The segments of the caller's branch."""
+    message = pb.ListSegmentsRequest(page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or ""))
+    reply = await _call(request, "ListSegments", message)
+    return Page(
+        items=[SegmentOut.from_proto(s) for s in reply.segments], next_cursor=reply.page.next_page_token or None
+    )
+
+
+@get("/api/v1/segments/{segment_id:str}/members", opt={"permission": "customer:read"})
+async def segment_members(
+    request: Request[Any, Any, Any], segment_id: _ID, limit: Limit = 50, cursor: Cursor = None
+) -> SegmentMembers:
+    """The segment's members inside the caller's data scope (a page, and the total count)."""
+    message = pb.ListSegmentMembersRequest(
+        segment_id=segment_id, page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or "")
+    )
+    reply = await _call(request, "ListSegmentMembers", message)
+    return SegmentMembers(
+        items=[CustomerOut.from_proto(c) for c in reply.customers],
+        next_cursor=reply.page.next_page_token or None,
+        total=reply.total,
+    )

@@ -355,3 +355,87 @@ class TagsIn(msgspec.Struct, forbid_unknown_fields=True):
 
     add: Annotated[list[Tag], msgspec.Meta(max_length=30)] = msgspec.field(default_factory=list)
     remove: Annotated[list[Tag], msgspec.Meta(max_length=30)] = msgspec.field(default_factory=list)
+
+
+class SegmentFilter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A segment's conditions over customer fields (all must hold); never personal identifiers."""
+
+    tiers: list[Tier] = msgspec.field(default_factory=list)
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=30)] = msgspec.field(default_factory=list)
+    risk_appetites: list[RiskAppetite] = msgspec.field(default_factory=list)
+    owner_id: _text(64) | None = None
+    branch_id: _text(64) | None = None
+    team_id: _text(64) | None = None
+    kind: Kind | None = None
+    age_min: Annotated[int, msgspec.Meta(ge=0, le=150)] | None = None
+    age_max: Annotated[int, msgspec.Meta(ge=0, le=150)] | None = None
+    exclude_do_not_disturb: bool = False
+
+    def to_proto(self) -> customer_pb2.SegmentFilter:
+        """The service's message."""
+        return customer_pb2.SegmentFilter(
+            tiers=[enum_number(ENUMS["tier"], t) for t in self.tiers],
+            tags=self.tags,
+            risk_appetites=[enum_number(ENUMS["risk_appetite"], r) for r in self.risk_appetites],
+            owner_id=self.owner_id or "",
+            branch_id=self.branch_id or "",
+            team_id=self.team_id or "",
+            kind=KIND_TO_PROTO[self.kind] if self.kind else 0,
+            age_min=self.age_min or 0,
+            age_max=self.age_max or 0,
+            do_not_disturb_excluded=self.exclude_do_not_disturb,
+        )
+
+    @classmethod
+    def from_proto(cls, f: customer_pb2.SegmentFilter) -> SegmentFilter:
+        """Map the service's message to the HTTP shape."""
+        return cls(
+            tiers=[enum_text(ENUMS["tier"], t) for t in f.tiers],  # type: ignore[misc]
+            tags=list(f.tags),
+            risk_appetites=[enum_text(ENUMS["risk_appetite"], r) for r in f.risk_appetites],  # type: ignore[misc]
+            owner_id=f.owner_id or None,
+            branch_id=f.branch_id or None,
+            team_id=f.team_id or None,
+            kind=KIND_FROM_PROTO.get(f.kind),  # type: ignore[arg-type]
+            age_min=f.age_min or None,
+            age_max=f.age_max or None,
+            exclude_do_not_disturb=f.do_not_disturb_excluded,
+        )
+
+
+class SegmentIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A dynamic segment to save (shared in the caller's branch)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    filter: SegmentFilter = msgspec.field(default_factory=SegmentFilter)
+
+
+class SegmentOut(msgspec.Struct):
+    """A saved dynamic segment."""
+
+    id: str
+    name: str
+    filter: SegmentFilter
+    created_by: str
+    branch_id: str
+    created_at: str
+
+    @classmethod
+    def from_proto(cls, s: customer_pb2.Segment) -> SegmentOut:
+        """Map the service's message to the HTTP shape."""
+        return cls(
+            id=s.id,
+            name=s.name,
+            filter=SegmentFilter.from_proto(s.filter),
+            created_by=s.created_by,
+            branch_id=s.branch_id,
+            created_at=rfc3339(s.created_at),
+        )
+
+
+class SegmentMembers(msgspec.Struct):
+    """A page of a segment's members the caller may see, and how many there are in all."""
+
+    items: list[CustomerOut]
+    next_cursor: str | None
+    total: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -111,6 +112,56 @@ def _filter(request: customer_service_pb2.ListCustomersRequest) -> CustomerFilte
         created_from=request.created_from.ToDatetime(tzinfo=dt.UTC) if request.HasField("created_from") else None,
         created_to=request.created_to.ToDatetime(tzinfo=dt.UTC) if request.HasField("created_to") else None,
         order_by=request.order_by or "-created_at",
+        age_min=request.age_min,
+        age_max=request.age_max,
+        today=dt.datetime.now(dt.UTC).date(),
+    )
+
+
+def _criteria(f: customer_pb2.SegmentFilter) -> domain.SegmentCriteria:
+    return domain.SegmentCriteria(
+        tiers=tuple(enum_text(_ENUMS["tier"], t) for t in f.tiers),
+        tags=tuple(dict.fromkeys(t.strip() for t in f.tags)),
+        risk_appetites=tuple(enum_text(_ENUMS["risk_appetite"], r) for r in f.risk_appetites),
+        owner_id=f.owner_id,
+        branch_id=f.branch_id,
+        team_id=f.team_id,
+        kind=_PROTO_TO_KIND.get(f.kind, "" if f.kind == 0 else "?"),
+        age_min=f.age_min,
+        age_max=f.age_max,
+        exclude_do_not_disturb=f.do_not_disturb_excluded,
+    )
+
+
+def segment_to_proto(segment: domain.Segment) -> customer_pb2.Segment:
+    """The wire form of a segment."""
+    c = segment.criteria
+    return customer_pb2.Segment(
+        id=segment.id,
+        name=segment.name,
+        filter=customer_pb2.SegmentFilter(
+            tiers=[enum_number(_ENUMS["tier"], t) for t in c.tiers],  # type: ignore[misc]
+            tags=list(c.tags),
+            risk_appetites=[enum_number(_ENUMS["risk_appetite"], r) for r in c.risk_appetites],  # type: ignore[misc]
+            owner_id=c.owner_id,
+            branch_id=c.branch_id,
+            team_id=c.team_id,
+            kind=KIND_TO_PROTO.get(c.kind, 0),  # type: ignore[arg-type]
+            age_min=c.age_min,
+            age_max=c.age_max,
+            do_not_disturb_excluded=c.exclude_do_not_disturb,
+        ),
+        created_by=segment.created_by,
+        branch_id=segment.branch_id,
+        created_at=timestamp(segment.created_at),
+    )
+
+
+def _members_filter(criteria: domain.SegmentCriteria) -> CustomerFilter:
+    return CustomerFilter(
+        **dataclasses.asdict(criteria),
+        live_only=True,
+        today=dt.datetime.now(dt.UTC).date(),
     )
 
 
@@ -246,3 +297,33 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         tags, added, removed = domain.retag(current, list(request.add), list(request.remove))
         saved = await self._store.save_tags(identity, current, tags, added, removed, utcnow())
         return customer_service_pb2.TagCustomerResponse(customer=to_proto(saved))
+
+    async def CreateSegment(self, request: Any, context: Any) -> customer_service_pb2.CreateSegmentResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        segment = domain.define_segment(identity, request.name, _criteria(request.filter), utcnow())
+        saved = await self._store.create_segment(segment)
+        return customer_service_pb2.CreateSegmentResponse(segment=segment_to_proto(saved))
+
+    async def ListSegments(self, request: Any, context: Any) -> customer_service_pb2.ListSegmentsResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:read")
+        segments, cursor = await self._store.list_segments(identity, page_limit(request.page), request.page.page_token)
+        return customer_service_pb2.ListSegmentsResponse(
+            segments=[segment_to_proto(s) for s in segments], page=paging_pb2.PageInfo(next_page_token=cursor)
+        )
+
+    async def ListSegmentMembers(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> customer_service_pb2.ListSegmentMembersResponse:
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:read")
+        segment = await self._store.get_segment(identity, request.segment_id)
+        where = _members_filter(segment.criteria)
+        page, cursor = await self._store.list(identity, where, page_limit(request.page), request.page.page_token)
+        total = await self._store.count(identity, where)
+        return customer_service_pb2.ListSegmentMembersResponse(
+            customers=[to_proto(c) for c in page], page=paging_pb2.PageInfo(next_page_token=cursor), total=total
+        )

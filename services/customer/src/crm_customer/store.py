@@ -32,6 +32,7 @@ from sqlalchemy import (
     and_,
     delete,
     exists,
+    func,
     insert,
     or_,
     select,
@@ -49,6 +50,9 @@ from crm_customer.domain import (
     FieldChange,
     Ownership,
     Profile,
+    Segment,
+    SegmentCriteria,
+    birth_date_bounds,
     changes,
     erased_profile,
 )
@@ -126,6 +130,17 @@ customer_tags = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+customer_segments = Table(
+    "customer_segments",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("filter", Text, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("branch_id", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 customer_history = Table(
     "customer_history",
     metadata,
@@ -172,6 +187,11 @@ class CustomerFilter:
     created_from: dt.datetime | None = None
     created_to: dt.datetime | None = None
     order_by: str = "-created_at"
+    age_min: int = 0
+    age_max: int = 0
+    exclude_do_not_disturb: bool = False
+    live_only: bool = False
+    today: dt.date | None = None
 
 
 @dataclass(frozen=True)
@@ -266,10 +286,7 @@ class CustomerStore:
             found = await self._load(session, (await session.execute(query)).all())
         return found[0] if found else None
 
-    async def list(
-        self, identity: Identity, where: CustomerFilter, limit: int, cursor: str
-    ) -> tuple[list[Customer], str]:
-        """One page of the caller's customers matching ``where``, and the next cursor ("" after the last page)."""
+    def _conditions(self, identity: Identity, where: CustomerFilter) -> list[ColumnElement[bool]]:
         c = customers.c
         conditions: list[ColumnElement[bool]] = [self._scoped(identity)]
         if where.name:
@@ -301,6 +318,30 @@ class CustomerStore:
             conditions.append(c.created_at >= where.created_from)
         if where.created_to is not None:
             conditions.append(c.created_at < where.created_to)
+        if where.age_min or where.age_max:
+            after, on_or_before = birth_date_bounds(where.age_min, where.age_max, where.today or dt.date.today())
+            if after is not None:
+                conditions.append(c.birth_date > after)
+            if on_or_before is not None:
+                conditions.append(c.birth_date <= on_or_before)
+        if where.exclude_do_not_disturb:
+            conditions.append(c.do_not_disturb.is_(False))
+        if where.live_only:
+            conditions.append(c.erased_at.is_(None))
+        return conditions
+
+    async def count(self, identity: Identity, where: CustomerFilter) -> int:
+        """How many of the caller's customers match ``where``."""
+        query = select(func.count()).select_from(customers).where(*self._conditions(identity, where))
+        async with self._sessions() as session:
+            return int((await session.execute(query)).scalar_one())
+
+    async def list(
+        self, identity: Identity, where: CustomerFilter, limit: int, cursor: str
+    ) -> tuple[list[Customer], str]:
+        """One page of the caller's customers matching ``where``, and the next cursor ("" after the last page)."""
+        c = customers.c
+        conditions = self._conditions(identity, where)
         descending = where.order_by.startswith("-")
         sort_name = where.order_by.lstrip("-") or "created_at"
         if sort_name not in _SORTS:
@@ -540,6 +581,66 @@ class CustomerStore:
                 actor=identity.user_id,
             )
         return after
+
+    # Segments
+
+    async def create_segment(self, segment: Segment) -> Segment:
+        """Save a segment; :class:`AlreadyExists` when its branch has one of that name."""
+        try:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    insert(customer_segments).values(
+                        id=segment.id,
+                        name=segment.name,
+                        filter=json.dumps(dataclasses.asdict(segment.criteria), ensure_ascii=False),
+                        created_by=segment.created_by,
+                        branch_id=segment.branch_id,
+                        created_at=segment.created_at,
+                    )
+                )
+        except IntegrityError:
+            raise AlreadyExists(f"the branch already has a segment named {segment.name!r}") from None
+        return segment
+
+    @staticmethod
+    def _visible_segments(identity: Identity) -> ColumnElement[bool]:
+        s = customer_segments.c
+        return or_(s.branch_id == identity.branch_id, s.created_by == identity.user_id)
+
+    @staticmethod
+    def _to_segment(row: Row[Any]) -> Segment:
+        criteria = json.loads(row.filter)
+        for name in ("tiers", "tags", "risk_appetites"):
+            criteria[name] = tuple(criteria.get(name, ()))
+        return Segment(
+            id=row.id,
+            name=row.name,
+            criteria=SegmentCriteria(**criteria),
+            created_by=row.created_by,
+            branch_id=row.branch_id,
+            created_at=_utc(row.created_at),
+        )
+
+    async def get_segment(self, identity: Identity, segment_id: str) -> Segment:
+        """A segment of the caller's branch (or their own); :class:`NotFound` otherwise."""
+        s = customer_segments.c
+        query = select(customer_segments).where(s.id == segment_id, self._visible_segments(identity))
+        async with self._sessions() as session:
+            row = (await session.execute(query)).first()
+        if row is None:
+            raise NotFound(f"segment {segment_id} not found")
+        return self._to_segment(row)
+
+    async def list_segments(self, identity: Identity, limit: int, cursor: str) -> tuple[list[Segment], str]:
+        """The segments of the caller's branch, oldest first."""
+        s = customer_segments.c
+        query = select(customer_segments).where(self._visible_segments(identity))
+        if cursor:
+            query = query.where(s.id > cursor)
+        async with self._sessions() as session:
+            rows = (await session.execute(query.order_by(s.id).limit(limit + 1))).all()
+        segments = [self._to_segment(r) for r in rows[:limit]]
+        return segments, (segments[-1].id if len(rows) > limit else "")
 
     # Internals
 
