@@ -166,3 +166,36 @@ async def test_unparseable_message_is_dead_lettered_at_once(outbox_env: OutboxEn
         await runner.stop()
         await bus.close()
         await delete_stream(nats_url, env.stream)
+
+
+async def test_one_failing_event_does_not_undo_the_others_in_its_batch(outbox_env: OutboxEnv, nats_url: str) -> None:
+    env = outbox_env
+    bus = await connect_bus(nats_url, env.stream)
+    durable = f"test-{uuid.uuid4().hex[:8]}"
+    attempts: dict[str, int] = {}
+
+    async def picky(session: object, event: Event) -> None:
+        attempts[event.subject_id] = attempts.get(event.subject_id, 0) + 1
+        await session.execute(insert(notes).values(id=event.subject_id, text="x"))  # type: ignore[attr-defined]
+        if event.subject_id == "b" and attempts["b"] < 3:
+            raise RuntimeError("b is not ready yet")  # only b's savepoint rolls back
+
+    for note_id in ("a", "b", "c"):  # published before the consumer starts: one fetched batch
+        await _publish(bus, _envelope(env, note_id))
+    runner = ConsumerRunner(
+        bus,
+        env.sessions,
+        Outbox("test"),
+        [Subscription(durable, env.stream.name, f"{env.root}.>", {f"{env.root}.note.created": picky})],
+        max_deliveries=5,
+        backoff_base=0.05,
+    )
+    await runner.start()
+    try:
+        await _until(lambda: _handled(env, durable, 3))
+        assert attempts == {"a": 1, "b": 3, "c": 1}
+        assert await env.count(notes) == 3
+    finally:
+        await runner.stop()
+        await bus.close()
+        await delete_stream(nats_url, env.stream)

@@ -1,7 +1,7 @@
 """Durable JetStream consumers with an inbox: each event changes a service's state at most once.
 
-For each delivered message the runner opens a transaction, records ``(consumer, event id)`` in the inbox
-and calls the handler in that same transaction; it acknowledges only after the commit. A redelivery finds
+For each fetched batch the runner opens one transaction; per event, inside a savepoint, it records
+``(consumer, event id)`` in the inbox and calls the handler; it acknowledges only after the commit. A redelivery finds
 the inbox row and is acknowledged without running the handler again. A handler that raises is retried
 with exponential back-off (``nak`` with a delay); after ``max_deliveries`` the event is written to the
 outbox as a :class:`DeadLetter` on ``crm.dlq.<consumer>`` and recorded as dead-lettered, so nothing is lost
@@ -23,7 +23,9 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
-from sqlalchemy import insert, select
+from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -177,8 +179,8 @@ class ConsumerRunner:
                 continue
             finally:
                 self._idle.discard(me)
-            for msg in msgs:
-                await self.handle(sub, msg)
+            if msgs:
+                await self.handle_batch(sub, msgs)
             now = asyncio.get_running_loop().time()
             if now - last_lag >= 5.0:
                 last_lag = now
@@ -188,18 +190,45 @@ class ConsumerRunner:
                 except Exception:  # noqa: BLE001 - the gauge is best effort
                     pass
 
-    async def handle(self, sub: Subscription, msg: Msg) -> None:
-        """Apply one message exactly once, then acknowledge it (or schedule its retry / dead-letter it)."""
-        delivery = msg.metadata.num_delivered if msg.metadata else 1
-        if delivery > 1:
-            metrics.CONSUMER_REDELIVERIES.labels(sub.durable).inc()
-        try:
-            envelope = envelope_pb2.EventEnvelope.FromString(msg.data)
-            event = to_event(envelope)
-        except (DecodeError, KeyError, TypeError) as exc:
-            await self._dead_letter(sub, msg, f"unparseable event: {exc!r}", delivery, event_id=None)
+    async def handle_batch(self, sub: Subscription, msgs: list[Msg]) -> None:
+        """Apply a fetched batch in one transaction, one savepoint per event; acknowledge after the commit.
+
+        One commit per batch instead of per event keeps up with bursts; each event's inbox row and handler
+        writes still stand or fall together (its savepoint), so one failing event does not undo the others.
+        """
+        parsed: list[tuple[Msg, Event, int]] = []
+        for msg in msgs:
+            delivery = msg.metadata.num_delivered if msg.metadata else 1
+            if delivery > 1:
+                metrics.CONSUMER_REDELIVERIES.labels(sub.durable).inc()
+            try:
+                parsed.append((msg, to_event(envelope_pb2.EventEnvelope.FromString(msg.data)), delivery))
+            except (DecodeError, KeyError, TypeError) as exc:
+                await self._dead_letter(sub, msg, f"unparseable event: {exc!r}", delivery, event_id=None)
+        if not parsed:
             return
-        parent = telemetry.extract({"traceparent": envelope.traceparent, "tracestate": envelope.tracestate})
+        outcomes: list[str | Exception] = []
+        try:
+            async with self._sessions() as session, session.begin():
+                for msg, event, _ in parsed:
+                    outcomes.append(await self._apply_one(session, sub, msg, event))
+        except Exception as exc:  # noqa: BLE001 - the commit failed (database down): retry every event
+            log.warning("consumer batch did not commit", extra={"consumer": sub.durable, "error": repr(exc)})
+            for msg, _, delivery in parsed:
+                await msg.nak(delay=self.backoff(delivery))
+            return
+        for (msg, event, delivery), outcome in zip(parsed, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                await self._retry_or_dead_letter(sub, msg, event, delivery, outcome)
+                continue
+            await msg.ack()
+            metrics.CONSUMER_HANDLED.labels(sub.durable, outcome).inc()
+            if outcome == "handled":
+                metrics.EVENT_LATENCY.labels(sub.durable).observe((utcnow() - event.occurred_at).total_seconds())
+
+    async def _apply_one(self, session: AsyncSession, sub: Subscription, msg: Msg, event: Event) -> str | Exception:
+        handler = sub.handlers.get(event.type)
+        parent = telemetry.extract({"traceparent": event.envelope.traceparent, "tracestate": event.envelope.tracestate})
         with _tracer.start_as_current_span(
             f"consume {event.type}",
             context=parent,
@@ -207,45 +236,34 @@ class ConsumerRunner:
             attributes={"messaging.system": "nats", "messaging.destination": msg.subject, "crm.consumer": sub.durable},
         ):
             try:
-                outcome = await self._apply(sub, event)
-            except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
-                if delivery >= self._max_deliveries:
-                    await self._dead_letter(sub, msg, repr(exc), delivery, event_id=event.id)
-                    return
-                metrics.CONSUMER_HANDLED.labels(sub.durable, "retried").inc()
-                log.warning(
-                    "handler failed; will retry",
-                    extra={"consumer": sub.durable, "event_id": event.id, "delivery": delivery, "error": repr(exc)},
-                )
-                await msg.nak(delay=self.backoff(delivery))
-                return
-        await msg.ack()
-        metrics.CONSUMER_HANDLED.labels(sub.durable, outcome).inc()
-        if outcome == "handled":
-            metrics.EVENT_LATENCY.labels(sub.durable).observe((utcnow() - event.occurred_at).total_seconds())
-
-    async def _apply(self, sub: Subscription, event: Event) -> str:
-        handler = sub.handlers.get(event.type)
-        try:
-            async with self._sessions() as session, session.begin():
-                seen = await session.execute(
-                    select(inbox_table.c.outcome).where(
-                        inbox_table.c.consumer == sub.durable, inbox_table.c.event_id == event.id
+                async with session.begin_nested():
+                    insert_ = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+                    recorded = await session.execute(
+                        insert_(inbox_table)
+                        .values(consumer=sub.durable, event_id=event.id, outcome="handled", handled_at=utcnow())
+                        .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
                     )
-                )
-                if seen.first() is not None:
-                    return "duplicate"
-                await session.execute(
-                    insert(inbox_table).values(
-                        consumer=sub.durable, event_id=event.id, outcome="handled", handled_at=utcnow()
-                    )
-                )
-                if handler is not None:
+                    if recorded.rowcount == 0:  # type: ignore[attr-defined]
+                        return "duplicate"  # handled before (a redelivery, or another replica got there first)
+                    if handler is None:
+                        return "ignored"
                     await handler(session, event)
-        except IntegrityError:
-            # Another replica recorded this event between our check and our insert: it is handled.
-            return "duplicate"
-        return "handled" if handler is not None else "ignored"
+                    return "handled"
+            except Exception as exc:  # noqa: BLE001 - the savepoint rolled back; retried after the commit
+                return exc
+
+    async def _retry_or_dead_letter(
+        self, sub: Subscription, msg: Msg, event: Event, delivery: int, exc: Exception
+    ) -> None:
+        if delivery >= self._max_deliveries:
+            await self._dead_letter(sub, msg, repr(exc), delivery, event_id=event.id)
+            return
+        metrics.CONSUMER_HANDLED.labels(sub.durable, "retried").inc()
+        log.warning(
+            "handler failed; will retry",
+            extra={"consumer": sub.durable, "event_id": event.id, "delivery": delivery, "error": repr(exc)},
+        )
+        await msg.nak(delay=self.backoff(delivery))
 
     async def _dead_letter(self, sub: Subscription, msg: Msg, error: str, delivery: int, event_id: str | None) -> None:
         letter = dead_letter_pb2.DeadLetter(

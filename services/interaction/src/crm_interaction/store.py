@@ -65,24 +65,25 @@ class InteractionStore:
             if not request_id:
                 raise
             # A concurrent call with the same request id inserted first: answer with what it stored.
-            earlier = await self._by_request(identity, request_id)
+            async with self._sessions() as session:
+                earlier = await self._by_request(session, identity, request_id)
             if earlier is None:
                 raise
             return earlier
 
-    async def _by_request(self, identity: Identity, request_id: str) -> Interaction | None:
-        async with self._sessions() as session:
-            query = select(*_COLUMNS).where(
-                interactions.c.logged_by == identity.user_id, interactions.c.request_id == request_id
-            )
-            row = (await session.execute(query)).first()
+    @staticmethod
+    async def _by_request(session: AsyncSession, identity: Identity, request_id: str) -> Interaction | None:
+        query = select(*_COLUMNS).where(
+            interactions.c.logged_by == identity.user_id, interactions.c.request_id == request_id
+        )
+        row = (await session.execute(query)).first()
         return _to_interaction(row) if row is not None else None
 
     async def _log(self, identity: Identity, interaction: Interaction, request_id: str) -> Interaction:
         async with self._sessions() as session, session.begin():
             await require_customer_in_scope(session, identity, interaction.customer_id)
             if request_id:
-                earlier = await self._by_request(identity, request_id)
+                earlier = await self._by_request(session, identity, request_id)
                 if earlier is not None:
                     return earlier
             await session.execute(
