@@ -33,10 +33,10 @@ $(STAMP): constraints.txt requirements-dev.in $(PYPROJECTS) $(PROTO_FILES)
 	@touch $(STAMP)
 
 .PHONY: system-packages
-system-packages: ## Install the Debian tools the checks use (promtool from prometheus; needs root)
+system-packages: ## Install the Debian tools the checks and benchmarks use (promtool, wrk; needs root)
 	@if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	else echo "not root: install Debian's prometheus package for promtool (deployment checks skip without it)"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus wrk >/dev/null; \
+	else echo "not root: install Debian's prometheus (promtool) and wrk packages"; fi
 
 .PHONY: install
 install: $(STAMP) ## Create .venv and install every package from the pinned constraints (idempotent)
@@ -87,6 +87,7 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 
 .PHONY: bench
 bench: $(STAMP) ## Run the benchmarks and write their figures into bench/RESULTS.md
+	@command -v wrk >/dev/null || $(MAKE) --no-print-directory system-packages
 	$(PY) -m bench.run
 
 .PHONY: clean
