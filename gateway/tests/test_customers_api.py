@@ -197,3 +197,27 @@ async def test_lists_search_scope_and_ownership(gateway: Gateway) -> None:
     assert [s["name"] for s in listed["items"]] == ["金卡"] and listed["next_cursor"] is None
     bad = await c.post("/api/v1/segments", json={"name": "x", "filter": {"tiers": ["silver"]}}, headers=h["rm1"])
     assert bad.status_code == 422
+
+    # Holdings from the core-banking feed: AUM, flags and signals; in scope only.
+    feed = {
+        "holdings": [
+            {"product_code": "D1", "product_type": "deposit", "amount": {"amount": "2500000.00", "currency": "CNY"}},
+            {"product_code": "L1", "product_type": "loan", "amount": {"amount": "100000", "currency": "CNY"}},
+        ]
+    }
+    url = f"/api/v1/customers/{theirs['id']}/holdings"
+    assert (await c.put(url, json=feed, headers=h["rm1"])).status_code == 404
+    fed = await c.put(url, json=feed, headers=h["rm2"])
+    assert fed.status_code == 200, fed.text
+    assert fed.json()["aum"] == {"amount": "2500000.00", "currency": "CNY"}
+    assert fed.json()["signals"] == ["large_inflow", "tier_threshold_reached"]
+    held = (await c.get(url, headers=h["rm2"])).json()["holdings"]
+    assert [x["product_code"] for x in held] == ["D1", "L1"] and held[1]["amount"]["amount"] == "100000.00"
+    profile = (await c.get(f"/api/v1/customers/{theirs['id']}", headers=h["rm2"])).json()
+    assert profile["value_first"] and profile["familiar"] and profile["product_count"] == 2
+    bad = await c.put(
+        url,
+        json={"holdings": [{"product_code": "X", "product_type": "gold_bar", "amount": {"amount": "1"}}]},
+        headers=h["rm2"],
+    )
+    assert bad.status_code == 422

@@ -44,6 +44,8 @@ ROUTE_CALLS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/api/v1/segments"): ("/api/v1/segments", {"name": "矩阵"}),
     ("GET", "/api/v1/segments"): ("/api/v1/segments", None),
     ("GET", "/api/v1/segments/{segment_id:str}/members"): ("/api/v1/segments/unknown/members", None),
+    ("PUT", "/api/v1/customers/{customer_id:str}/holdings"): ("/api/v1/customers/unknown/holdings", {"holdings": []}),
+    ("GET", "/api/v1/customers/{customer_id:str}/holdings"): ("/api/v1/customers/{customer}/holdings", None),
     ("GET", "/api/v1/me/inbox"): ("/api/v1/me/inbox", None),
     ("GET", "/api/v1/audit"): ("/api/v1/audit", None),
     ("POST", "/api/v1/admin/branches"): ("/api/v1/admin/branches", {"id": "M1", "name": "m", "region": "r"}),

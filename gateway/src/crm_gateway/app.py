@@ -66,6 +66,8 @@ ROUTES = [
     customers.create_segment,
     customers.list_segments,
     customers.segment_members,
+    customers.replace_holdings,
+    customers.list_holdings,
     notifications.list_inbox,
     audit.list_audit,
     *admin.ROUTES,

@@ -441,3 +441,70 @@ async def test_segments_list_and_count_members_in_scope(db_url: str, private_nat
 
 def _age(born: dt.date, today: dt.date) -> int:
     return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+async def test_holdings_feed_aum_flags_and_signals(db_url: str, private_nats: NatsServer, tmp_path: Path) -> None:
+    async with running_service(SPEC, database_url=db_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+        stub = customer_service_pb2_grpc.CustomerServiceStub(svc.channel)
+
+        def call(method: str, request: Any, who: Identity) -> Any:
+            return getattr(stub, method)(request, metadata=svc.md(who), timeout=5)
+
+        customer = (await call("CreateCustomer", individual(), RM1)).customer
+        assert customer.aum.amount == "0.00" and not customer.familiar and not customer.value_first
+
+        def holding(code: str, kind: int, amount: str, maturity: str = "") -> customer_pb2.Holding:
+            h = customer_pb2.Holding(product_code=code, product_type=kind, maturity_date=maturity)
+            h.amount.amount = amount
+            return h
+
+        soon = (dt.date.today() + dt.timedelta(days=30)).isoformat()
+        snapshot = [
+            holding("D1", customer_pb2.PRODUCT_TYPE_DEPOSIT, "800000"),
+            holding("W1", customer_pb2.PRODUCT_TYPE_WEALTH, "1500000", soon),
+            holding("L1", customer_pb2.PRODUCT_TYPE_LOAN, "300000"),
+        ]
+        request = pb.ReplaceHoldingsRequest(customer_id=customer.id, holdings=snapshot)
+        assert (await failure(call("ReplaceHoldings", request, RM2))).code == grpc.StatusCode.NOT_FOUND
+        reply = await call("ReplaceHoldings", request, RM1)
+        assert reply.customer.aum.amount == "2300000.00" and reply.customer.product_count == 3
+        assert reply.customer.familiar and reply.customer.value_first
+        assert list(reply.signals) == ["large_inflow", "maturity_window", "tier_threshold_reached"]
+        listed = await call("ListHoldings", pb.ListHoldingsRequest(customer_id=customer.id), RM1)
+        assert [(h.product_code, h.amount.amount) for h in listed.holdings] == [
+            ("D1", "800000.00"),
+            ("L1", "300000.00"),
+            ("W1", "1500000.00"),
+        ]
+        assert (
+            await failure(call("ListHoldings", pb.ListHoldingsRequest(customer_id=customer.id), RM2))
+        ).code == grpc.StatusCode.NOT_FOUND
+        # The next snapshot replaces the whole set.
+        smaller = pb.ReplaceHoldingsRequest(customer_id=customer.id, holdings=snapshot[:1])
+        assert list((await call("ReplaceHoldings", smaller, RM1)).signals) == ["large_outflow"]
+
+        nc = await nats.connect(private_nats.url)
+        try:
+            sub = await nc.jetstream().pull_subscribe(
+                "crm.customer.customer.holdings_changed", durable=None, stream="CRM_CUSTOMER"
+            )
+            msgs = []
+            while True:
+                try:
+                    msgs.extend(await sub.fetch(1000, timeout=1))
+                except nats.errors.TimeoutError:
+                    break
+        finally:
+            await nc.close()
+        mine = []
+        for m in msgs:
+            envelope = envelope_pb2.EventEnvelope.FromString(m.data)
+            if envelope.subject_id == customer.id:
+                payload = events_pb2.CustomerHoldingsChanged()
+                envelope.payload.Unpack(payload)
+                mine.append(payload)
+        assert [(p.aum_before.amount, p.aum_after.amount) for p in mine] == [
+            ("0.00", "2300000.00"),
+            ("2300000.00", "800000.00"),
+        ]
+        assert list(mine[0].maturing_product_codes) == ["W1"] and mine[0].eligible_tier == customer_pb2.TIER_PLATINUM

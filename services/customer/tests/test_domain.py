@@ -159,3 +159,55 @@ def test_retag() -> None:
     for add, remove in (([], []), (["a,b"], []), ([""], []), (["x" * 21], []), ([f"t{i}" for i in range(30)], [])):
         with pytest.raises(InvalidArgument):
             retag(customer, add, remove)
+
+
+def test_holdings_validation_signals_and_flags() -> None:
+    from decimal import Decimal
+
+    from crm_customer.domain import assess_holdings, is_familiar, is_value_first, validate_holdings
+
+    today = dt.date(2026, 11, 23)
+    raw = [
+        {"product_code": "D1", "product_type": "deposit", "amount": "300000"},
+        {"product_code": "W1", "product_type": "wealth", "amount": "400000.50", "maturity_date": "2027-01-10"},
+        {"product_code": "L1", "product_type": "loan", "amount": "900000"},
+    ]
+    holdings = validate_holdings(raw)
+    change = assess_holdings(Decimal(0), holdings, "none", today)
+    assert change.aum_after == Decimal("700000.50")  # the loan is not an asset
+    assert change.signals == ("large_inflow", "maturity_window", "tier_threshold_reached")
+    assert change.maturing == ("W1",) and change.eligible_tier == "gold"
+    # Already gold: no threshold signal; a fall of 500,000 or more is a large outflow.
+    assert assess_holdings(Decimal(700000), holdings, "gold", today).signals == ("maturity_window",)
+    assert assess_holdings(Decimal(1300000), holdings[:1], "gold", today).signals == ("large_outflow",)
+    # A maturity more than 90 days away (or ago) is outside the window.
+    far = validate_holdings(
+        [{"product_code": "T", "product_type": "time_deposit", "amount": "1", "maturity_date": "2027-06-01"}]
+    )
+    assert assess_holdings(Decimal(1), far, "none", today).signals == ()
+
+    with pytest.raises(InvalidArgument) as err:
+        validate_holdings(
+            [
+                {"product_code": "A", "product_type": "gold_bar", "amount": "-1", "currency": "USD"},
+                {"product_code": "A", "product_type": "fund", "amount": "1", "start_date": "2026-02-30"},
+                {
+                    "product_code": "B",
+                    "product_type": "fund",
+                    "amount": "1",
+                    "start_date": "2026-05-01",
+                    "maturity_date": "2026-01-01",
+                },
+            ]
+        )
+    assert {v.field for v in err.value.violations} == {
+        "holdings[0].product_type",
+        "holdings[0].amount",
+        "holdings[0].amount.currency",
+        "holdings[1].product_code",
+        "holdings[1].start_date",
+        "holdings[2].maturity_date",
+    }
+    assert is_familiar(3, Decimal(0)) and is_familiar(0, Decimal("1000000.01")) and not is_familiar(2, Decimal(1000000))
+    assert is_value_first("platinum", Decimal(0)) and is_value_first("none", Decimal(2000000))
+    assert not is_value_first("gold", Decimal(1999999))

@@ -7,7 +7,7 @@ import hashlib
 from typing import Annotated, Any
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
-from litestar import Request, Response, get, patch, post
+from litestar import Request, Response, get, patch, post, put
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
@@ -22,7 +22,11 @@ from crm_gateway.schemas.customers import (
     CustomerCreate,
     CustomerOut,
     CustomerPatch,
+    HoldingIO,
+    HoldingsIn,
+    HoldingsOut,
     Kind,
+    Money,
     ReclaimIn,
     RiskAppetite,
     SegmentIn,
@@ -258,3 +262,24 @@ async def segment_members(
         next_cursor=reply.page.next_page_token or None,
         total=reply.total,
     )
+
+
+@put("/api/v1/customers/{customer_id:str}/holdings", opt={"permission": "customer:write"})
+async def replace_holdings(request: Request[Any, Any, Any], customer_id: _ID, data: HoldingsIn) -> HoldingsOut:
+    """Replace a customer's holdings with a core-banking snapshot; answers the new AUM and derived signals
+    (large_inflow, large_outflow, maturity_window, tier_threshold_reached), also published as an event."""
+    message = pb.ReplaceHoldingsRequest(customer_id=customer_id, holdings=[h.to_proto() for h in data.holdings])
+    reply = await _call(request, "ReplaceHoldings", message)
+    aum = reply.customer.aum
+    return HoldingsOut(
+        holdings=[HoldingIO.from_proto(h) for h in reply.holdings],
+        aum=Money(amount=aum.amount, currency=aum.currency),
+        signals=list(reply.signals),
+    )
+
+
+@get("/api/v1/customers/{customer_id:str}/holdings", opt={"permission": "customer:read"})
+async def list_holdings(request: Request[Any, Any, Any], customer_id: _ID) -> HoldingsOut:
+    """A customer's holdings."""
+    reply = await _call(request, "ListHoldings", pb.ListHoldingsRequest(customer_id=customer_id))
+    return HoldingsOut(holdings=[HoldingIO.from_proto(h) for h in reply.holdings])

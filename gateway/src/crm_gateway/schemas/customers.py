@@ -275,6 +275,10 @@ class CustomerOut(msgspec.Struct):
     source_channel: str | None = None
     do_not_disturb: bool = False
     tags: list[str] = msgspec.field(default_factory=list)
+    aum: Money | None = None
+    product_count: int = 0
+    familiar: bool = False
+    value_first: bool = False
 
     @classmethod
     def from_proto(cls, c: customer_pb2.Customer) -> CustomerOut:
@@ -298,6 +302,10 @@ class CustomerOut(msgspec.Struct):
             tier=enum_text(ENUMS["tier"], p.tier) or "none",
             do_not_disturb=p.do_not_disturb,
             tags=list(c.tags),
+            aum=Money(amount=c.aum.amount, currency=c.aum.currency) if c.HasField("aum") else None,
+            product_count=c.product_count,
+            familiar=c.familiar,
+            value_first=c.value_first,
             **{name: getattr(p, name) or None for name in PROFILE_TEXT},
             **{name: enum_text(d, getattr(p, name)) for name, d in ENUMS.items() if name != "tier"},
         )
@@ -439,3 +447,55 @@ class SegmentMembers(msgspec.Struct):
     items: list[CustomerOut]
     next_cursor: str | None
     total: int
+
+
+ProductType = Literal["deposit", "time_deposit", "wealth", "fund", "insurance", "loan", "external", "other"]
+PRODUCT_TYPE = customer_pb2.ProductType.DESCRIPTOR
+
+
+class HoldingIO(msgspec.Struct, forbid_unknown_fields=True):
+    """One product a customer holds, as core banking reports it."""
+
+    product_code: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    product_type: ProductType
+    amount: Money
+    product_name: _text(100) = ""
+    start_date: Date | None = None
+    maturity_date: Date | None = None
+
+    def to_proto(self) -> customer_pb2.Holding:
+        """The service's message."""
+        return customer_pb2.Holding(
+            product_code=self.product_code,
+            product_name=self.product_name,
+            product_type=enum_number(PRODUCT_TYPE, self.product_type),
+            amount=money_pb2.Money(amount=self.amount.amount, currency=self.amount.currency),
+            start_date=self.start_date or "",
+            maturity_date=self.maturity_date or "",
+        )
+
+    @classmethod
+    def from_proto(cls, h: customer_pb2.Holding) -> HoldingIO:
+        """Map the service's message to the HTTP shape."""
+        return cls(
+            product_code=h.product_code,
+            product_type=enum_text(PRODUCT_TYPE, h.product_type),  # type: ignore[arg-type]
+            amount=Money(amount=h.amount.amount, currency=h.amount.currency),
+            product_name=h.product_name,
+            start_date=h.start_date or None,
+            maturity_date=h.maturity_date or None,
+        )
+
+
+class HoldingsIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A customer's full current holdings (the snapshot replaces the previous one)."""
+
+    holdings: Annotated[list[HoldingIO], msgspec.Meta(max_length=500)]
+
+
+class HoldingsOut(msgspec.Struct):
+    """A customer's holdings, and (after a feed) the signals the change raised."""
+
+    holdings: list[HoldingIO]
+    aum: Money | None = None
+    signals: list[str] = msgspec.field(default_factory=list)

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.descriptor import EnumDescriptor
 
+from crm.common.v1 import money_pb2
 from crm.customer.v1 import customer_pb2, events_pb2
 from crm_platform.inbox import Subscription
 
 if TYPE_CHECKING:
-    from crm_customer.domain import Customer
+    from crm_customer.domain import Customer, HoldingsChange
 
 CUSTOMER_CREATED = "crm.customer.customer.created"
 CUSTOMER_UPDATED = "crm.customer.customer.updated"
@@ -19,6 +20,7 @@ CUSTOMER_ASSIGNED = "crm.customer.customer.assigned"
 CUSTOMER_TIER_CHANGED = "crm.customer.customer.tier_changed"
 CUSTOMER_ERASED = "crm.customer.customer.erased"
 CUSTOMER_TAGGED = "crm.customer.customer.tagged"
+CUSTOMER_HOLDINGS_CHANGED = "crm.customer.customer.holdings_changed"
 
 KIND_TO_PROTO = {
     "individual": customer_pb2.CUSTOMER_KIND_INDIVIDUAL,
@@ -99,6 +101,18 @@ def customer_erased(customer: Customer) -> events_pb2.CustomerErased:
 def customer_tagged(customer: Customer, added: list[str], removed: list[str]) -> events_pb2.CustomerTagged:
     """The ``customer.tagged`` payload."""
     return events_pb2.CustomerTagged(customer_id=customer.id, added=added, removed=removed, tags=list(customer.tags))
+
+
+def holdings_changed(customer: Customer, change: HoldingsChange) -> events_pb2.CustomerHoldingsChanged:
+    """The ``customer.holdings_changed`` payload: AUM before and after, and the derived signals."""
+    return events_pb2.CustomerHoldingsChanged(
+        customer_id=customer.id,
+        aum_before=money_pb2.Money(amount=f"{change.aum_before:.2f}", currency="CNY"),
+        aum_after=money_pb2.Money(amount=f"{change.aum_after:.2f}", currency="CNY"),
+        signals=list(change.signals),
+        maturing_product_codes=list(change.maturing),
+        eligible_tier=enum_number(TIER, change.eligible_tier),  # type: ignore[arg-type]
+    )
 
 
 def subscriptions() -> list[Subscription]:

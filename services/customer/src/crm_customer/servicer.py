@@ -88,7 +88,39 @@ def to_proto(customer: Customer) -> customer_pb2.Customer:
         profile=profile_to_proto(masked(customer.profile)),
         erased=customer.erased_at is not None,
         tags=list(customer.tags),
+        aum=money_pb2.Money(amount=f"{customer.aum:.2f}", currency="CNY"),
+        product_count=customer.product_count,
+        familiar=domain.is_familiar(customer.product_count, customer.aum),
+        value_first=domain.is_value_first(customer.profile.tier, customer.aum),
     )
+
+
+_PRODUCT_TYPE = customer_pb2.ProductType.DESCRIPTOR
+
+
+def holding_to_proto(h: domain.Holding) -> customer_pb2.Holding:
+    """The wire form of a holding."""
+    return customer_pb2.Holding(
+        product_code=h.product_code,
+        product_name=h.product_name,
+        product_type=enum_number(_PRODUCT_TYPE, h.product_type),  # type: ignore[arg-type]
+        amount=money_pb2.Money(amount=f"{h.amount:.2f}", currency=h.currency),
+        start_date=_text(h.start_date),
+        maturity_date=_text(h.maturity_date),
+    )
+
+
+def holding_to_raw(h: customer_pb2.Holding) -> dict[str, object]:
+    """The plain values of a holding message for validation."""
+    return {
+        "product_code": h.product_code,
+        "product_name": h.product_name,
+        "product_type": enum_text(_PRODUCT_TYPE, h.product_type),
+        "amount": h.amount.amount,
+        "currency": h.amount.currency or "CNY",
+        "start_date": h.start_date,
+        "maturity_date": h.maturity_date,
+    }
 
 
 def _changes(items: list[FieldChange]) -> list[customer_pb2.FieldChange]:
@@ -327,3 +359,23 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         return customer_service_pb2.ListSegmentMembersResponse(
             customers=[to_proto(c) for c in page], page=paging_pb2.PageInfo(next_page_token=cursor), total=total
         )
+
+    async def ReplaceHoldings(self, request: Any, context: Any) -> customer_service_pb2.ReplaceHoldingsResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:write")
+        holdings = domain.validate_holdings([holding_to_raw(h) for h in request.holdings])
+        current = await self._store.get(identity, request.customer_id)
+        now = utcnow()
+        change = domain.assess_holdings(current.aum, holdings, current.profile.tier, now.date())
+        saved = await self._store.replace_holdings(identity, current, holdings, change, now)
+        return customer_service_pb2.ReplaceHoldingsResponse(
+            customer=to_proto(saved), holdings=[holding_to_proto(h) for h in holdings], signals=list(change.signals)
+        )
+
+    async def ListHoldings(self, request: Any, context: Any) -> customer_service_pb2.ListHoldingsResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:read")
+        holdings = await self._store.holdings(identity, request.customer_id)
+        return customer_service_pb2.ListHoldingsResponse(holdings=[holding_to_proto(h) for h in holdings])

@@ -23,6 +23,7 @@ from sqlalchemy import (
     ColumnElement,
     Date,
     DateTime,
+    Integer,
     LargeBinary,
     MetaData,
     Numeric,
@@ -48,6 +49,8 @@ from crm_customer.domain import (
     Customer,
     CustomerKind,
     FieldChange,
+    Holding,
+    HoldingsChange,
     Ownership,
     Profile,
     Segment,
@@ -110,6 +113,22 @@ customers = Table(
     Column("source_channel", String(30), nullable=False, default=""),
     Column("do_not_disturb", Boolean, nullable=False, default=False),
     Column("erased_at", DateTime(timezone=True), nullable=True),
+    Column("aum", Numeric(17, 2), nullable=False, default=0),
+    Column("product_count", Integer, nullable=False, default=0),
+)
+
+customer_holdings = Table(
+    "customer_holdings",
+    metadata,
+    Column("customer_id", String(36), primary_key=True),
+    Column("product_code", String(40), primary_key=True),
+    Column("product_name", String(100), nullable=False),
+    Column("product_type", String(20), nullable=False),
+    Column("amount", Numeric(17, 2), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("start_date", Date, nullable=True),
+    Column("maturity_date", Date, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 customer_keys = Table(
@@ -253,6 +272,8 @@ class CustomerStore:
             created_at=_utc(m["created_at"]),
             updated_at=_utc(m["updated_at"]),
             erased_at=_utc(m["erased_at"]) if m["erased_at"] is not None else None,
+            aum=decimal.Decimal(m["aum"] or 0).quantize(decimal.Decimal("0.01")),
+            product_count=m["product_count"] or 0,
         )
 
     async def get(self, identity: Identity, customer_id: str) -> Customer:
@@ -577,6 +598,69 @@ class CustomerStore:
                 session,
                 events.CUSTOMER_ERASED,
                 events.customer_erased(after),
+                subject_id=before.id,
+                actor=identity.user_id,
+            )
+        return after
+
+    # Holdings
+
+    async def holdings(self, identity: Identity, customer_id: str) -> list[Holding]:
+        """A customer's holdings (the customer must be in the caller's scope)."""
+        h = customer_holdings.c
+        async with self._sessions() as session:
+            await self._get(session, identity, customer_id)
+            query = select(customer_holdings).where(h.customer_id == customer_id).order_by(h.product_code)
+            rows = (await session.execute(query)).all()
+        return [
+            Holding(
+                r.product_code,
+                r.product_name,
+                r.product_type,
+                decimal.Decimal(r.amount).quantize(decimal.Decimal("0.01")),
+                r.currency,
+                r.start_date,
+                r.maturity_date,
+            )
+            for r in rows
+        ]
+
+    async def replace_holdings(
+        self, identity: Identity, before: Customer, holdings: list[Holding], change: HoldingsChange, now: dt.datetime
+    ) -> Customer:
+        """Replace the snapshot, keep AUM and product count on the customer, publish ``holdings_changed``."""
+        after = dataclasses.replace(before, aum=change.aum_after, product_count=len(holdings))
+        h = customer_holdings.c
+        async with self._sessions() as session, session.begin():
+            # A snapshot is absolute: the last one wins (the feed sends them in order per customer).
+            await session.execute(
+                update(customers)
+                .where(customers.c.id == before.id)
+                .values(aum=after.aum, product_count=after.product_count)
+            )
+            await session.execute(delete(customer_holdings).where(h.customer_id == before.id))
+            if holdings:
+                await session.execute(
+                    insert(customer_holdings),
+                    [
+                        {
+                            "customer_id": before.id,
+                            "product_code": x.product_code,
+                            "product_name": x.product_name,
+                            "product_type": x.product_type,
+                            "amount": x.amount,
+                            "currency": x.currency,
+                            "start_date": x.start_date,
+                            "maturity_date": x.maturity_date,
+                            "updated_at": now,
+                        }
+                        for x in holdings
+                    ],
+                )
+            await self._outbox.add(
+                session,
+                events.CUSTOMER_HOLDINGS_CHANGED,
+                events.holdings_changed(after, change),
                 subject_id=before.id,
                 actor=identity.user_id,
             )
