@@ -60,6 +60,7 @@ class NatsServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ},
+            start_new_session=True,  # outlives a Ctrl-C until the parts using it have drained
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

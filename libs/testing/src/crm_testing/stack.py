@@ -100,7 +100,9 @@ class Stack:
         return gateway
 
     def _spawn(self, name: str, package: str) -> None:
-        self.processes[name] = subprocess.Popen([sys.executable, "-m", package], env=self.env)
+        # A session of its own: Ctrl-C in the terminal reaches only this supervisor, which then stops the
+        # parts in order (gateway first, NATS last) so each can drain; a part never gets two signals.
+        self.processes[name] = subprocess.Popen([sys.executable, "-m", package], env=self.env, start_new_session=True)
 
     def _wait(self, name: str, healthy: object, deadline: float) -> None:
         while time.monotonic() < deadline:
