@@ -90,6 +90,15 @@ async def test_log_and_list_within_scope(
         )
         assert [i.id for i in listing.interactions] == [logged.interaction.id]
 
+        no_read = identity(
+            "head", roles=("branch_head",), scope=Scope.BRANCH, team_id="", permissions=("customer:read",)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ListInteractions(
+                interaction_service_pb2.ListInteractionsRequest(customer_id=customer_id), metadata=svc.md(no_read)
+            )
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.LogInteraction(
                 interaction_service_pb2.LogInteractionRequest(customer_id=customer_id, summary=""),

@@ -58,3 +58,9 @@ def log_contact(
             violations.add("occurred_at", "must not be in the future")
     assert channel is not None  # checked above: collect() raised otherwise
     return Interaction(new_id(), customer_id, Channel(channel), clean, when, identity.user_id, now)
+
+
+def require_read(identity: Identity) -> None:
+    """Reading contact logs needs ``interaction:read`` (checked here too, not only at the gateway)."""
+    if not identity.has("interaction:read"):
+        raise PermissionDenied("caller may not read interactions")

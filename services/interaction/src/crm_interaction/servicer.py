@@ -6,7 +6,7 @@ from typing import Any
 
 from crm.common.v1 import paging_pb2
 from crm.interaction.v1 import interaction_pb2, interaction_service_pb2, interaction_service_pb2_grpc
-from crm_interaction.domain import Interaction, log_contact
+from crm_interaction.domain import Interaction, log_contact, require_read
 from crm_interaction.events import CHANNEL_TO_PROTO
 from crm_interaction.store import InteractionStore
 from crm_platform.auth_context import current_identity
@@ -48,8 +48,10 @@ class InteractionServicer(interaction_service_pb2_grpc.InteractionServiceService
 
     async def ListInteractions(self, request: Any, context: Any) -> interaction_service_pb2.ListInteractionsResponse:  # noqa: N802
         """See the proto."""
+        identity = current_identity()
+        require_read(identity)
         items, next_token = await self._store.list_for_customer(
-            current_identity(), request.customer_id, page_limit(request.page), request.page.page_token
+            identity, request.customer_id, page_limit(request.page), request.page.page_token
         )
         return interaction_service_pb2.ListInteractionsResponse(
             interactions=[to_proto(i) for i in items], page=paging_pb2.PageInfo(next_page_token=next_token)
