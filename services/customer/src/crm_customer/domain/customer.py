@@ -1,4 +1,4 @@
-"""Customer rules: what a valid customer file is, who owns it, what changed. No gRPC, SQL or NATS here."""
+"""The customer file: kinds, fields and their rules, creation, revision and change tracking."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from crm_platform import identifiers as ids
 from crm_platform import pii
-from crm_platform.auth_context import Identity, Scope
-from crm_platform.errors import FailedPrecondition, PermissionDenied
+from crm_platform.auth_context import Identity
+from crm_platform.errors import PermissionDenied
 from crm_platform.ids import new_id
 from crm_platform.validation import Violations, collect
 
@@ -258,7 +258,7 @@ def check_profile(v: Violations, kind: str, raw: Mapping[str, object], today: dt
     if assessed is not None and assessed > today:
         v.add("risk_assessed_on", "must not be in the future")
     if assessed is not None and expires is None:
-        expires = _add_years(assessed, RISK_ASSESSMENT_VALIDITY_YEARS)
+        expires = add_years(assessed, RISK_ASSESSMENT_VALIDITY_YEARS)
     if assessed is not None and expires is not None and expires <= assessed:
         v.add("risk_expires_on", "must be after risk_assessed_on")
 
@@ -312,7 +312,7 @@ def check_profile(v: Violations, kind: str, raw: Mapping[str, object], today: dt
     )
 
 
-def _add_years(day: dt.date, years: int) -> dt.date:
+def add_years(day: dt.date, years: int) -> dt.date:
     try:
         return day.replace(year=day.year + years)
     except ValueError:  # 29 February
@@ -403,304 +403,7 @@ def revise_profile(
     return profile, changes(customer.profile, profile)
 
 
-# Ownership (管户)
-
-
-@dataclass(frozen=True)
-class Ownership:
-    """Who owns a customer: the owner, the owner's team, and the customer's branch and region."""
-
-    owner_id: str
-    team_id: str
-    branch_id: str
-    region: str
-
-
-_WIDE_SCOPES = frozenset({Scope.BRANCH, Scope.REGION, Scope.ALL})
-
-
 def require(identity: Identity, permission: str) -> None:
     """Raise :class:`PermissionDenied` unless the caller holds ``permission`` (defence in depth)."""
     if not identity.has(permission):
         raise PermissionDenied(f"requires permission {permission}")
-
-
-def plan_assignment(
-    identity: Identity,
-    customer: Customer,
-    owner_id: str,
-    owner_team_id: str,
-    owner_branch_id: str,
-    owner_roles: tuple[str, ...],
-    reason: str,
-) -> Ownership:
-    """Decide a (re)assignment: the branch head within the branch, a team lead within the team.
-
-    The customer is already known to be in the caller's scope; the new owner must hold an owning role and work
-    in the customer's branch (and, for a team lead, in the lead's team).
-    """
-    require(identity, "customer:assign")
-    with collect() as v:
-        if not owner_id.strip():
-            v.add("owner_id", "is required")
-        elif not _SELF_OWNING_ROLES.intersection(owner_roles):
-            v.add("owner_id", "is not an RM or teller who can own customers")
-        elif owner_branch_id != customer.branch_id:
-            v.add("owner_id", "works in another branch than the customer's")
-        if len(reason) > 500:
-            v.add("reason", "must be at most 500 characters")
-    within_team = identity.scope is Scope.TEAM and bool(identity.team_id) and owner_team_id == identity.team_id
-    if identity.scope not in _WIDE_SCOPES and not within_team:
-        raise PermissionDenied("a team lead assigns only within the team; the branch head within the branch")
-    if owner_id == customer.owner_id:
-        raise FailedPrecondition("the customer is already owned by that user", reason="ALREADY_OWNER")
-    return Ownership(owner_id, owner_team_id, customer.branch_id, customer.region)
-
-
-def plan_reclaim(identity: Identity, customer: Customer, reason: str) -> Ownership:
-    """Decide a reclaim to the branch pool (二次分配 starts here): the branch head's call."""
-    require(identity, "customer:assign")
-    if identity.scope not in _WIDE_SCOPES:
-        raise PermissionDenied("only the branch head reclaims customers to the branch pool")
-    with collect() as v:
-        if len(reason) > 500:
-            v.add("reason", "must be at most 500 characters")
-    if not customer.owner_id:
-        raise FailedPrecondition("the customer is already in the branch pool", reason="ALREADY_IN_POOL")
-    return Ownership("", "", customer.branch_id, customer.region)
-
-
-ERASED_NAME = "[erased]"
-
-
-def erased_profile(profile: Profile) -> Profile:
-    """What stays of a profile after erasure: the non-personal facts reports count (tier, channel, risk class)."""
-    return Profile(
-        name=ERASED_NAME,
-        tier=profile.tier,
-        source_channel=profile.source_channel,
-        risk_appetite=profile.risk_appetite,
-        industry=profile.industry,
-        credit_code=profile.credit_code,
-    )
-
-
-# Tags
-
-MAX_TAGS = 30
-_TAG_LENGTH = 20
-
-
-def retag(customer: Customer, add: list[str], remove: list[str]) -> tuple[tuple[str, ...], list[str], list[str]]:
-    """The customer's tags after adding ``add`` and removing ``remove``: (tags, really added, really removed)."""
-    with collect() as v:
-        clean_add = [t.strip() for t in add]
-        clean_remove = [t.strip() for t in remove]
-        if not clean_add and not clean_remove:
-            v.add("add", "names no tag to add or remove")
-        for name, tags in (("add", clean_add), ("remove", clean_remove)):
-            if any(not t or len(t) > _TAG_LENGTH or "," in t for t in tags):
-                v.add(name, f"tags are 1 to {_TAG_LENGTH} characters without commas")
-        result = sorted((set(customer.tags) | set(clean_add)) - set(clean_remove))
-        if len(result) > MAX_TAGS:
-            v.add("add", f"a customer carries at most {MAX_TAGS} tags")
-    added = sorted(set(result) - set(customer.tags))
-    removed = sorted(set(customer.tags) - set(result))
-    return tuple(result), added, removed
-
-
-# Saved dynamic segments
-
-
-@dataclass(frozen=True)
-class SegmentCriteria:
-    """The conditions of a segment (every given one must hold); never personal identifiers."""
-
-    tiers: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    risk_appetites: tuple[str, ...] = ()
-    owner_id: str = ""
-    branch_id: str = ""
-    team_id: str = ""
-    kind: str = ""
-    age_min: int = 0
-    age_max: int = 0
-    exclude_do_not_disturb: bool = False
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A saved dynamic segment, shared in its branch; members are computed when asked, in the asker's scope."""
-
-    id: str
-    name: str
-    criteria: SegmentCriteria
-    created_by: str
-    branch_id: str
-    created_at: dt.datetime
-
-
-def define_segment(identity: Identity, name: str, criteria: SegmentCriteria, now: dt.datetime) -> Segment:
-    """Validate a new segment."""
-    require(identity, "customer:read")
-    with collect() as v:
-        clean = v.require_text("name", name, max_length=100)
-        if any(t not in TIERS for t in criteria.tiers):
-            v.add("filter.tiers", f"must be among {', '.join(TIERS)}")
-        if any(r not in RISK_APPETITES for r in criteria.risk_appetites):
-            v.add("filter.risk_appetites", f"must be among {', '.join(RISK_APPETITES)}")
-        if any(not t or len(t) > _TAG_LENGTH for t in criteria.tags):
-            v.add("filter.tags", f"tags are 1 to {_TAG_LENGTH} characters")
-        if criteria.kind and criteria.kind not in {k.value for k in CustomerKind}:
-            v.add("filter.kind", "must be individual or corporate")
-        if not 0 <= criteria.age_min <= 150 or not 0 <= criteria.age_max <= 150:
-            v.add("filter.age_min", "ages are 0 to 150 years")
-        elif criteria.age_max and criteria.age_min > criteria.age_max:
-            v.add("filter.age_max", "must not be below age_min")
-        if not identity.branch_id:
-            v.add("branch_id", "caller belongs to no branch")
-    return Segment(new_id(), clean, criteria, identity.user_id, identity.branch_id, now)
-
-
-def birth_date_bounds(age_min: int, age_max: int, today: dt.date) -> tuple[dt.date | None, dt.date | None]:
-    """Birth dates of people aged ``age_min``..``age_max`` today: (born after, born on or before)."""
-    latest = _add_years(today, -age_min) if age_min else None
-    earliest = _add_years(today, -(age_max + 1)) if age_max else None
-    return earliest, latest
-
-
-# Holdings and the flags derived from them
-
-PRODUCT_TYPES = ("deposit", "time_deposit", "wealth", "fund", "insurance", "loan", "external", "other")
-MAX_HOLDINGS = 500
-# A movement of AUM at least this large is a risk or opportunity alert (大额流入/流出).
-LARGE_MOVEMENT = decimal.Decimal("500000")
-# Product maturity events look from 90 days back to 90 days ahead (domain.md, detected contact events).
-MATURITY_WINDOW = dt.timedelta(days=90)
-# AUM thresholds of the VIP tiers, highest first (bank defaults; signing itself belongs to opportunity).
-TIER_THRESHOLDS = (
-    ("diamond", decimal.Decimal("6000000")),
-    ("platinum", decimal.Decimal("2000000")),
-    ("gold", decimal.Decimal("500000")),
-)
-FAMILIAR_PRODUCTS = 3
-FAMILIAR_AUM = decimal.Decimal("1000000")
-_TIER_RANK = {"none": 0, "gold": 1, "platinum": 2, "diamond": 3}
-
-
-@dataclass(frozen=True)
-class Holding:
-    """One product a customer holds."""
-
-    product_code: str
-    product_name: str
-    product_type: str
-    amount: decimal.Decimal
-    currency: str
-    start_date: dt.date | None
-    maturity_date: dt.date | None
-
-
-@dataclass(frozen=True)
-class HoldingsChange:
-    """What a new holdings snapshot means: the new AUM and the signals it raises."""
-
-    aum_before: decimal.Decimal
-    aum_after: decimal.Decimal
-    signals: tuple[str, ...]
-    maturing: tuple[str, ...]
-    eligible_tier: str
-
-
-def validate_holdings(raw: list[Mapping[str, object]]) -> list[Holding]:
-    """Check a holdings snapshot; every problem is named ``holdings[i].field``."""
-    out: list[Holding] = []
-    with collect() as v:
-        if len(raw) > MAX_HOLDINGS:
-            v.add("holdings", f"at most {MAX_HOLDINGS} products")
-        seen: set[str] = set()
-        for i, item in enumerate(raw):
-            at = f"holdings[{i}]"
-            code = str(item.get("product_code") or "").strip()
-            if not code or len(code) > 40:
-                v.add(f"{at}.product_code", "is required, at most 40 characters")
-            elif code in seen:
-                v.add(f"{at}.product_code", "appears twice")
-            seen.add(code)
-            name = str(item.get("product_name") or "").strip()
-            if len(name) > 100:
-                v.add(f"{at}.product_name", "must be at most 100 characters")
-            kind = str(item.get("product_type") or "")
-            if kind not in PRODUCT_TYPES:
-                v.add(f"{at}.product_type", f"must be one of {', '.join(PRODUCT_TYPES)}")
-            amount_raw = str(item.get("amount") or "")
-            try:
-                amount = decimal.Decimal(amount_raw)
-                if not amount.is_finite() or amount < 0 or amount.as_tuple().exponent < -2:  # type: ignore[operator]
-                    raise decimal.InvalidOperation
-            except decimal.InvalidOperation:
-                v.add(f"{at}.amount", "must be a non-negative amount with at most 2 decimals")
-                amount = decimal.Decimal(0)
-            currency = str(item.get("currency") or "CNY").upper()
-            if currency != "CNY":
-                v.add(f"{at}.amount.currency", "must be CNY (AUM is kept in CNY)")
-            dates: dict[str, dt.date | None] = {}
-            for field in ("start_date", "maturity_date"):
-                text = str(item.get(field) or "")
-                dates[field] = ids.parse_date(text) if text else None
-                if text and dates[field] is None:
-                    v.add(f"{at}.{field}", "must be a date YYYY-MM-DD")
-            start, maturity = dates["start_date"], dates["maturity_date"]
-            if start and maturity and maturity < start:
-                v.add(f"{at}.maturity_date", "must not be before start_date")
-            out.append(Holding(code, name, kind, amount, currency, start, maturity))
-    return out
-
-
-def aum_of(holdings: list[Holding]) -> decimal.Decimal:
-    """Assets under management: everything held except loans."""
-    return sum((h.amount for h in holdings if h.product_type != "loan"), decimal.Decimal(0))
-
-
-def eligible_tier(aum: decimal.Decimal) -> str:
-    """The highest VIP tier whose AUM threshold ``aum`` reaches."""
-    return next((tier for tier, threshold in TIER_THRESHOLDS if aum >= threshold), "none")
-
-
-def assess_holdings(
-    before_aum: decimal.Decimal, holdings: list[Holding], current_tier: str, today: dt.date
-) -> HoldingsChange:
-    """The signals of a new snapshot: large movements, maturities in the window, a VIP threshold reached."""
-    after = aum_of(holdings)
-    signals = []
-    if after - before_aum >= LARGE_MOVEMENT:
-        signals.append("large_inflow")
-    if before_aum - after >= LARGE_MOVEMENT:
-        signals.append("large_outflow")
-    maturing = tuple(
-        sorted(
-            h.product_code
-            for h in holdings
-            if h.maturity_date is not None and abs(h.maturity_date - today) <= MATURITY_WINDOW
-        )
-    )
-    if maturing:
-        signals.append("maturity_window")
-    tier = eligible_tier(after)
-    if _TIER_RANK[tier] > _TIER_RANK.get(current_tier, 0) and _TIER_RANK[tier] > _TIER_RANK[eligible_tier(before_aum)]:
-        signals.append("tier_threshold_reached")
-    return HoldingsChange(before_aum, after, tuple(signals), maturing, tier)
-
-
-def is_familiar(product_count: int, aum: decimal.Decimal) -> bool:
-    """The holdings part of the familiar-customer (熟户) rule: >= 3 products or AUM above 1,000,000 CNY.
-
-    The rule's other parts (the RM knows the customer; wealth bought >= 3 times; appointments) need
-    interaction and transaction data this service does not hold.
-    """
-    return product_count >= FAMILIAR_PRODUCTS or aum > FAMILIAR_AUM
-
-
-def is_value_first(tier: str, aum: decimal.Decimal) -> bool:
-    """Value-first (价值优先): diamond or platinum customers, or AUM at the platinum threshold."""
-    return tier in ("diamond", "platinum") or _TIER_RANK[eligible_tier(aum)] >= _TIER_RANK["platinum"]

@@ -1,4 +1,5 @@
-"""Customer tables and queries. Every read applies the caller's data scope in SQL.
+"""Customer queries (tables in ``store.tables``; holdings and segments in their modules).
+Every read applies the caller's data scope in SQL.
 
 Personal fields (ID number, mobile, e-mail, address, contact mobile) are stored only as AES-GCM ciphertext
 under the customer's own data key (``customer_keys``, wrapped by a master key); ID number and mobile also
@@ -17,19 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
     ColumnElement,
-    Date,
-    DateTime,
-    Integer,
-    LargeBinary,
-    MetaData,
-    Numeric,
-    String,
-    Table,
-    Text,
     and_,
     delete,
     exists,
@@ -49,15 +38,19 @@ from crm_customer.domain import (
     Customer,
     CustomerKind,
     FieldChange,
-    Holding,
-    HoldingsChange,
     Ownership,
     Profile,
-    Segment,
-    SegmentCriteria,
     birth_date_bounds,
     changes,
     erased_profile,
+)
+from crm_customer.store.holdings import HoldingQueries
+from crm_customer.store.segments import SegmentQueries
+from crm_customer.store.tables import (
+    customer_history,
+    customer_keys,
+    customer_tags,
+    customers,
 )
 from crm_platform.auth_context import Identity
 from crm_platform.errors import AlreadyExists, Conflict, FieldViolation, InvalidArgument, NotFound
@@ -65,112 +58,6 @@ from crm_platform.ids import new_id
 from crm_platform.outbox import Outbox
 from crm_platform.pii import Keyring, WrappedKey
 from crm_platform.scope import in_scope, scope_condition
-
-metadata = MetaData()
-
-customers = Table(
-    "customers",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("customer_no", String(20), nullable=False, unique=True),
-    Column("kind", String(20), nullable=False),
-    Column("name", String(100), nullable=False),
-    Column("owner_id", String(64), nullable=False),
-    Column("team_id", String(64), nullable=False),
-    Column("branch_id", String(64), nullable=False),
-    Column("region", String(64), nullable=False),
-    Column("request_id", String(64), nullable=True, unique=True),
-    Column("version", BigInteger, nullable=False),
-    Column("created_by", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("gender", String(10), nullable=False, default=""),
-    Column("birth_date", Date, nullable=True),
-    Column("id_type", String(40), nullable=False, default=""),
-    Column("id_number_enc", LargeBinary, nullable=True),
-    Column("id_number_hash", String(80), nullable=True),
-    Column("mobile_enc", LargeBinary, nullable=True),
-    Column("mobile_hash", String(80), nullable=True),
-    Column("email_enc", LargeBinary, nullable=True),
-    Column("address_enc", LargeBinary, nullable=True),
-    Column("contact_mobile_enc", LargeBinary, nullable=True),
-    Column("occupation", String(100), nullable=False, default=""),
-    Column("employer", String(100), nullable=False, default=""),
-    Column("annual_income", Numeric(17, 2), nullable=True),
-    Column("annual_income_currency", String(3), nullable=False, default=""),
-    Column("family_situation", String(500), nullable=False, default=""),
-    Column("risk_appetite", String(20), nullable=False, default=""),
-    Column("risk_assessed_on", Date, nullable=True),
-    Column("risk_expires_on", Date, nullable=True),
-    Column("investment_experience", String(200), nullable=False, default=""),
-    Column("interests", Text, nullable=False, default="[]"),
-    Column("credit_code", String(18), nullable=True),
-    Column("industry", String(100), nullable=False, default=""),
-    Column("main_business", String(500), nullable=False, default=""),
-    Column("contact_person", String(50), nullable=False, default=""),
-    Column("parent_customer_id", String(36), nullable=False, default=""),
-    Column("tier", String(20), nullable=False, default="none"),
-    Column("source_channel", String(30), nullable=False, default=""),
-    Column("do_not_disturb", Boolean, nullable=False, default=False),
-    Column("erased_at", DateTime(timezone=True), nullable=True),
-    Column("aum", Numeric(17, 2), nullable=False, default=0),
-    Column("product_count", Integer, nullable=False, default=0),
-)
-
-customer_holdings = Table(
-    "customer_holdings",
-    metadata,
-    Column("customer_id", String(36), primary_key=True),
-    Column("product_code", String(40), primary_key=True),
-    Column("product_name", String(100), nullable=False),
-    Column("product_type", String(20), nullable=False),
-    Column("amount", Numeric(17, 2), nullable=False),
-    Column("currency", String(3), nullable=False),
-    Column("start_date", Date, nullable=True),
-    Column("maturity_date", Date, nullable=True),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-
-customer_keys = Table(
-    "customer_keys",
-    metadata,
-    Column("customer_id", String(36), primary_key=True),
-    Column("kid", String(40), nullable=False),
-    Column("wrapped", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-customer_tags = Table(
-    "customer_tags",
-    metadata,
-    Column("customer_id", String(36), primary_key=True),
-    Column("tag", String(20), primary_key=True),
-    Column("created_by", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-customer_segments = Table(
-    "customer_segments",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(100), nullable=False),
-    Column("filter", Text, nullable=False),
-    Column("created_by", String(64), nullable=False),
-    Column("branch_id", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-customer_history = Table(
-    "customer_history",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("customer_id", String(36), nullable=False),
-    Column("action", String(20), nullable=False),
-    Column("actor", String(64), nullable=False),
-    Column("occurred_at", DateTime(timezone=True), nullable=False),
-    Column("note", String(500), nullable=False, default=""),
-    Column("changes", Text, nullable=False, default="[]"),
-)
 
 _SEALED = tuple(SENSITIVE_FIELDS)  # stored as <field>_enc
 _HASHED = ("id_number", "mobile")  # also stored as <field>_hash
@@ -225,7 +112,7 @@ class HistoryEntry:
     changes: list[FieldChange]
 
 
-class CustomerStore:
+class CustomerStore(HoldingQueries, SegmentQueries):
     """Reads and writes customer files; writes put their events in the outbox in the same transaction."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, keyring: Keyring) -> None:
@@ -602,129 +489,6 @@ class CustomerStore:
                 actor=identity.user_id,
             )
         return after
-
-    # Holdings
-
-    async def holdings(self, identity: Identity, customer_id: str) -> list[Holding]:
-        """A customer's holdings (the customer must be in the caller's scope)."""
-        h = customer_holdings.c
-        async with self._sessions() as session:
-            await self._get(session, identity, customer_id)
-            query = select(customer_holdings).where(h.customer_id == customer_id).order_by(h.product_code)
-            rows = (await session.execute(query)).all()
-        return [
-            Holding(
-                r.product_code,
-                r.product_name,
-                r.product_type,
-                decimal.Decimal(r.amount).quantize(decimal.Decimal("0.01")),
-                r.currency,
-                r.start_date,
-                r.maturity_date,
-            )
-            for r in rows
-        ]
-
-    async def replace_holdings(
-        self, identity: Identity, before: Customer, holdings: list[Holding], change: HoldingsChange, now: dt.datetime
-    ) -> Customer:
-        """Replace the snapshot, keep AUM and product count on the customer, publish ``holdings_changed``."""
-        after = dataclasses.replace(before, aum=change.aum_after, product_count=len(holdings))
-        h = customer_holdings.c
-        async with self._sessions() as session, session.begin():
-            # A snapshot is absolute: the last one wins (the feed sends them in order per customer).
-            await session.execute(
-                update(customers)
-                .where(customers.c.id == before.id)
-                .values(aum=after.aum, product_count=after.product_count)
-            )
-            await session.execute(delete(customer_holdings).where(h.customer_id == before.id))
-            if holdings:
-                await session.execute(
-                    insert(customer_holdings),
-                    [
-                        {
-                            "customer_id": before.id,
-                            "product_code": x.product_code,
-                            "product_name": x.product_name,
-                            "product_type": x.product_type,
-                            "amount": x.amount,
-                            "currency": x.currency,
-                            "start_date": x.start_date,
-                            "maturity_date": x.maturity_date,
-                            "updated_at": now,
-                        }
-                        for x in holdings
-                    ],
-                )
-            await self._outbox.add(
-                session,
-                events.CUSTOMER_HOLDINGS_CHANGED,
-                events.holdings_changed(after, change),
-                subject_id=before.id,
-                actor=identity.user_id,
-            )
-        return after
-
-    # Segments
-
-    async def create_segment(self, segment: Segment) -> Segment:
-        """Save a segment; :class:`AlreadyExists` when its branch has one of that name."""
-        try:
-            async with self._sessions() as session, session.begin():
-                await session.execute(
-                    insert(customer_segments).values(
-                        id=segment.id,
-                        name=segment.name,
-                        filter=json.dumps(dataclasses.asdict(segment.criteria), ensure_ascii=False),
-                        created_by=segment.created_by,
-                        branch_id=segment.branch_id,
-                        created_at=segment.created_at,
-                    )
-                )
-        except IntegrityError:
-            raise AlreadyExists(f"the branch already has a segment named {segment.name!r}") from None
-        return segment
-
-    @staticmethod
-    def _visible_segments(identity: Identity) -> ColumnElement[bool]:
-        s = customer_segments.c
-        return or_(s.branch_id == identity.branch_id, s.created_by == identity.user_id)
-
-    @staticmethod
-    def _to_segment(row: Row[Any]) -> Segment:
-        criteria = json.loads(row.filter)
-        for name in ("tiers", "tags", "risk_appetites"):
-            criteria[name] = tuple(criteria.get(name, ()))
-        return Segment(
-            id=row.id,
-            name=row.name,
-            criteria=SegmentCriteria(**criteria),
-            created_by=row.created_by,
-            branch_id=row.branch_id,
-            created_at=_utc(row.created_at),
-        )
-
-    async def get_segment(self, identity: Identity, segment_id: str) -> Segment:
-        """A segment of the caller's branch (or their own); :class:`NotFound` otherwise."""
-        s = customer_segments.c
-        query = select(customer_segments).where(s.id == segment_id, self._visible_segments(identity))
-        async with self._sessions() as session:
-            row = (await session.execute(query)).first()
-        if row is None:
-            raise NotFound(f"segment {segment_id} not found")
-        return self._to_segment(row)
-
-    async def list_segments(self, identity: Identity, limit: int, cursor: str) -> tuple[list[Segment], str]:
-        """The segments of the caller's branch, oldest first."""
-        s = customer_segments.c
-        query = select(customer_segments).where(self._visible_segments(identity))
-        if cursor:
-            query = query.where(s.id > cursor)
-        async with self._sessions() as session:
-            rows = (await session.execute(query.order_by(s.id).limit(limit + 1))).all()
-        segments = [self._to_segment(r) for r in rows[:limit]]
-        return segments, (segments[-1].id if len(rows) > limit else "")
 
     # Internals
 
