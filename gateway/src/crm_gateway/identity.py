@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_platform.db import as_utc
 from crm_platform.ids import new_id
 from crm_platform.outbox import utcnow
 
@@ -85,13 +86,6 @@ refresh_tokens = Table(
 )
 
 
-def aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite gives naive datetimes back; every stored time is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)
-
-
 @dataclass(frozen=True)
 class User:
     """A staff member as the gateway authenticates and authorises them."""
@@ -150,8 +144,8 @@ class IdentityStore:
             password_hash=m["password_hash"],
             must_change_password=m["must_change_password"],
             failed_logins=m["failed_logins"],
-            first_failed_at=aware(m["first_failed_at"]),
-            locked_until=aware(m["locked_until"]),
+            first_failed_at=as_utc(m["first_failed_at"]) if m["first_failed_at"] else None,
+            locked_until=as_utc(m["locked_until"]) if m["locked_until"] else None,
             totp_secret=m["totp_secret"],
             totp_enabled=bool(m["totp_enabled"]),
         )
@@ -261,7 +255,7 @@ class IdentityStore:
                     .values(revoked_at=now)
                 )
                 return "reused", m["user_id"], m["family_id"]
-            if aware(m["expires_at"]) <= now:  # type: ignore[operator]
+            if as_utc(m["expires_at"]) <= now:
                 return "expired", m["user_id"], m["family_id"]
             await session.execute(update(refresh_tokens).where(refresh_tokens.c.id == token_hash).values(used_at=now))
             return "ok", m["user_id"], m["family_id"]

@@ -6,6 +6,7 @@ The URL is chosen in this order: ``<SERVICE>_DATABASE_URL``; else ``CRM_POSTGRES
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from crm_platform.metrics import DB_POOL_IN_USE
 
 log = logging.getLogger(__name__)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A stored time as an aware UTC datetime (SQLite hands back naive ones; every stored time is UTC)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def normalise_url(url: str) -> URL:

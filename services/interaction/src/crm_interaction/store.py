@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from sqlalchemy import Column, DateTime, MetaData, String, Table, UniqueConstraint, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -11,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_interaction.domain import Channel, Interaction
 from crm_interaction.events import INTERACTION_LOGGED, interaction_logged
 from crm_platform.auth_context import Identity
+from crm_platform.db import as_utc
 from crm_platform.directory import require_customer_in_scope
 from crm_platform.outbox import Outbox
 
@@ -33,10 +32,6 @@ interactions = Table(
 _COLUMNS = [c for c in interactions.c if c.name != "request_id"]
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _to_interaction(m: object) -> Interaction:
     row = m._mapping  # type: ignore[attr-defined]
     return Interaction(
@@ -44,9 +39,9 @@ def _to_interaction(m: object) -> Interaction:
         row["customer_id"],
         Channel(row["channel"]),
         row["summary"],
-        _utc(row["occurred_at"]),
+        as_utc(row["occurred_at"]),
         row["logged_by"],
-        _utc(row["created_at"]),
+        as_utc(row["created_at"]),
     )
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, insert, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_notification.domain import InboxMessage, InboxPage
 from crm_notification.events import INBOX_CREATED, inbox_message_created
+from crm_platform.db import as_utc
 from crm_platform.outbox import Outbox
 
 metadata = MetaData()
@@ -29,24 +28,16 @@ inbox_messages = Table(
 )
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _to_message(row: Row[tuple[object, ...]]) -> InboxMessage:
     m = row._mapping
-    created_at = _utc(m["created_at"])
-    assert created_at is not None
     return InboxMessage(
         id=m["id"],
         user_id=m["user_id"],
         kind=m["kind"],
         title=m["title"],
         body=m["body"],
-        created_at=created_at,
-        read_at=_utc(m["read_at"]),
+        created_at=as_utc(m["created_at"]),
+        read_at=as_utc(m["read_at"]) if m["read_at"] is not None else None,
     )
 
 

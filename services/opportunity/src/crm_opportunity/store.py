@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from decimal import Decimal
 
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, UniqueConstraint, insert, select
@@ -13,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_opportunity.domain import CENT, CLOSED_STAGES, Opportunity, Stage
 from crm_opportunity.events import OPPORTUNITY_CREATED, opportunity_created
 from crm_platform.auth_context import Identity
+from crm_platform.db import as_utc
 from crm_platform.directory import customer_directory, require_customer_in_scope
 from crm_platform.errors import AlreadyExists, NotFound
 from crm_platform.outbox import Outbox
@@ -40,10 +40,6 @@ opportunities = Table(
 _COLUMNS = [c for c in opportunities.c if c.name != "request_id"]
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _to_opportunity(row: Row[tuple[object, ...]]) -> Opportunity:
     m = row._mapping
     return Opportunity(
@@ -54,8 +50,8 @@ def _to_opportunity(row: Row[tuple[object, ...]]) -> Opportunity:
         expected_amount=(Decimal(m["expected_amount_hundredths"]) * CENT).quantize(CENT),
         currency=m["currency"],
         owner_id=m["owner_id"],
-        created_at=_utc(m["created_at"]),
-        updated_at=_utc(m["updated_at"]),
+        created_at=as_utc(m["created_at"]),
+        updated_at=as_utc(m["updated_at"]),
     )
 
 

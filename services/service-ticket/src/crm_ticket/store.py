@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from sqlalchemy import Column, DateTime, MetaData, String, Table, UniqueConstraint, insert, select
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_platform.auth_context import Identity
+from crm_platform.db import as_utc
 from crm_platform.directory import customer_directory, require_customer_in_scope
 from crm_platform.errors import AlreadyExists, NotFound
 from crm_platform.outbox import Outbox
@@ -38,10 +37,6 @@ tickets = Table(
 _COLUMNS = [c for c in tickets.c if c.name != "request_id"]
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _to_ticket(row: Row[tuple[object, ...]]) -> Ticket:
     m = row._mapping
     return Ticket(
@@ -51,9 +46,9 @@ def _to_ticket(row: Row[tuple[object, ...]]) -> Ticket:
         urgency=Urgency(m["urgency"]),
         status=TicketStatus(m["status"]),
         description=m["description"],
-        sla_deadline=_utc(m["sla_deadline"]),
+        sla_deadline=as_utc(m["sla_deadline"]),
         opened_by=m["opened_by"],
-        created_at=_utc(m["created_at"]),
+        created_at=as_utc(m["created_at"]),
     )
 
 
