@@ -91,14 +91,14 @@ def section(figures: dict[str, Any]) -> Section:
         ),
         Row("Bare JetStream async publish", "throughput", figures["async_rate"], "msgs/s"),
         Row(
-            "JetStream async publish, `wait_stall=5.0` (as the relay calls it)",
+            "JetStream async publish, `wait_stall=5.0` (as the relay called it before 48277fd)",
             "throughput",
             figures["async_rate_wait_stall"],
             "msgs/s",
             bare_label="bare async publish",
             bare_value=figures["async_rate"],
             ratio=figures["async_rate_wait_stall"] / figures["async_rate"],
-            note="see the defect note below",
+            note="why the relay now bounds a batch with one deadline instead",
         ),
     ]
     detail = [

@@ -4,8 +4,7 @@ A scratch database gets the platform tables and ``EVENTS`` realistic outbox rows
 ``CustomerCreated``, bulk-loaded with COPY, then ``VACUUM ANALYZE``). ``OutboxRelay.publish_batch`` is
 then called in a loop — exactly what the running relay does while it has a backlog — until every row is
 published; the stream's message count is checked afterwards. Each batch size runs on freshly loaded rows
-and a fresh stream. The same is repeated with :class:`bench.patched.PatchedOutboxRelay` to measure the
-proposed fix of the per-message ``wait_stall`` timer.
+and a fresh stream.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from bench.common import (
 
 EVENTS = 50_000
 BATCH_SIZES = (500, 1000, 2000)
-PATCHED_BATCH_SIZES = (1000,)
 TARGET = 15_000.0
 TIME_LIMIT = 60.0
 
@@ -46,10 +44,11 @@ async def _load(dsn: str, rows: list[tuple[str, str, bytes, dt.datetime, None]])
         await conn.close()
 
 
-async def _run_once(database: str, relay_class: type[Any], batch_size: int, prepared: list[bytes]) -> dict[str, Any]:
-    """Load the rows, publish them all with ``relay_class``; return events/s."""
+async def _run_once(database: str, batch_size: int, prepared: list[bytes]) -> dict[str, Any]:
+    """Load the rows, publish them all with the platform's ``OutboxRelay``; return events/s."""
     from crm_platform.bus import Bus
     from crm_platform.db import create_engine, normalise_url
+    from crm_platform.outbox import OutboxRelay
 
     async with scratch_stream() as stream:
         subject = stream.subject("customer.customer.created")
@@ -61,7 +60,7 @@ async def _run_once(database: str, relay_class: type[Any], batch_size: int, prep
         bus = Bus(NATS_URL, name="crm-bench-relay")
         await bus.connect(attempts=3)
         try:
-            relay = relay_class(engine, bus, batch_size=batch_size)
+            relay = OutboxRelay(engine, bus, batch_size=batch_size)
             published = 0
             batches = 0
             started = time.perf_counter()
@@ -82,55 +81,45 @@ async def _run_once(database: str, relay_class: type[Any], batch_size: int, prep
 
 
 async def measure() -> dict[str, Any]:
-    """Relay throughput for each batch size, platform relay then the patched one."""
-    from bench.patched import PatchedOutboxRelay
+    """Relay throughput for each batch size."""
     from crm_platform.db import create_engine, normalise_url
-    from crm_platform.outbox import OutboxRelay
     from crm_platform.schema import platform_metadata
 
     progress(f"  preparing {EVENTS:,} envelopes")
     # Envelopes are built once with the platform's make_envelope; ids are made unique per run (the
     # stream's duplicate window would otherwise drop a rerun's messages).
     prepared = [sample_envelope_bytes("crmbench.prefill.customer.customer.created", i)[1] for i in range(EVENTS)]
-    results: dict[str, list[dict[str, Any]]] = {"platform": [], "patched": []}
+    results: dict[str, list[dict[str, Any]]] = {"platform": []}
     async with scratch_database() as database:
         engine = create_engine(normalise_url(pg_dsn(database)))
         async with engine.begin() as conn:
             await conn.run_sync(platform_metadata.create_all)
         await engine.dispose()
         for batch_size in BATCH_SIZES:
-            result = await _run_once(database, OutboxRelay, batch_size, prepared)
+            result = await _run_once(database, batch_size, prepared)
             progress(f"  relay batch {batch_size}: {result['events_per_s']:,.0f} events/s ({result['seconds']:.2f} s)")
             results["platform"].append(result)
-        for batch_size in PATCHED_BATCH_SIZES:
-            result = await _run_once(database, PatchedOutboxRelay, batch_size, prepared)
-            progress(
-                f"  patched relay batch {batch_size}: {result['events_per_s']:,.0f} events/s "
-                f"({result['seconds']:.2f} s)"
-            )
-            results["patched"].append(result)
     return {"events": EVENTS, **results}
 
 
 def section(figures: dict[str, Any], bare_async_rate: float) -> Section:
     """Rows per batch size, each as a ratio to the bare async publish throughput of the same run."""
     rows = []
-    for label, key in (("OutboxRelay (platform)", "platform"), ("OutboxRelay, patched `_publish`", "patched")):
-        for result in figures[key]:
-            rate = result["events_per_s"]
-            rows.append(
-                Row(
-                    f"{label}, batch {result['batch_size']}",
-                    "PostgreSQL → JetStream",
-                    rate,
-                    "events/s",
-                    bare_label="bare async publish",
-                    bare_value=bare_async_rate,
-                    ratio=rate / bare_async_rate if bare_async_rate else float("nan"),
-                    target=f"≥ {TARGET:,.0f}/s" if key == "platform" else "",
-                    met=(rate >= TARGET) if key == "platform" else None,
-                )
+    for result in figures["platform"]:
+        rate = result["events_per_s"]
+        rows.append(
+            Row(
+                f"OutboxRelay (platform), batch {result['batch_size']}",
+                "PostgreSQL → JetStream",
+                rate,
+                "events/s",
+                bare_label="bare async publish",
+                bare_value=bare_async_rate,
+                ratio=rate / bare_async_rate if bare_async_rate else float("nan"),
+                target=f"≥ {TARGET:,.0f}/s",
+                met=rate >= TARGET,
             )
+        )
     detail = [
         f"Relay: {figures['events']:,} pending rows (COPY-loaded `make_envelope` bytes, ~"
         f"{len(sample_envelope_bytes('crmbench.x.customer.customer.created')[1])} B each) published by "
@@ -140,8 +129,6 @@ def section(figures: dict[str, Any], bare_async_rate: float) -> Section:
             f"{r['batch_size']}: {r['events_per_s']:,.0f}/s in {r['seconds']:.2f} s ({r['batches']} batches)"
             for r in figures["platform"]
         )
-        + ". Patched relay (see `bench/patched.py`): "
-        + "; ".join(f"{r['batch_size']}: {r['events_per_s']:,.0f}/s" for r in figures["patched"])
         + "."
     ]
     return Section("Outbox relay throughput", rows, detail)
