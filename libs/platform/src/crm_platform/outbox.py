@@ -1,11 +1,14 @@
 """The transactional outbox and its relay to NATS JetStream.
 
-A state change and its event are written in one transaction (:meth:`Outbox.add`). The relay wakes when
-such a transaction commits (and polls as a safety net for events of crashed replicas), claims a batch of
-unpublished rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas share the work), publishes them
-concurrently with ``Nats-Msg-Id`` = event id, waits for every acknowledgement, then marks the batch sent
-in one statement. A crash between publish and mark re-publishes the batch; JetStream drops the
-duplicates inside its window and consumers' inboxes drop any that arrive later.
+A state change and its event are written in one transaction (:meth:`Outbox.add`). When that transaction
+commits, the session hands the committed events to this process's relay, which publishes them at once
+from memory (no read back: the latency of an event is its publish round trip) and then marks them sent.
+The table stays the source of truth: every poll interval the relay also claims unpublished rows older
+than a short grace period (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas share the work) — the
+events of a replica that crashed, or of a publish that failed — publishes them and marks them sent.
+Every publish carries ``Nats-Msg-Id`` = event id and waits for its acknowledgement before the mark, so a
+crash between publish and mark only re-publishes: JetStream drops duplicates inside its window and the
+consumers' inboxes drop any that arrive later.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -35,15 +39,32 @@ log = logging.getLogger(__name__)
 _AFTER_COMMIT = "crm_after_commit"
 
 
+_PENDING = "crm_outbox_pending"
+_MAX_FRESH = 50_000
+
+
+class PendingEvent(NamedTuple):
+    """An event committed in this process and not yet published (same fields as an outbox row)."""
+
+    id: str
+    subject: str
+    envelope: bytes
+
+
+Notify = Callable[[Sequence[PendingEvent]], None]
+
+
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
+    committed: list[PendingEvent] = session.info.pop(_PENDING, [])
     for callback in session.info.pop(_AFTER_COMMIT, ()):
-        callback()
+        callback(committed)
 
 
 @event.listens_for(Session, "after_rollback")
 def _forget_after_rollback(session: Session) -> None:
     session.info.pop(_AFTER_COMMIT, None)
+    session.info.pop(_PENDING, None)
 
 
 def utcnow() -> dt.datetime:
@@ -77,12 +98,12 @@ def make_envelope(
 class Outbox:
     """Writes events into the outbox table inside the caller's transaction."""
 
-    def __init__(self, source: str, notify: Callable[[], None] | None = None) -> None:
+    def __init__(self, source: str, notify: Notify | None = None) -> None:
         self.source = source
         self._notify = notify
 
-    def set_notify(self, notify: Callable[[], None]) -> None:
-        """Call ``notify`` after every commit that added events (the relay's wake-up)."""
+    def set_notify(self, notify: Notify) -> None:
+        """Call ``notify`` with the committed events after every commit that added some (the relay's wake)."""
         self._notify = notify
 
     async def add(self, session: AsyncSession, subject: str, message: Message, *, subject_id: str, actor: str) -> str:
@@ -93,16 +114,14 @@ class Outbox:
 
     async def add_envelope(self, session: AsyncSession, envelope: envelope_pb2.EventEnvelope) -> None:
         """Add a ready envelope to the session's transaction."""
+        data = envelope.SerializeToString()
         await session.execute(
-            insert(outbox_table).values(
-                id=envelope.id,
-                subject=envelope.type,
-                envelope=envelope.SerializeToString(),
-                created_at=utcnow(),
-            )
+            insert(outbox_table).values(id=envelope.id, subject=envelope.type, envelope=data, created_at=utcnow())
         )
         if self._notify is not None:
-            session.sync_session.info.setdefault(_AFTER_COMMIT, set()).add(self._notify)
+            info = session.sync_session.info
+            info.setdefault(_PENDING, []).append(PendingEvent(envelope.id, envelope.type, data))
+            info.setdefault(_AFTER_COMMIT, set()).add(self._notify)
 
 
 class OutboxRelay:
@@ -117,6 +136,7 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         publish_timeout: float = 5.0,
         retention: dt.timedelta = dt.timedelta(hours=24),
+        scan_grace: float = 2.0,
     ) -> None:
         self._engine = engine
         self._bus = bus
@@ -124,15 +144,20 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._publish_timeout = publish_timeout
         self._retention = retention
+        self._scan_grace = scan_grace
+        self._fresh: deque[PendingEvent] = deque()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._last_scan = 0.0
         self._task: asyncio.Task[None] | None = None
         self._lock_rows = is_postgres(engine)
         self._last_gauges = 0.0
         self._last_purge = 0.0
 
-    def wake(self) -> None:
-        """Ask the relay to look for new events now (called after a commit that added events)."""
+    def wake(self, committed: Sequence[PendingEvent] = ()) -> None:
+        """Hand over events this process just committed, to publish now (called after such a commit)."""
+        if len(self._fresh) < _MAX_FRESH:  # beyond that (broker down), the table alone holds them
+            self._fresh.extend(committed)
         self._wake.set()
 
     def start(self) -> None:
@@ -155,8 +180,19 @@ class OutboxRelay:
         backoff = 0.1
         while True:
             try:
-                while await self.publish_batch():
-                    pass
+                while self._fresh:
+                    try:
+                        await self._publish_fresh()
+                    except Exception:
+                        self._fresh.clear()  # their rows stay unpublished: the scan takes them from the table
+                        raise
+                loop_time = asyncio.get_running_loop().time()
+                if self._stopping or loop_time - self._last_scan >= self._poll_interval:
+                    self._last_scan = loop_time
+                    # Rows younger than the grace period are most likely in flight on the path above.
+                    min_age = 0.0 if self._stopping else self._scan_grace
+                    while await self.publish_batch(min_age=min_age):
+                        pass
                 backoff = 0.1
                 await self._housekeeping()
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any failure and retry
@@ -173,10 +209,28 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
             self._wake.clear()
 
-    async def publish_batch(self) -> int:
-        """Publish one batch of pending events; return how many were published (0 when none are pending)."""
+    async def _publish_fresh(self) -> None:
+        """Publish events just committed here, straight from memory, then mark them sent.
+
+        On failure they are dropped from memory: their rows stay unpublished and the scan republishes them.
+        """
+        batch = [self._fresh.popleft() for _ in range(min(len(self._fresh), self._batch_size))]
+        await self._publish(batch)
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(outbox_table)
+                .where(outbox_table.c.id.in_([e.id for e in batch]), outbox_table.c.published_at.is_(None))
+                .values(published_at=utcnow())
+            )
+        metrics.OUTBOX_PUBLISHED.inc(len(batch))
+
+    async def publish_batch(self, min_age: float = 0.0) -> int:
+        """Claim, publish and mark one batch of unpublished rows at least ``min_age`` seconds old; return how
+        many (0 when none are pending)."""
         query = select(outbox_table.c.id, outbox_table.c.subject, outbox_table.c.envelope)
         query = query.where(outbox_table.c.published_at.is_(None)).order_by(outbox_table.c.id)
+        if min_age > 0:
+            query = query.where(outbox_table.c.created_at <= utcnow() - dt.timedelta(seconds=min_age))
         query = query.limit(self._batch_size)
         if self._lock_rows:
             query = query.with_for_update(skip_locked=True)
