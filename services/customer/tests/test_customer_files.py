@@ -3,6 +3,7 @@ duplicates, search and lists in scope, updates with versions, history, ownership
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import os
@@ -12,7 +13,6 @@ from typing import Any
 import asyncpg
 import grpc
 import nats
-import nats.errors
 import pytest
 from google.protobuf import field_mask_pb2
 
@@ -56,6 +56,29 @@ async def failure(call: Any) -> Any:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call
     return parse_failure(err.value)
+
+
+async def published(
+    url: str, subject: str, subject_id: str, count: int, within: float = 15.0
+) -> tuple[list[envelope_pb2.EventEnvelope], list[envelope_pb2.EventEnvelope]]:
+    """Wait until ``count`` events about ``subject_id`` reached JetStream (the relay publishes after commit);
+    return them and every envelope seen. The session's NATS holds other tests' customer events too."""
+    nc = await nats.connect(url)
+    seen: list[envelope_pb2.EventEnvelope] = []
+    try:
+        sub = await nc.jetstream().pull_subscribe(subject, durable=None, stream="CRM_CUSTOMER")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        idle_after_enough = 0
+        while loop.time() < deadline and idle_after_enough < 1:
+            try:
+                seen.extend(envelope_pb2.EventEnvelope.FromString(m.data) for m in await sub.fetch(1000, timeout=0.5))
+            except TimeoutError:  # nats-py raises its own or asyncio's under load
+                if sum(e.subject_id == subject_id for e in seen) >= count:
+                    idle_after_enough += 1  # enough, and nothing more came: no extra event hides behind
+    finally:
+        await nc.close()
+    return [e for e in seen if e.subject_id == subject_id], seen
 
 
 async def raw_database_bytes(db_url: str, tmp_path: Path) -> bytes:
@@ -205,19 +228,7 @@ async def test_customer_file_life(db_url: str, private_nats: NatsServer, tmp_pat
         assert await ids(RM3, id_number=ID_NUMBER) == [] and await ids(HEAD, unassigned=True) == [created.id]
 
         # Events: created, updated (field names only), tier_changed, assigned — never a personal value.
-        nc = await nats.connect(private_nats.url)
-        try:
-            sub = await nc.jetstream().pull_subscribe("crm.customer.customer.>", durable=None, stream="CRM_CUSTOMER")
-            msgs = []
-            while True:  # the session's NATS holds other tests' customer events too: read them all
-                try:
-                    msgs.extend(await sub.fetch(1000, timeout=1))
-                except nats.errors.TimeoutError:
-                    break
-        finally:
-            await nc.close()
-        envelopes = [envelope_pb2.EventEnvelope.FromString(m.data) for m in msgs]
-        mine = [e for e in envelopes if e.subject_id == created.id]
+        mine, envelopes = await published(private_nats.url, "crm.customer.customer.>", created.id, 6)
         assert [e.type.rsplit(".", 1)[1] for e in mine] == [
             "created",
             "updated",
@@ -344,26 +355,12 @@ async def test_tags_filter_history_and_event(db_url: str, private_nats: NatsServ
         assert history[0].action == "tagged" and history[0].changes[0].field == "tags"
         assert history[0].changes[0].after == "关注理财产品, 高净值"
 
-        nc = await nats.connect(private_nats.url)
-        try:
-            sub = await nc.jetstream().pull_subscribe(
-                "crm.customer.customer.tagged", durable=None, stream="CRM_CUSTOMER"
-            )
-            msgs = []
-            while True:
-                try:
-                    msgs.extend(await sub.fetch(1000, timeout=1))
-                except nats.errors.TimeoutError:
-                    break
-        finally:
-            await nc.close()
+        tagged_events, _ = await published(private_nats.url, "crm.customer.customer.tagged", mine.id, 2)
         payloads = []
-        for m in msgs:
-            envelope = envelope_pb2.EventEnvelope.FromString(m.data)
-            if envelope.subject_id == mine.id:
-                payload = events_pb2.CustomerTagged()
-                envelope.payload.Unpack(payload)
-                payloads.append((list(payload.added), list(payload.removed)))
+        for envelope in tagged_events:
+            payload = events_pb2.CustomerTagged()
+            envelope.payload.Unpack(payload)
+            payloads.append((list(payload.added), list(payload.removed)))
         assert payloads == [(sorted(["高净值", "潜力客户"]), []), (["关注理财产品"], ["潜力客户"])]
 
 
@@ -483,28 +480,42 @@ async def test_holdings_feed_aum_flags_and_signals(db_url: str, private_nats: Na
         smaller = pb.ReplaceHoldingsRequest(customer_id=customer.id, holdings=snapshot[:1])
         assert list((await call("ReplaceHoldings", smaller, RM1)).signals) == ["large_outflow"]
 
-        nc = await nats.connect(private_nats.url)
-        try:
-            sub = await nc.jetstream().pull_subscribe(
-                "crm.customer.customer.holdings_changed", durable=None, stream="CRM_CUSTOMER"
-            )
-            msgs = []
-            while True:
-                try:
-                    msgs.extend(await sub.fetch(1000, timeout=1))
-                except nats.errors.TimeoutError:
-                    break
-        finally:
-            await nc.close()
+        changed_events, _ = await published(private_nats.url, "crm.customer.customer.holdings_changed", customer.id, 2)
         mine = []
-        for m in msgs:
-            envelope = envelope_pb2.EventEnvelope.FromString(m.data)
-            if envelope.subject_id == customer.id:
-                payload = events_pb2.CustomerHoldingsChanged()
-                envelope.payload.Unpack(payload)
-                mine.append(payload)
+        for envelope in changed_events:
+            payload = events_pb2.CustomerHoldingsChanged()
+            envelope.payload.Unpack(payload)
+            mine.append(payload)
         assert [(p.aum_before.amount, p.aum_after.amount) for p in mine] == [
             ("0.00", "2300000.00"),
             ("2300000.00", "800000.00"),
         ]
         assert list(mine[0].maturing_product_codes) == ["W1"] and mine[0].eligible_tier == customer_pb2.TIER_PLATINUM
+
+
+async def test_reveal_needs_permission_scope_and_purpose_and_is_kept(
+    sqlite_url: str, private_nats: NatsServer, tmp_path: Path
+) -> None:
+    async with running_service(SPEC, database_url=sqlite_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+        stub = customer_service_pb2_grpc.CustomerServiceStub(svc.channel)
+        revealer = identity("rm1", permissions=BROAD)
+        executive = identity("exec", roles=("executive",), scope=Scope.REGION, permissions=("customer:read",))
+        customer = (await stub.CreateCustomer(individual(), metadata=svc.md(revealer), timeout=5)).customer
+
+        def reveal(who: Identity, fields: list[str], purpose: str = "客户来电核实身份") -> Any:
+            request = pb.RevealCustomerRequest(customer_id=customer.id, fields=fields, purpose=purpose)
+            return stub.RevealCustomer(request, metadata=svc.md(who), timeout=5)
+
+        shown = await reveal(revealer, ["id_number", "mobile", "email"])
+        assert dict(shown.values) == {"id_number": ID_NUMBER, "mobile": MOBILE}
+        assert (await failure(reveal(executive, ["mobile"]))).code == grpc.StatusCode.PERMISSION_DENIED
+        assert (await failure(reveal(identity("rm2", permissions=BROAD), ["mobile"]))).code == grpc.StatusCode.NOT_FOUND
+        bad = await failure(reveal(revealer, ["name"], ""))
+        assert {v.field for v in bad.violations} == {"fields", "purpose"}
+        history = await stub.ListCustomerHistory(
+            pb.ListCustomerHistoryRequest(customer_id=customer.id), metadata=svc.md(revealer), timeout=5
+        )
+        entry = history.changes[0]
+        assert entry.action == "revealed" and entry.note == "客户来电核实身份" and entry.actor == "rm1"
+        assert [c.field for c in entry.changes] == ["id_number", "mobile", "email"]
+        assert all(not c.before and not c.after for c in entry.changes)

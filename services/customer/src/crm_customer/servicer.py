@@ -18,6 +18,7 @@ from crm_platform.errors import FailedPrecondition, FieldViolation, InvalidArgum
 from crm_platform.outbox import utcnow
 from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
+from crm_platform.validation import collect
 
 _PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items()}
 _ENUMS = {
@@ -379,3 +380,19 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         require(identity, "customer:read")
         holdings = await self._store.holdings(identity, request.customer_id)
         return customer_service_pb2.ListHoldingsResponse(holdings=[holding_to_proto(h) for h in holdings])
+
+    async def RevealCustomer(self, request: Any, context: Any) -> customer_service_pb2.RevealCustomerResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "pii:reveal")
+        fields = list(dict.fromkeys(request.fields))
+        purpose = request.purpose.strip()
+        with collect() as v:
+            if not fields or any(f not in domain.SENSITIVE_FIELDS for f in fields):
+                v.add("fields", f"must name some of {', '.join(domain.SENSITIVE_FIELDS)}")
+            if not purpose or len(purpose) > 500:
+                v.add("purpose", "is required, at most 500 characters")
+        customer = await self._store.get(identity, request.customer_id)
+        await self._store.record_reveal(identity, customer.id, fields, purpose)
+        values = {f: getattr(customer.profile, f) for f in fields if getattr(customer.profile, f)}
+        return customer_service_pb2.RevealCustomerResponse(values=values)

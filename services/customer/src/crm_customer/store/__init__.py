@@ -55,7 +55,7 @@ from crm_customer.store.tables import (
 from crm_platform.auth_context import Identity
 from crm_platform.errors import AlreadyExists, Conflict, FieldViolation, InvalidArgument, NotFound
 from crm_platform.ids import new_id
-from crm_platform.outbox import Outbox
+from crm_platform.outbox import Outbox, utcnow
 from crm_platform.pii import Keyring, WrappedKey
 from crm_platform.scope import in_scope, scope_condition
 
@@ -489,6 +489,12 @@ class CustomerStore(HoldingQueries, SegmentQueries):
                 actor=identity.user_id,
             )
         return after
+
+    async def record_reveal(self, identity: Identity, customer_id: str, fields: list[str], purpose: str) -> None:
+        """Keep a reveal of sensitive fields in the customer's history (who, when, which fields, why)."""
+        async with self._sessions() as session, session.begin():
+            diff = [FieldChange(f, "", "") for f in fields]
+            await self._record(session, customer_id, "revealed", identity.user_id, utcnow(), purpose, diff)
 
     # Internals
 
