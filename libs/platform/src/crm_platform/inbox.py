@@ -93,6 +93,10 @@ def to_event(envelope: envelope_pb2.EventEnvelope) -> Event:
     )
 
 
+class _RollBack(Exception):
+    """Roll the batch's transaction back (its only event failed)."""
+
+
 class ConsumerRunner:
     """Runs a service's durable pull consumers until stopped; shared by all replicas of the service."""
 
@@ -208,10 +212,16 @@ class ConsumerRunner:
         if not parsed:
             return
         outcomes: list[str | Exception] = []
+        # A lone event needs no savepoint (two round trips): its failure rolls back the whole transaction.
+        solo = len(parsed) == 1
         try:
             async with self._sessions() as session, session.begin():
                 for msg, event, _ in parsed:
-                    outcomes.append(await self._apply_one(session, sub, msg, event))
+                    outcomes.append(await self._apply_one(session, sub, msg, event, savepoint=not solo))
+                if solo and isinstance(outcomes[0], Exception):
+                    raise _RollBack
+        except _RollBack:
+            pass
         except Exception as exc:  # noqa: BLE001 - the commit failed (database down): retry every event
             log.warning("consumer batch did not commit", extra={"consumer": sub.durable, "error": repr(exc)})
             for msg, _, delivery in parsed:
@@ -226,7 +236,9 @@ class ConsumerRunner:
             if outcome == "handled":
                 metrics.EVENT_LATENCY.labels(sub.durable).observe((utcnow() - event.occurred_at).total_seconds())
 
-    async def _apply_one(self, session: AsyncSession, sub: Subscription, msg: Msg, event: Event) -> str | Exception:
+    async def _apply_one(
+        self, session: AsyncSession, sub: Subscription, msg: Msg, event: Event, *, savepoint: bool
+    ) -> str | Exception:
         handler = sub.handlers.get(event.type)
         parent = telemetry.extract({"traceparent": event.envelope.traceparent, "tracestate": event.envelope.tracestate})
         with _tracer.start_as_current_span(
@@ -236,7 +248,7 @@ class ConsumerRunner:
             attributes={"messaging.system": "nats", "messaging.destination": msg.subject, "crm.consumer": sub.durable},
         ):
             try:
-                async with session.begin_nested():
+                async with session.begin_nested() if savepoint else contextlib.nullcontext():
                     insert_ = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
                     recorded = await session.execute(
                         insert_(inbox_table)
