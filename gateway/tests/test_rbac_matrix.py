@@ -60,6 +60,11 @@ ROUTE_CALLS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("PUT", "/api/v1/admin/users/{user_id:str}/roles"): ("/api/v1/admin/users/u-nobody/roles", {"roles": ["rm"]}),
     ("POST", "/api/v1/admin/users/{user_id:str}/disable"): ("/api/v1/admin/users/u-nobody/disable", None),
     ("POST", "/api/v1/admin/users/{user_id:str}/reset-password"): ("/api/v1/admin/users/u-nobody/reset-password", None),
+    ("POST", "/api/v1/customers/{customer_id:str}/reveal"): (
+        "/api/v1/customers/{customer}/reveal",
+        {"fields": ["mobile"], "purpose": "matrix check"},
+    ),
+    ("POST", "/api/v1/customers/{customer_id:str}/erase"): ("/api/v1/customers/nobody-0/erase", {"reason": "matrix"}),
     ("GET", "/api/v1/access/explain"): ("/api/v1/access/explain?user=rm2&customer={customer}", None),
     ("GET", "/api/v1/customers/{customer_id:str}/interactions"): ("/api/v1/customers/{customer}/interactions", None),
     ("GET", "/api/v1/customers/{customer_id:str}/opportunities"): ("/api/v1/customers/{customer}/opportunities", None),

@@ -33,6 +33,7 @@ from crm_gateway.routes import (
     interactions,
     notifications,
     opportunities,
+    privacy,
     tickets,
 )
 from crm_gateway.seed import seed_demo
@@ -76,6 +77,8 @@ ROUTES = [
     opportunities.list_customer_opportunities,
     tickets.list_customer_tickets,
     customer_360.get_customer_360,
+    privacy.reveal,
+    privacy.erase,
 ]
 
 
