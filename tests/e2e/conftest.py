@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,5 +64,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.fail(f"stack not ready in time:\n{log.read_text()[-4000:]}")
     yield Stack(process, url, ports, log)
     if process.poll() is None:
-        process.kill()
-        process.wait()
+        # SIGTERM lets the supervisor stop its parts; a SIGKILL would leave them running.
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """Run in a child before exec: it gets SIGTERM when its parent dies, even by SIGKILL, so a killed
+    supervisor or test run leaves no process behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -61,6 +71,7 @@ class NatsServer:
             stderr=subprocess.STDOUT,
             env={**os.environ},
             start_new_session=True,  # outlives a Ctrl-C until the parts using it have drained
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -23,7 +23,7 @@ from types import FrameType
 from crm_platform.config import load
 from crm_platform.healthcheck import check_grpc
 from crm_platform.pii import generate_master_keys
-from crm_testing.nats_server import NatsServer
+from crm_testing.nats_server import NatsServer, die_with_parent
 
 SERVICES = [
     ("customer", "crm_customer"),
@@ -102,7 +102,9 @@ class Stack:
     def _spawn(self, name: str, package: str) -> None:
         # A session of its own: Ctrl-C in the terminal reaches only this supervisor, which then stops the
         # parts in order (gateway first, NATS last) so each can drain; a part never gets two signals.
-        self.processes[name] = subprocess.Popen([sys.executable, "-m", package], env=self.env, start_new_session=True)
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", package], env=self.env, start_new_session=True, preexec_fn=die_with_parent
+        )
 
     def _wait(self, name: str, healthy: object, deadline: float) -> None:
         while time.monotonic() < deadline:
