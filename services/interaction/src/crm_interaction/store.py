@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, UniqueConstraint, insert, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_interaction.domain import Channel, Interaction
@@ -11,6 +10,7 @@ from crm_interaction.events import INTERACTION_LOGGED, interaction_logged
 from crm_platform.auth_context import Identity
 from crm_platform.db import as_utc
 from crm_platform.directory import require_customer_in_scope
+from crm_platform.idempotency import create_once
 from crm_platform.outbox import Outbox
 
 metadata = MetaData()
@@ -54,33 +54,8 @@ class InteractionStore:
 
     async def log(self, identity: Identity, interaction: Interaction, request_id: str) -> Interaction:
         """Store a contact with a customer in scope (idempotent by the caller's own ``request_id``)."""
-        try:
-            return await self._log(identity, interaction, request_id)
-        except IntegrityError:
-            if not request_id:
-                raise
-            # A concurrent call with the same request id inserted first: answer with what it stored.
-            async with self._sessions() as session:
-                earlier = await self._by_request(session, identity, request_id)
-            if earlier is None:
-                raise
-            return earlier
 
-    @staticmethod
-    async def _by_request(session: AsyncSession, identity: Identity, request_id: str) -> Interaction | None:
-        query = select(*_COLUMNS).where(
-            interactions.c.logged_by == identity.user_id, interactions.c.request_id == request_id
-        )
-        row = (await session.execute(query)).first()
-        return _to_interaction(row) if row is not None else None
-
-    async def _log(self, identity: Identity, interaction: Interaction, request_id: str) -> Interaction:
-        async with self._sessions() as session, session.begin():
-            await require_customer_in_scope(session, identity, interaction.customer_id)
-            if request_id:
-                earlier = await self._by_request(session, identity, request_id)
-                if earlier is not None:
-                    return earlier
+        async def write(session: AsyncSession) -> Interaction:
             await session.execute(
                 insert(interactions).values(
                     id=interaction.id,
@@ -100,7 +75,23 @@ class InteractionStore:
                 subject_id=interaction.id,
                 actor=identity.user_id,
             )
-        return interaction
+            return interaction
+
+        return await create_once(
+            self._sessions,
+            request_id,
+            guard=lambda session: require_customer_in_scope(session, identity, interaction.customer_id),
+            earlier=lambda session: self._by_request(session, identity, request_id),
+            write=write,
+        )
+
+    @staticmethod
+    async def _by_request(session: AsyncSession, identity: Identity, request_id: str) -> Interaction | None:
+        query = select(*_COLUMNS).where(
+            interactions.c.logged_by == identity.user_id, interactions.c.request_id == request_id
+        )
+        row = (await session.execute(query)).first()
+        return _to_interaction(row) if row is not None else None
 
     async def list_for_customer(
         self, identity: Identity, customer_id: str, limit: int, after_id: str

@@ -6,7 +6,6 @@ from decimal import Decimal
 
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, UniqueConstraint, insert, select
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_opportunity.domain import CENT, CLOSED_STAGES, Opportunity, Stage
@@ -14,7 +13,8 @@ from crm_opportunity.events import OPPORTUNITY_CREATED, opportunity_created
 from crm_platform.auth_context import Identity
 from crm_platform.db import as_utc
 from crm_platform.directory import customer_directory, require_customer_in_scope
-from crm_platform.errors import AlreadyExists, NotFound
+from crm_platform.errors import NotFound
+from crm_platform.idempotency import create_once
 from crm_platform.outbox import Outbox
 from crm_platform.scope import scope_condition
 
@@ -64,45 +64,38 @@ class OpportunityStore:
 
     async def create(self, identity: Identity, opportunity: Opportunity, request_id: str) -> Opportunity:
         """Store an opportunity with a customer in scope (idempotent by the caller's ``request_id``)."""
-        try:
-            async with self._sessions() as session, session.begin():
-                await require_customer_in_scope(session, identity, opportunity.customer_id)
-                if request_id:
-                    earlier = await self._by_request(session, identity, request_id)
-                    if earlier is not None:
-                        return earlier
-                await session.execute(
-                    insert(opportunities).values(
-                        id=opportunity.id,
-                        customer_id=opportunity.customer_id,
-                        name=opportunity.name,
-                        stage=opportunity.stage.value,
-                        expected_amount_hundredths=int(opportunity.expected_amount / CENT),
-                        currency=opportunity.currency,
-                        owner_id=opportunity.owner_id,
-                        request_id=request_id or None,
-                        created_at=opportunity.created_at,
-                        updated_at=opportunity.updated_at,
-                    )
+
+        async def write(session: AsyncSession) -> Opportunity:
+            await session.execute(
+                insert(opportunities).values(
+                    id=opportunity.id,
+                    customer_id=opportunity.customer_id,
+                    name=opportunity.name,
+                    stage=opportunity.stage.value,
+                    expected_amount_hundredths=int(opportunity.expected_amount / CENT),
+                    currency=opportunity.currency,
+                    owner_id=opportunity.owner_id,
+                    request_id=request_id or None,
+                    created_at=opportunity.created_at,
+                    updated_at=opportunity.updated_at,
                 )
-                await self._outbox.add(
-                    session,
-                    OPPORTUNITY_CREATED,
-                    opportunity_created(opportunity),
-                    subject_id=opportunity.id,
-                    actor=identity.user_id,
-                )
-        except IntegrityError:
-            if not request_id:
-                raise
-            # A concurrent call with the same request id inserted first: answer with what it stored.
-            async with self._sessions() as session:
-                earlier = await self._by_request(session, identity, request_id)
-            if earlier is None:
-                # The earlier call's customer has left the caller's scope since: the key is spent, not reusable.
-                raise AlreadyExists(f"request {request_id} was already used", reason="REQUEST_ID_REUSED") from None
-            return earlier
-        return opportunity
+            )
+            await self._outbox.add(
+                session,
+                OPPORTUNITY_CREATED,
+                opportunity_created(opportunity),
+                subject_id=opportunity.id,
+                actor=identity.user_id,
+            )
+            return opportunity
+
+        return await create_once(
+            self._sessions,
+            request_id,
+            guard=lambda session: require_customer_in_scope(session, identity, opportunity.customer_id),
+            earlier=lambda session: self._by_request(session, identity, request_id),
+            write=write,
+        )
 
     async def get(self, identity: Identity, opportunity_id: str) -> Opportunity:
         """One opportunity whose customer is inside the caller's scope; :class:`NotFound` otherwise."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, UniqueConstraint, insert, select
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_platform.auth_context import Identity
 from crm_platform.db import as_utc
 from crm_platform.directory import customer_directory, require_customer_in_scope
-from crm_platform.errors import AlreadyExists, NotFound
+from crm_platform.errors import NotFound
+from crm_platform.idempotency import create_once
 from crm_platform.outbox import Outbox
 from crm_platform.scope import scope_condition
 from crm_ticket.domain import Ticket, TicketKind, TicketStatus, Urgency
@@ -61,41 +61,34 @@ class TicketStore:
 
     async def open(self, identity: Identity, ticket: Ticket, request_id: str) -> Ticket:
         """Store a ticket for a customer in scope (idempotent by the caller's ``request_id``)."""
-        try:
-            async with self._sessions() as session, session.begin():
-                await require_customer_in_scope(session, identity, ticket.customer_id)
-                if request_id:
-                    earlier = await self._by_request(session, identity, request_id)
-                    if earlier is not None:
-                        return earlier
-                await session.execute(
-                    insert(tickets).values(
-                        id=ticket.id,
-                        customer_id=ticket.customer_id,
-                        kind=ticket.kind.value,
-                        urgency=ticket.urgency.value,
-                        status=ticket.status.value,
-                        description=ticket.description,
-                        sla_deadline=ticket.sla_deadline,
-                        opened_by=ticket.opened_by,
-                        request_id=request_id or None,
-                        created_at=ticket.created_at,
-                    )
+
+        async def write(session: AsyncSession) -> Ticket:
+            await session.execute(
+                insert(tickets).values(
+                    id=ticket.id,
+                    customer_id=ticket.customer_id,
+                    kind=ticket.kind.value,
+                    urgency=ticket.urgency.value,
+                    status=ticket.status.value,
+                    description=ticket.description,
+                    sla_deadline=ticket.sla_deadline,
+                    opened_by=ticket.opened_by,
+                    request_id=request_id or None,
+                    created_at=ticket.created_at,
                 )
-                await self._outbox.add(
-                    session, TICKET_OPENED, ticket_opened(ticket), subject_id=ticket.id, actor=identity.user_id
-                )
-        except IntegrityError:
-            if not request_id:
-                raise
-            # A concurrent call with the same request id inserted first: answer with what it stored.
-            async with self._sessions() as session:
-                earlier = await self._by_request(session, identity, request_id)
-            if earlier is None:
-                # The earlier call's customer has left the caller's scope since: the key is spent, not reusable.
-                raise AlreadyExists(f"request {request_id} was already used", reason="REQUEST_ID_REUSED") from None
-            return earlier
-        return ticket
+            )
+            await self._outbox.add(
+                session, TICKET_OPENED, ticket_opened(ticket), subject_id=ticket.id, actor=identity.user_id
+            )
+            return ticket
+
+        return await create_once(
+            self._sessions,
+            request_id,
+            guard=lambda session: require_customer_in_scope(session, identity, ticket.customer_id),
+            earlier=lambda session: self._by_request(session, identity, request_id),
+            write=write,
+        )
 
     async def get(self, identity: Identity, ticket_id: str) -> Ticket:
         """One ticket whose customer is inside the caller's scope; :class:`NotFound` otherwise."""
