@@ -9,21 +9,18 @@ on PostgreSQL in ``test_opportunity_store.py``.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
-import nats
 import pytest
 import pytest_asyncio
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm.common.v1 import envelope_pb2, money_pb2, paging_pb2
+from crm.common.v1 import money_pb2, paging_pb2
 from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
 from crm.opportunity.v1 import events_pb2, opportunity_pb2, opportunity_service_pb2, opportunity_service_pb2_grpc
 from crm_customer.server import SPEC as CUSTOMER_SPEC
@@ -34,11 +31,11 @@ from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.directory import upsert
 from crm_platform.grpc_client import parse_failure
 from crm_testing.nats_server import NatsServer
-from crm_testing.services import RunningService, identity, running_service
+from crm_testing.services import RunningService, eventually_found, identity, running_service
+from crm_testing.streams import messages_about
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-T = TypeVar("T")
 
 RM1 = identity("rm1")
 RM2 = identity("rm2")
@@ -94,39 +91,6 @@ async def opportunities(
             await engine.dispose()
 
 
-async def eventually_found(call: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
-    """Retry ``call`` while it answers NOT_FOUND (the directory has not heard of the customer yet)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await call()
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
-                raise
-        await asyncio.sleep(0.05)
-
-
-async def published(nats_url: str, stream: str, subject: str, subject_id: str, timeout: float = 10.0) -> list[object]:
-    """Every message on ``subject`` about ``subject_id``, waiting (bounded) until at least one has arrived."""
-    nc = await nats.connect(nats_url)
-    try:
-        sub = await nc.jetstream().pull_subscribe(subject, durable=None, stream=stream)
-        found: list[object] = []
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not found and asyncio.get_running_loop().time() < deadline:
-            try:
-                msgs = await sub.fetch(100, timeout=1)
-            except TimeoutError:
-                continue
-            for msg in msgs:
-                envelope = envelope_pb2.EventEnvelope.FromString(msg.data)
-                if envelope.subject_id == subject_id:
-                    found.append((msg, envelope))
-        return found
-    finally:
-        await nc.close()
-
-
 def create_request(customer_id: str, **overrides: object) -> opportunity_service_pb2.CreateOpportunityRequest:
     fields: dict[str, object] = {
         "customer_id": customer_id,
@@ -176,9 +140,11 @@ async def test_create_get_scope_and_event(
         await stub.CreateOpportunity(create_request(customer_id), metadata=svc.md(RM2), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
-    events = await published(private_nats.url, "CRM_OPPORTUNITY", "crm.opportunity.opportunity.created", opportunity.id)
+    events = await messages_about(
+        private_nats.url, "CRM_OPPORTUNITY", "crm.opportunity.opportunity.created", opportunity.id
+    )
     assert len(events) == 1
-    msg, envelope = events[0]  # type: ignore[misc]
+    msg, envelope = events[0]
     assert msg.headers["Nats-Msg-Id"] == envelope.id and envelope.actor == "rm1"
     payload = events_pb2.OpportunityCreated()
     envelope.payload.Unpack(payload)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -17,6 +18,7 @@ from crm_platform.runtime import ServiceSpec, run_service
 from crm_testing.nats_server import free_port
 
 TEST_SECRET = "test-internal-secret"
+T = TypeVar("T")
 
 
 def identity(
@@ -106,3 +108,17 @@ async def _wait_serving(channel: grpc.aio.Channel, task: asyncio.Task[None], tim
             pass
         await asyncio.sleep(0.05)
     raise TimeoutError("service did not become SERVING")
+
+
+async def eventually_found(call: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
+    """Retry ``call`` while it answers NOT_FOUND (a service's customer directory has not heard of the
+    customer yet: it learns from events), up to ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND or loop.time() > deadline:
+                raise
+        await asyncio.sleep(0.05)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
+from nats.aio.msg import Msg
+
 from crm.common.v1 import envelope_pb2
 from crm_platform.bus import Bus, StreamSpec
 
@@ -47,3 +50,27 @@ async def stream_envelopes(
             await msg.ack()
     await sub.unsubscribe()
     return envelopes
+
+
+async def messages_about(
+    nats_url: str, stream: str, subject: str, subject_id: str, timeout: float = 10.0
+) -> list[tuple[Msg, envelope_pb2.EventEnvelope]]:
+    """Every message on ``subject`` about ``subject_id``, waiting (bounded) until at least one has arrived."""
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.jetstream().pull_subscribe(subject, durable=None, stream=stream)
+        found: list[tuple[Msg, envelope_pb2.EventEnvelope]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not found and loop.time() < deadline:
+            try:
+                msgs = await sub.fetch(100, timeout=1)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                envelope = envelope_pb2.EventEnvelope.FromString(msg.data)
+                if envelope.subject_id == subject_id:
+                    found.append((msg, envelope))
+        return found
+    finally:
+        await nc.close()

@@ -53,6 +53,7 @@ from crm_customer.store.tables import (
     customers,
 )
 from crm_platform.auth_context import Identity
+from crm_platform.db import as_utc
 from crm_platform.errors import AlreadyExists, Conflict, FieldViolation, InvalidArgument, NotFound
 from crm_platform.ids import new_id
 from crm_platform.outbox import Outbox, utcnow
@@ -68,10 +69,6 @@ _PLAIN = tuple(
 )
 _COLUMNS = [c for c in customers.c if c.name != "request_id"]
 _SORTS = {"created_at", "updated_at", "name", "customer_no"}
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -156,9 +153,9 @@ class CustomerStore(HoldingQueries, SegmentQueries):
             region=m["region"],
             version=m["version"],
             created_by=m["created_by"],
-            created_at=_utc(m["created_at"]),
-            updated_at=_utc(m["updated_at"]),
-            erased_at=_utc(m["erased_at"]) if m["erased_at"] is not None else None,
+            created_at=as_utc(m["created_at"]),
+            updated_at=as_utc(m["updated_at"]),
+            erased_at=as_utc(m["erased_at"]) if m["erased_at"] is not None else None,
             aum=decimal.Decimal(m["aum"] or 0).quantize(decimal.Decimal("0.01")),
             product_count=m["product_count"] or 0,
         )
@@ -287,7 +284,7 @@ class CustomerStore(HoldingQueries, SegmentQueries):
                 id=r.id,
                 action=r.action,
                 actor=r.actor,
-                occurred_at=_utc(r.occurred_at),
+                occurred_at=as_utc(r.occurred_at),
                 note=r.note,
                 changes=[FieldChange(**item) for item in json.loads(r.changes)],
             )
@@ -584,7 +581,7 @@ class CustomerStore(HoldingQueries, SegmentQueries):
 
 def _encode_cursor(value: Any, last_id: str) -> str:
     if isinstance(value, dt.datetime):
-        value = _utc(value).isoformat()
+        value = as_utc(value).isoformat()
     return base64.urlsafe_b64encode(json.dumps([value, last_id]).encode()).decode().rstrip("=")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 from typing import Any
 
@@ -14,11 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from crm_customer.domain import Segment, SegmentCriteria
 from crm_customer.store.tables import customer_segments
 from crm_platform.auth_context import Identity
+from crm_platform.db import as_utc
 from crm_platform.errors import AlreadyExists, NotFound
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 class SegmentQueries:
@@ -60,7 +56,7 @@ class SegmentQueries:
             criteria=SegmentCriteria(**criteria),
             created_by=row.created_by,
             branch_id=row.branch_id,
-            created_at=_utc(row.created_at),
+            created_at=as_utc(row.created_at),
         )
 
     async def get_segment(self, identity: Identity, segment_id: str) -> Segment:
