@@ -268,15 +268,3 @@ class IdentityStore:
                 .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
             )
-
-    async def family_revoked(self, family_id: str) -> bool:
-        """Whether a login session was revoked (checked on logout and refresh, not per request)."""
-        async with self.sessions() as session:
-            row = (
-                await session.execute(
-                    select(func.count())
-                    .select_from(refresh_tokens)
-                    .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
-                )
-            ).scalar_one()
-        return int(row) == 0

@@ -102,10 +102,6 @@ class Outbox:
         self.source = source
         self._notify = notify
 
-    def set_notify(self, notify: Notify) -> None:
-        """Call ``notify`` with the committed events after every commit that added some (the relay's wake)."""
-        self._notify = notify
-
     async def add(self, session: AsyncSession, subject: str, message: Message, *, subject_id: str, actor: str) -> str:
         """Add an event to the session's transaction; return its id."""
         envelope = make_envelope(subject, self.source, message, subject_id=subject_id, actor=actor)

@@ -28,11 +28,6 @@ def configure_tracing(service: str, otlp_endpoint: str = "") -> TracerProvider |
     return provider
 
 
-def tracer(name: str) -> trace.Tracer:
-    """The tracer for instrumentation scope ``name``."""
-    return trace.get_tracer(name)
-
-
 def inject(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
     """Write the current trace context into ``carrier`` (headers or metadata) and return it."""
     propagate.inject(carrier)
