@@ -1,0 +1,671 @@
+"""Batch import (批量导入): the template, reading CSV and XLSX files as streams of rows, checking a file whole
+before any row is imported, turning a row into a customer file, and distributing imported customers to staff.
+
+No SQL or gRPC here: the store hands the file back as an async stream of byte chunks.
+
+* A **file** is accepted or refused whole: CSV text must be UTF-8 (with or without a BOM) or GB18030 (tried
+  in that order over the whole file); an XLSX must open as a workbook; the header row must name known
+  columns only, each once, including ``kind`` and ``name``. A refusal names why (:class:`ImportFileRejected`).
+* **Rows** are numbered as a spreadsheet shows them: the header is row 1. Blank rows are skipped.
+* A **row** is valid when the same rules as a single create accept it (:func:`check_profile`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import decimal
+import enum
+import io
+import tempfile
+import zipfile
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from crm_customer.domain.customer import _SELF_OWNING_ROLES, CustomerKind, Profile, check_profile
+from crm_platform.auth_context import Identity, Scope
+from crm_platform.errors import FieldViolation, InvalidArgument, PermissionDenied
+from crm_platform.validation import Violations, collect
+
+# The template's header: the API create field names (annual_income split into amount and currency), then
+# ``owner`` for distribution by column.
+COLUMNS = (
+    "kind",
+    "name",
+    "gender",
+    "birth_date",
+    "id_type",
+    "id_number",
+    "mobile",
+    "email",
+    "address",
+    "occupation",
+    "employer",
+    "annual_income",
+    "annual_income_currency",
+    "family_situation",
+    "risk_appetite",
+    "risk_assessed_on",
+    "risk_expires_on",
+    "investment_experience",
+    "interests",
+    "credit_code",
+    "industry",
+    "main_business",
+    "contact_person",
+    "contact_mobile",
+    "parent_customer_id",
+    "tier",
+    "source_channel",
+    "do_not_disturb",
+    "owner",
+)
+REQUIRED_COLUMNS = ("kind", "name")
+OWNER_COLUMN = "owner"
+MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_ROWS = 1_000_000
+MAX_CELL_CHARS = 2000
+XLSX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
+DEFAULT_SOURCE_CHANNEL = "import"
+_INTEREST_SEPARATORS = (";", "；", "、", "|", "，", ",")
+_TRUE = frozenset({"true", "yes", "y", "1", "是", "t"})
+_FALSE = frozenset({"false", "no", "n", "0", "否", "f", ""})
+
+# Chinese labels another system's export may carry, mapped onto the API's values.
+ALIASES: dict[str, dict[str, str]] = {
+    "kind": {"个人": "individual", "对私": "individual", "企业": "corporate", "对公": "corporate"},
+    "gender": {"男": "male", "女": "female", "m": "male", "f": "female"},
+    "id_type": {"居民身份证": "resident_id", "身份证": "resident_id", "护照": "passport"},
+    "risk_appetite": {"保守型": "conservative", "稳健型": "balanced", "激进型": "aggressive"},
+    "tier": {"钻石": "diamond", "白金": "platinum", "金": "gold", "金卡": "gold", "无": "none", "普通": "none"},
+}
+
+
+class ImportFormat(enum.StrEnum):
+    """The file formats an import accepts."""
+
+    CSV = "csv"
+    XLSX = "xlsx"
+
+
+class Distribution(enum.StrEnum):
+    """How imported customers get their owners."""
+
+    NONE = "none"  # the importer (an RM or teller), else the branch pool
+    ROUND_ROBIN = "round_robin"  # in turn among a team's staff
+    COLUMN = "column"  # the row's ``owner`` column
+
+
+class ImportFileRejected(InvalidArgument):
+    """The file is refused whole (encoding, headers, a broken spreadsheet); nothing of it is imported."""
+
+    reason = "IMPORT_FILE_REJECTED"
+
+    def __init__(self, why: str) -> None:
+        super().__init__([FieldViolation("file", why)], message=f"the file is refused: {why}")
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One data row: its spreadsheet row number and its cells by column name (stripped strings)."""
+
+    row: int
+    cells: dict[str, str]
+    extra: bool = False  # cells beyond the header's columns
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What an accepted file is: its text encoding (CSV), its columns and how many data rows it holds."""
+
+    encoding: str
+    columns: tuple[str, ...]
+    total: int
+
+
+ChunkSource = Callable[[], AsyncIterator[bytes]]
+
+
+# The header
+
+
+def check_header(cells: Sequence[object]) -> tuple[str, ...]:
+    """The normalised column names of a header row; :class:`ImportFileRejected` naming what is wrong."""
+    names = [str(c if c is not None else "").strip().lstrip("\ufeff").strip().lower() for c in cells]
+    while names and not names[-1]:
+        names.pop()  # trailing empty header cells (spreadsheets pad rows)
+    if not names:
+        raise ImportFileRejected("the header row is empty; the first row must name the columns (see the template)")
+    problems = []
+    empty = [i + 1 for i, n in enumerate(names) if not n]
+    if empty:
+        problems.append(f"header cell(s) {', '.join(map(str, empty))} are empty")
+    unknown = sorted({n for n in names if n and n not in COLUMNS})
+    if unknown:
+        problems.append(f"unknown column(s) {', '.join(unknown)}")
+    repeated = sorted({n for n in names if n and names.count(n) > 1})
+    if repeated:
+        problems.append(f"column(s) {', '.join(repeated)} appear more than once")
+    missing = [n for n in REQUIRED_COLUMNS if n not in names]
+    if missing:
+        problems.append(f"required column(s) {', '.join(missing)} are missing")
+    if problems:
+        raise ImportFileRejected("wrong headers: " + "; ".join(problems) + " (the template lists the columns)")
+    return tuple(names)
+
+
+def _row(columns: tuple[str, ...], values: Sequence[object], row: int) -> SourceRow | None:
+    """A data row as cells by column; ``None`` when blank. Cells beyond the header's columns must be empty."""
+    cells: dict[str, str] = {}
+    extra = False
+    for i, value in enumerate(values):
+        text = _cell_text(value)
+        if not text:
+            continue
+        if i < len(columns):
+            cells[columns[i]] = text
+        else:
+            extra = True
+    if not cells and not extra:
+        return None
+    return SourceRow(row, cells, extra)
+
+
+def _cell_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(decimal.Decimal(repr(value)))
+    return str(value).strip()
+
+
+# CSV
+
+
+class _Lines:
+    """The iterator a ``csv.reader`` reads: lines handed over by :class:`CsvRecords`, resumable when empty."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque()
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if not self.lines:
+            raise StopIteration
+        return self.lines.popleft()
+
+
+class CsvRecords:
+    """Incremental CSV parsing of decoded text: feed text pieces, take the complete records parsed so far.
+
+    Lines are handed to ``csv.reader`` only when they complete a record (an even count of quote characters
+    so far), so a quoted field spanning lines is never cut at a chunk boundary.
+    """
+
+    def __init__(self) -> None:
+        self._lines = _Lines()
+        self._reader = csv.reader(self._lines, strict=False)
+        self._partial = ""
+        self._pending: list[str] = []
+        self._quotes = 0
+        self.unterminated = False
+
+    def feed(self, text: str) -> list[list[str]]:
+        """Add text; return the records it completed."""
+        if not text:
+            return []
+        pieces = (self._partial + text).split("\n")
+        self._partial = pieces.pop()
+        for piece in pieces:
+            self._line(piece + "\n")
+        return self._drain()
+
+    def close(self) -> list[list[str]]:
+        """The end of the text: the last records (a last line without a newline included)."""
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
+        if self._pending:  # an odd number of quotes up to the end: a quoted field never closed
+            self.unterminated = True
+            self._lines.lines.extend(self._pending)
+            self._pending = []
+        return self._drain()
+
+    def _line(self, line: str) -> None:
+        self._pending.append(line)
+        self._quotes += line.count('"')
+        if self._quotes % 2 == 0:
+            self._lines.lines.extend(self._pending)
+            self._pending = []
+            self._quotes = 0
+
+    def _drain(self) -> list[list[str]]:
+        out = []
+        while self._lines.lines:
+            try:
+                out.append(next(self._reader))
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise ImportFileRejected(f"not a readable CSV file ({exc})") from None
+        return out
+
+
+def _decoder(encoding: str) -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8-sig" if encoding == "utf-8" else encoding)(errors="strict")
+
+
+async def _csv_records(chunks: AsyncIterator[bytes], encoding: str) -> AsyncIterator[list[list[str]]]:
+    """Batches of raw records of a CSV stream in ``encoding`` (UnicodeDecodeError when it does not decode)."""
+    decoder = _decoder(encoding)
+    records = CsvRecords()
+    async for chunk in chunks:
+        text = decoder.decode(chunk)
+        if "\x00" in text:
+            raise ImportFileRejected("the file holds NUL characters: it is not CSV text (UTF-8 or GB18030)")
+        batch = records.feed(text)
+        if batch:
+            yield batch
+    tail = records.feed(decoder.decode(b"", final=True)) + records.close()
+    if records.unterminated:
+        raise ImportFileRejected("a quoted field is never closed (a '\"' is missing); the file is cut short or broken")
+    if tail:
+        yield tail
+
+
+async def _inspect_csv_as(source: ChunkSource, encoding: str) -> FileFacts:
+    columns: tuple[str, ...] | None = None
+    total = 0
+    row = 0
+    async for batch in _csv_records(source(), encoding):
+        for record in batch:
+            row += 1
+            if columns is None:
+                columns = check_header(record)
+                continue
+            if _row(columns, record, row) is not None:
+                total += 1
+                if total > MAX_ROWS:
+                    raise ImportFileRejected(f"more than {MAX_ROWS:,} rows; split the file")
+    if columns is None:
+        raise ImportFileRejected("the file is empty; the first row must name the columns (see the template)")
+    return FileFacts(encoding, columns, total)
+
+
+async def inspect_csv(source: ChunkSource) -> FileFacts:
+    """Check a whole CSV file (encoding, header, quoting) and count its rows; :class:`ImportFileRejected` if bad.
+
+    ``source()`` opens the file's byte stream from its start (called again when UTF-8 fails and GB18030 is tried).
+    """
+    first = b""
+    async for chunk in source():
+        first = chunk[:4]
+        break
+    if first.startswith(b"PK\x03\x04"):
+        raise ImportFileRejected("this is a spreadsheet (XLSX), not CSV text; upload it as xlsx")
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ImportFileRejected("bad encoding: the file is UTF-16; save it as UTF-8 (or GB18030) CSV")
+    try:
+        return await _inspect_csv_as(source, "utf-8")
+    except UnicodeDecodeError as utf8_error:
+        try:
+            return await _inspect_csv_as(source, "gb18030")
+        except UnicodeDecodeError as gb_error:
+            raise ImportFileRejected(
+                f"bad encoding: the file is neither UTF-8 (bad byte at offset {utf8_error.start}) nor GB18030 "
+                f"(bad byte at offset {gb_error.start}); save it as UTF-8 CSV"
+            ) from None
+
+
+async def csv_rows(
+    source: ChunkSource, facts: FileFacts, after_row: int, batch_size: int
+) -> AsyncIterator[list[SourceRow]]:
+    """The data rows of an inspected CSV file after row ``after_row``, in batches of about ``batch_size``."""
+    out: list[SourceRow] = []
+    row = 0
+    async for batch in _csv_records(source(), facts.encoding):
+        for record in batch:
+            row += 1
+            if row == 1 or row <= after_row:
+                continue
+            parsed = _row(facts.columns, record, row)
+            if parsed is not None:
+                out.append(parsed)
+        if len(out) >= batch_size:
+            while len(out) >= batch_size:
+                yield out[:batch_size]
+                out = out[batch_size:]
+    if out:
+        yield out
+
+
+# XLSX
+
+
+async def spool(source: ChunkSource) -> IO[bytes]:
+    """The file's bytes in a temporary file on disk (an XLSX is a zip: it needs random access)."""
+    spooled = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    try:
+        async for chunk in source():
+            spooled.write(chunk)
+        spooled.seek(0)
+    except BaseException:
+        spooled.close()
+        raise
+    return spooled
+
+
+def _open_sheet(spooled: IO[bytes]) -> tuple[Any, Iterator[tuple[object, ...]]]:
+    import openpyxl  # local: only imports of spreadsheets need it
+
+    if not zipfile.is_zipfile(spooled):
+        raise ImportFileRejected("broken spreadsheet: not an XLSX file (it is not a zip archive)")
+    spooled.seek(0)
+    try:
+        with zipfile.ZipFile(spooled) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise ImportFileRejected(f"broken spreadsheet: part {bad} of the XLSX is corrupt")
+        spooled.seek(0)
+        workbook = openpyxl.load_workbook(spooled, read_only=True, data_only=True)
+        sheet = workbook.worksheets[0]
+        return workbook, sheet.iter_rows(values_only=True)
+    except ImportFileRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever openpyxl or zipfile raise, the file is broken
+        raise ImportFileRejected(f"broken spreadsheet: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def inspect_xlsx(spooled: IO[bytes]) -> FileFacts:
+    """Check a whole XLSX file (opens, header, every row readable) and count its rows."""
+    workbook, rows = _open_sheet(spooled)
+    try:
+        columns: tuple[str, ...] | None = None
+        total = 0
+        for number, values in enumerate(rows, start=1):
+            if columns is None:
+                columns = check_header(values)
+                continue
+            if _row(columns, values, number) is not None:
+                total += 1
+                if total > MAX_ROWS:
+                    raise ImportFileRejected(f"more than {MAX_ROWS:,} rows; split the file")
+    except ImportFileRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ImportFileRejected(f"broken spreadsheet: {type(exc).__name__}: {str(exc)[:200]}") from None
+    finally:
+        workbook.close()
+    if columns is None:
+        raise ImportFileRejected("the spreadsheet is empty; the first row must name the columns (see the template)")
+    return FileFacts("", columns, total)
+
+
+def xlsx_rows(spooled: IO[bytes], facts: FileFacts, after_row: int, batch_size: int) -> Iterator[list[SourceRow]]:
+    """The data rows of an inspected XLSX file after row ``after_row``, in batches of ``batch_size``."""
+    workbook, rows = _open_sheet(spooled)
+    try:
+        out: list[SourceRow] = []
+        for number, values in enumerate(rows, start=1):
+            if number == 1 or number <= after_row:
+                continue
+            parsed = _row(facts.columns, values, number)
+            if parsed is not None:
+                out.append(parsed)
+                if len(out) >= batch_size:
+                    yield out
+                    out = []
+        if out:
+            yield out
+    finally:
+        workbook.close()
+
+
+async def read_rows(
+    source: ChunkSource, file_format: ImportFormat, facts: FileFacts, after_row: int, batch_size: int
+) -> AsyncIterator[list[SourceRow]]:
+    """The data rows of an inspected file of either format after row ``after_row``, in batches."""
+    if file_format is ImportFormat.CSV:
+        async for batch in csv_rows(source, facts, after_row, batch_size):
+            yield batch
+        return
+    spooled = await spool(source)
+    try:
+        for batch in xlsx_rows(spooled, facts, after_row, batch_size):
+            yield batch
+    finally:
+        spooled.close()
+
+
+async def inspect(source: ChunkSource, file_format: ImportFormat) -> FileFacts:
+    """Check a whole file of either format; :class:`ImportFileRejected` naming why it is refused."""
+    if file_format is ImportFormat.CSV:
+        return await inspect_csv(source)
+    spooled = await spool(source)
+    try:
+        return inspect_xlsx(spooled)
+    finally:
+        spooled.close()
+
+
+# Templates
+
+
+def template(file_format: ImportFormat) -> tuple[bytes, str, str]:
+    """An empty template (header row only): content, content type and file name."""
+    if file_format is ImportFormat.CSV:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\r\n").writerow(COLUMNS)
+        # A BOM, so spreadsheet programs open the UTF-8 text (Chinese names) correctly.
+        return codecs.BOM_UTF8 + text.getvalue().encode(), CSV_CONTENT_TYPE, "customer-import-template.csv"
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.title = "customers"
+    sheet.append(list(COLUMNS))
+    for index in range(1, len(COLUMNS) + 1):
+        letter = openpyxl.utils.get_column_letter(index)
+        # Text cells: an 18-digit ID number or a mobile typed as a number would lose digits.
+        for cell in sheet[f"{letter}2:{letter}1000"]:
+            cell[0].number_format = "@"
+        sheet.column_dimensions[letter].width = max(12, len(COLUMNS[index - 1]) + 2)
+    out = io.BytesIO()
+    workbook.save(out)
+    return out.getvalue(), XLSX_CONTENT_TYPE, "customer-import-template.xlsx"
+
+
+# Rows
+
+
+@dataclass(frozen=True)
+class ValidRow:
+    """A row that passed validation: its kind, profile and the ``owner`` cell (for distribution by column)."""
+
+    row: int
+    kind: CustomerKind
+    profile: Profile
+    owner: str
+
+
+def _alias(name: str, value: str) -> str:
+    lowered = value.strip().lower()
+    return ALIASES.get(name, {}).get(value.strip(), ALIASES.get(name, {}).get(lowered, lowered))
+
+
+def row_to_raw(cells: Mapping[str, str], v: Violations) -> tuple[str, dict[str, object]]:
+    """The kind and the raw profile values of a row, as :func:`check_profile` takes them."""
+    raw: dict[str, object] = {}
+    for name, value in cells.items():
+        if name in ALIASES:
+            raw[name] = _alias(name, value)
+        elif name in ("interests", "do_not_disturb", OWNER_COLUMN):
+            continue
+        else:
+            raw[name] = value
+    if len(cells.get("name", "")) > MAX_CELL_CHARS:
+        raw["name"] = cells["name"][:101]
+    interests = cells.get("interests", "")
+    if interests:
+        for separator in _INTEREST_SEPARATORS[1:]:
+            interests = interests.replace(separator, ";")
+        raw["interests"] = [i for i in (p.strip() for p in interests.split(";")) if i]
+    flag = cells.get("do_not_disturb", "").strip().lower()
+    if flag in _TRUE:
+        raw["do_not_disturb"] = True
+    elif flag not in _FALSE:
+        v.add("do_not_disturb", "must be true or false (是/否)")
+    if not raw.get("source_channel"):
+        raw["source_channel"] = DEFAULT_SOURCE_CHANNEL
+    kind = str(raw.pop("kind", "") or "")
+    return kind, raw
+
+
+def validate_row(row: SourceRow, today: dt.date) -> ValidRow | list[FieldViolation]:
+    """The row as a valid customer file, or every violation naming its field."""
+    v = Violations()
+    if row.extra:
+        v.add("row", "has more cells than the header has columns")
+    for name, value in row.cells.items():
+        if len(value) > MAX_CELL_CHARS:
+            v.add(name, f"must be at most {MAX_CELL_CHARS} characters")
+    kind, raw = row_to_raw(row.cells, v)
+    if not kind:
+        v.add("kind", "is required: individual or corporate (个人/企业)")
+        profile = None
+    else:
+        profile = check_profile(v, kind, raw, today)
+    if v.items or profile is None:
+        return v.items
+    return ValidRow(row.row, CustomerKind(kind), profile, row.cells.get(OWNER_COLUMN, ""))
+
+
+def duplicate_keys(profile: Profile) -> list[tuple[str, str]]:
+    """The unique facts of a customer file duplicates are detected on: (field, normalised value)."""
+    keys = []
+    if profile.id_number:
+        keys.append(("id_number", profile.id_number))
+    if profile.mobile:
+        keys.append(("mobile", profile.mobile))
+    if profile.credit_code:
+        keys.append(("credit_code", profile.credit_code))
+    return keys
+
+
+# Distribution
+
+
+@dataclass(frozen=True)
+class Staff:
+    """A member of staff who may receive imported customers."""
+
+    user_id: str
+    username: str
+    team_id: str
+    branch_id: str
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DistributionPlan:
+    """Who the job's customers go to: the rule, its team, and the staff it may name (in turn order)."""
+
+    rule: Distribution
+    team_id: str = ""
+    staff: tuple[Staff, ...] = ()
+    default_owner: str = ""
+    default_team: str = ""
+    by_name: dict[str, Staff] = field(default_factory=dict)
+
+    def owner_for(self, imported_before: int, owner_cell: str) -> tuple[str, str] | FieldViolation:
+        """The (owner, team) of the next imported customer, given how many the job imported before it."""
+        if self.rule is Distribution.ROUND_ROBIN:
+            chosen = self.staff[imported_before % len(self.staff)]
+            return chosen.user_id, chosen.team_id
+        if self.rule is Distribution.COLUMN:
+            if not owner_cell:
+                return FieldViolation(OWNER_COLUMN, "is required: the username of the RM or teller to own it")
+            named = self.by_name.get(owner_cell.strip().lower())
+            if named is None:
+                return FieldViolation(OWNER_COLUMN, "is not an active RM or teller you may assign customers to")
+            return named.user_id, named.team_id
+        if owner_cell:
+            return FieldViolation(OWNER_COLUMN, "is set but the import does not distribute by the owner column")
+        return self.default_owner, self.default_team
+
+
+_WIDE_SCOPES = frozenset({Scope.BRANCH, Scope.REGION, Scope.ALL})
+MAX_STAFF = 2000
+
+
+def plan_distribution(identity: Identity, rule: Distribution, team_id: str, staff: Sequence[Staff]) -> DistributionPlan:
+    """Check who may distribute how, and to whom; raise naming each problem.
+
+    Without a rule the importer owns the customers when an RM or teller (as with a single create), else they
+    go to the branch pool. A rule assigns to others, which is the branch head's call within the branch and a
+    team lead's within the team (as :func:`plan_assignment`). Staff must hold an owning role in the branch.
+    """
+    if not identity.branch_id:
+        raise InvalidArgument([FieldViolation("branch_id", "caller belongs to no branch")])
+    self_owned = bool(_SELF_OWNING_ROLES.intersection(identity.roles))
+    default_owner = identity.user_id if self_owned else ""
+    default_team = identity.team_id if self_owned else ""
+    if rule is Distribution.NONE:
+        return DistributionPlan(rule, default_owner=default_owner, default_team=default_team)
+    if not identity.has("customer:assign"):
+        raise PermissionDenied("distributing imported customers to staff requires permission customer:assign")
+    eligible = [
+        s for s in staff if s.branch_id == identity.branch_id and _SELF_OWNING_ROLES.intersection(s.roles) and s.user_id
+    ]
+    team_lead = identity.scope not in _WIDE_SCOPES
+    if team_lead:
+        if identity.scope is not Scope.TEAM or not identity.team_id:
+            raise PermissionDenied("a team lead distributes only within the team; the branch head within the branch")
+        eligible = [s for s in eligible if s.team_id == identity.team_id]
+    with collect() as v:
+        if len(staff) > MAX_STAFF:
+            v.add("staff", f"must list at most {MAX_STAFF} members")
+        if rule is Distribution.ROUND_ROBIN:
+            if not team_id:
+                v.add("team_id", "is required for a round robin (the team whose staff take turns)")
+            elif team_lead and team_id != identity.team_id:
+                v.add("team_id", "must be your own team")
+            eligible = [s for s in eligible if s.team_id == team_id]
+            if team_id and not eligible:
+                v.add("team_id", "has no active RM or teller in your branch to distribute to")
+    by_name: dict[str, Staff] = {}
+    for s in eligible:
+        by_name[s.user_id.lower()] = s
+        if s.username:
+            by_name[s.username.lower()] = s
+    return DistributionPlan(
+        rule,
+        team_id=team_id if rule is Distribution.ROUND_ROBIN else "",
+        staff=tuple(sorted(eligible, key=lambda s: (s.username, s.user_id))),
+        by_name=by_name,
+    )
+
+
+# Rollback
+
+
+def untouched(version: int, created_at: dt.datetime, updated_at: dt.datetime, erased: bool) -> str:
+    """Why an imported customer must be kept at rollback ("" when nobody changed it since the import)."""
+    if erased:
+        return "erased since the import"
+    if version != 1 or updated_at != created_at:
+        return f"changed since the import (version {version})"
+    return ""
