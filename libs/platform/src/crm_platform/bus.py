@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 log = logging.getLogger(__name__)
+
+
+class PublishError(Exception):
+    """JetStream refused a message of a batch (or no stream captures its subject)."""
+
+
+class _Batch:
+    """The acknowledgements still awaited for one published batch."""
+
+    __slots__ = ("done", "pending")
+
+    def __init__(self, size: int) -> None:
+        self.pending = size
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,9 @@ class Bus:
         self._max_age_seconds = max_age_days * 86400
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._ack_prefix = ""
+        self._batches: dict[str, _Batch] = {}
+        self._batch_numbers = itertools.count()
 
     @property
     def nc(self) -> Client:
@@ -90,6 +111,65 @@ class Bus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def publish_batch(self, messages: Sequence[tuple[str, str, bytes]], timeout: float) -> None:
+        """Publish ``(event id, subject, payload)`` messages to JetStream, then wait (at most ``timeout``
+        seconds in all) until the stream has acknowledged every one; raise if any was refused or missing.
+
+        Each message carries ``Nats-Msg-Id`` = event id, so a re-publish is dropped by the stream. Why not
+        ``js.publish_async``: it costs a future, a semaphore wait, a NUID and a parsed ``PubAck`` per message,
+        which measured as half of the relay's time; here a batch has one future and an acknowledgement is a
+        counter decrement (its JSON is parsed only when it is an error). The messages are written in order
+        before the first acknowledgement is awaited, so batches published one after another keep their order.
+        """
+        if not messages:
+            return
+        nc = self.nc
+        if not self._ack_prefix:
+            prefix = nc.new_inbox()
+            await nc.subscribe(f"{prefix}.>", cb=self._on_ack)
+            self._ack_prefix = prefix
+        token = str(next(self._batch_numbers))
+        batch = _Batch(len(messages))
+        self._batches[token] = batch
+        reply = f"{self._ack_prefix}.{token}."
+        try:
+            async with asyncio.timeout(timeout):
+                for index, (event_id, subject, payload) in enumerate(messages):
+                    headers = {"Nats-Msg-Id": event_id, "Crm-Event-Type": subject}
+                    await nc.publish(subject, payload, reply=f"{reply}{index}", headers=headers)
+                await batch.done
+        finally:
+            del self._batches[token]
+
+    async def _on_ack(self, msg: Msg) -> None:
+        token = msg.subject[len(self._ack_prefix) + 1 :].partition(".")[0]
+        batch = self._batches.get(token)
+        if batch is None or batch.done.done():
+            return  # a late answer to a batch that already failed or timed out
+        data = msg.data
+        if data.startswith(b'{"stream":') and b'"error"' not in data:  # the usual answer, without parsing it
+            self._acked(batch)
+            return
+        if not data:  # a status reply without a body: 503 no responders, no stream captures the subject
+            status = (msg.headers or {}).get("Status", "?")
+            batch.done.set_exception(PublishError(f"no stream acknowledged {msg.subject} (status {status})"))
+            return
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = {"error": data.decode(errors="replace")}
+        if isinstance(answer, dict) and "stream" in answer and "error" not in answer:
+            self._acked(batch)
+            return
+        error = answer.get("error", answer) if isinstance(answer, dict) else answer
+        batch.done.set_exception(PublishError(f"JetStream refused a message: {error}"))
+
+    @staticmethod
+    def _acked(batch: _Batch) -> None:
+        batch.pending -= 1
+        if batch.pending == 0:
+            batch.done.set_result(None)
+
     async def ensure_streams(self, specs: tuple[StreamSpec, ...] = DOMAIN_STREAMS) -> None:
         """Create each stream that does not exist yet (idempotent; safe from many replicas at once)."""
         for spec in specs:
@@ -121,6 +201,7 @@ class Bus:
                 await self._nc.close()
         self._nc = None
         self._js = None
+        self._ack_prefix = ""
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("NATS error", extra={"error": repr(exc)})
