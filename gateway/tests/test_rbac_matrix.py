@@ -46,6 +46,16 @@ ROUTE_CALLS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/api/v1/segments/{segment_id:str}/members"): ("/api/v1/segments/unknown/members", None),
     ("PUT", "/api/v1/customers/{customer_id:str}/holdings"): ("/api/v1/customers/unknown/holdings", {"holdings": []}),
     ("GET", "/api/v1/customers/{customer_id:str}/holdings"): ("/api/v1/customers/{customer}/holdings", None),
+    ("POST", "/api/v1/customers/assign-bulk"): (
+        "/api/v1/customers/assign-bulk",
+        {"customer_ids": ["unknown-1"], "owner_id": "u-rm2"},
+    ),
+    ("PUT", "/api/v1/customers/holdings"): (
+        "/api/v1/customers/holdings",
+        {"snapshots": [{"customer_id": "unknown", "holdings": []}]},
+    ),
+    ("POST", "/api/v1/managed-tags"): ("/api/v1/managed-tags", {"name": "矩阵"}),
+    ("GET", "/api/v1/managed-tags"): ("/api/v1/managed-tags", None),
     ("GET", "/api/v1/me/inbox"): ("/api/v1/me/inbox", None),
     ("GET", "/api/v1/audit"): ("/api/v1/audit", None),
     ("POST", "/api/v1/admin/branches"): ("/api/v1/admin/branches", {"id": "M1", "name": "m", "region": "r"}),

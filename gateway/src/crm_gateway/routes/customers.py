@@ -17,15 +17,23 @@ from crm_gateway.errors import ServiceFailure
 from crm_gateway.schemas.customers import (
     ENUMS,
     KIND_TO_PROTO,
+    AssignBulkIn,
     AssignIn,
+    BatchOutcomes,
     CustomerChangeOut,
     CustomerCreate,
     CustomerOut,
     CustomerPatch,
     HoldingIO,
+    HoldingsBatchIn,
     HoldingsIn,
     HoldingsOut,
+    ItemError,
+    ItemOutcome,
     Kind,
+    ManagedTagIn,
+    ManagedTagOut,
+    ManagedTags,
     Money,
     ReclaimIn,
     RiskAppetite,
@@ -135,6 +143,9 @@ def _timestamp(value: dt.datetime | None, name: str) -> timestamp_pb2.Timestamp 
 async def list_customers(
     request: Request[Any, Any, Any],
     name: _TERM = None,
+    name_prefix: Annotated[
+        str | None, Parameter(required=False, min_length=1, max_length=100, description="names starting with it")
+    ] = None,
     id_number: Annotated[str | None, Parameter(required=False, max_length=32)] = None,
     mobile: Annotated[str | None, Parameter(required=False, max_length=20)] = None,
     customer_no: Annotated[str | None, Parameter(required=False, max_length=20)] = None,
@@ -148,6 +159,10 @@ async def list_customers(
     kind: Kind | None = None,
     created_from: dt.datetime | None = None,
     created_to: dt.datetime | None = None,
+    last_contact_before: Annotated[
+        dt.datetime | None,
+        Parameter(required=False, description="customers last contacted before it, or never contacted"),
+    ] = None,
     sort: Annotated[
         str,
         Parameter(pattern=r"^-?(created_at|updated_at|name|customer_no)$", description="e.g. -created_at (default)"),
@@ -160,6 +175,7 @@ async def list_customers(
     message = pb.ListCustomersRequest(
         page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or ""),
         name=name or "",
+        name_prefix=name_prefix or "",
         id_number=id_number or "",
         mobile=mobile or "",
         customer_no=customer_no or "",
@@ -173,6 +189,7 @@ async def list_customers(
         kind=KIND_TO_PROTO[kind] if kind else 0,
         created_from=_timestamp(created_from, "created_from"),
         created_to=_timestamp(created_to, "created_to"),
+        last_contact_before=_timestamp(last_contact_before, "last_contact_before"),
         order_by=sort,
     )
     reply = await _call(request, "ListCustomers", message)
@@ -225,7 +242,9 @@ async def reclaim_customer(request: Request[Any, Any, Any], customer_id: _ID, da
 @post("/api/v1/customers/{customer_id:str}/tags", opt={"permission": "customer:write"}, status_code=200)
 async def tag_customer(request: Request[Any, Any, Any], customer_id: _ID, data: TagsIn) -> Response[CustomerOut]:
     """Put tags on (``add``) and take them off (``remove``) a customer."""
-    message = pb.TagCustomerRequest(customer_id=customer_id, add=data.add, remove=data.remove)
+    message = pb.TagCustomerRequest(
+        customer_id=customer_id, add=data.add, remove=data.remove, add_managed=data.add_managed
+    )
     reply = await _call(request, "TagCustomer", message)
     return _answer(reply.customer)
 
@@ -233,6 +252,7 @@ async def tag_customer(request: Request[Any, Any, Any], customer_id: _ID, data: 
 @post("/api/v1/segments", opt={"permission": "customer:read"})
 async def create_segment(request: Request[Any, Any, Any], data: SegmentIn) -> Response[SegmentOut]:
     """Save a dynamic segment, shared in the caller's branch."""
+    data.filter.violations().raise_if_any()
     message = pb.CreateSegmentRequest(name=data.name, filter=data.filter.to_proto())
     reply = await _call(request, "CreateSegment", message)
     return Response(SegmentOut.from_proto(reply.segment), status_code=201)
@@ -283,3 +303,87 @@ async def list_holdings(request: Request[Any, Any, Any], customer_id: _ID) -> Ho
     """A customer's holdings."""
     reply = await _call(request, "ListHoldings", pb.ListHoldingsRequest(customer_id=customer_id))
     return HoldingsOut(holdings=[HoldingIO.from_proto(h) for h in reply.holdings])
+
+
+def _errors(violations: Any) -> list[ItemError]:
+    return [ItemError(field=v.field, message=v.description) for v in violations]
+
+
+@post("/api/v1/customers/assign-bulk", opt={"permission": "customer:assign"}, status_code=200)
+async def assign_customers(request: Request[Any, Any, Any], data: AssignBulkIn) -> BatchOutcomes:
+    """Make ``owner_id`` the owner of many customers (the branch head within the branch, a team lead within the
+    team). Each customer is assigned on its own, with its history entry and event; the answer gives one outcome
+    per customer in the order asked: ``assigned``, ``not_found`` (unknown or outside your scope), ``forbidden``,
+    ``invalid``, ``already_owner`` or ``conflict`` (changed meanwhile: try it again)."""
+    data.violations().raise_if_any()
+    owner = await request.app.state.store.user_by_id(data.owner_id)
+    if owner is None or owner.status != "active":
+        raise InvalidArgument([FieldViolation("owner_id", "is not an active user")])
+    message = pb.AssignCustomersRequest(
+        customer_ids=data.customer_ids,
+        owner_id=owner.id,
+        owner_team_id=owner.team_id,
+        owner_branch_id=owner.branch_id,
+        owner_roles=list(owner.roles),
+        reason=data.reason,
+    )
+    reply = await _call(request, "AssignCustomers", message)
+    return BatchOutcomes.of(
+        [
+            ItemOutcome(
+                customer_id=r.customer_id,
+                outcome=r.outcome,
+                message=r.message or None,
+                errors=_errors(r.violations),
+                version=r.version or None,
+            )
+            for r in reply.results
+        ]
+    )
+
+
+@put("/api/v1/customers/holdings", opt={"permission": "customer:write"})
+async def replace_holdings_batch(request: Request[Any, Any, Any], data: HoldingsBatchIn) -> BatchOutcomes:
+    """The batch variant of ``PUT /api/v1/customers/{id}/holdings`` for core-banking feeds: up to 1,000
+    customers' snapshots, each replaced on its own with the same signals and ``holdings_changed`` event. One
+    outcome per customer in the order given: ``updated`` (with the new AUM and signals), ``not_found``
+    (unknown or outside your scope) or ``invalid`` (with each bad field, ``holdings[i].field``)."""
+    data.violations().raise_if_any()
+    message = pb.ReplaceHoldingsBatchRequest(
+        snapshots=[
+            pb.HoldingsSnapshot(customer_id=s.customer_id, holdings=[h.to_proto() for h in s.holdings])
+            for s in data.snapshots
+        ]
+    )
+    reply = await _call(request, "ReplaceHoldingsBatch", message)
+    return BatchOutcomes.of(
+        [
+            ItemOutcome(
+                customer_id=r.customer_id,
+                outcome=r.outcome,
+                message=r.message or None,
+                errors=_errors(r.violations),
+                aum=Money(amount=r.aum.amount, currency=r.aum.currency) if r.HasField("aum") else None,
+                signals=list(r.signals),
+            )
+            for r in reply.results
+        ]
+    )
+
+
+@post("/api/v1/managed-tags", opt={"permission": "tag:manage"})
+async def define_managed_tag(request: Request[Any, Any, Any], data: ManagedTagIn) -> Response[ManagedTagOut]:
+    """Add a managed tag to the catalog: an administrator's are bank-wide, a branch head's the branch's own.
+    Only catalog names may be applied as managed tags (``add_managed``), and only by ``applicable_roles``."""
+    message = pb.DefineManagedTagRequest(
+        name=data.name, description=data.description, applicable_roles=data.applicable_roles
+    )
+    reply = await _call(request, "DefineManagedTag", message)
+    return Response(ManagedTagOut.from_proto(reply.tag), status_code=201)
+
+
+@get("/api/v1/managed-tags", opt={"permission": "tag:read"})
+async def list_managed_tags(request: Request[Any, Any, Any]) -> ManagedTags:
+    """The managed tags the caller's branch may apply: the bank-wide ones and the branch's own."""
+    reply = await _call(request, "ListManagedTags", pb.ListManagedTagsRequest())
+    return ManagedTags(items=[ManagedTagOut.from_proto(t) for t in reply.tags])

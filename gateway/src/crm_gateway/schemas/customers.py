@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 import msgspec
+from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
 from msgspec import UNSET, UnsetType
 
@@ -279,6 +281,7 @@ class CustomerOut(msgspec.Struct):
     product_count: int = 0
     familiar: bool = False
     value_first: bool = False
+    last_contact_at: str | None = None
 
     @classmethod
     def from_proto(cls, c: customer_pb2.Customer) -> CustomerOut:
@@ -306,6 +309,7 @@ class CustomerOut(msgspec.Struct):
             product_count=c.product_count,
             familiar=c.familiar,
             value_first=c.value_first,
+            last_contact_at=rfc3339(c.last_contact_at) if c.HasField("last_contact_at") else None,
             **{name: getattr(p, name) or None for name in PROFILE_TEXT},
             **{name: enum_text(d, getattr(p, name)) for name, d in ENUMS.items() if name != "tier"},
         )
@@ -359,10 +363,103 @@ Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=20, pattern=r"^[^,]+$
 
 
 class TagsIn(msgspec.Struct, forbid_unknown_fields=True):
-    """Tags to put on and take off a customer."""
+    """Tags to put on and take off a customer: free tags in ``add``, catalog tags in ``add_managed``."""
 
     add: Annotated[list[Tag], msgspec.Meta(max_length=30)] = msgspec.field(default_factory=list)
     remove: Annotated[list[Tag], msgspec.Meta(max_length=30)] = msgspec.field(default_factory=list)
+    add_managed: Annotated[list[Tag], msgspec.Meta(max_length=30)] = msgspec.field(default_factory=list)
+
+
+TaggingRole = Literal["rm", "teller", "team_lead", "branch_head"]
+
+
+class ManagedTagIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A managed tag to add to the catalog (bank-wide by an administrator, the branch's own by its head)."""
+
+    name: Tag
+    description: _text(200) = ""
+    applicable_roles: Annotated[list[TaggingRole], msgspec.Meta(max_length=4)] = msgspec.field(default_factory=list)
+
+
+class ManagedTagOut(msgspec.Struct):
+    """A managed tag of the catalog; ``branch_id`` is null for the bank-wide catalog."""
+
+    name: str
+    description: str
+    applicable_roles: list[str]
+    branch_id: str | None
+    created_by: str
+    created_at: str
+
+    @classmethod
+    def from_proto(cls, t: customer_pb2.ManagedTag) -> ManagedTagOut:
+        """Map the service's message to the HTTP shape."""
+        return cls(
+            name=t.name,
+            description=t.description,
+            applicable_roles=list(t.applicable_roles),
+            branch_id=t.branch_id or None,
+            created_by=t.created_by,
+            created_at=rfc3339(t.created_at),
+        )
+
+
+class ManagedTags(msgspec.Struct):
+    """The managed tags the caller's branch may apply."""
+
+    items: list[ManagedTagOut]
+
+
+CustomerId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+
+
+class AssignBulkIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Make ``owner_id`` the owner of every customer in ``customer_ids`` (1..500)."""
+
+    customer_ids: Annotated[list[CustomerId], msgspec.Meta(min_length=1, max_length=500)]
+    owner_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    reason: _text(500) = ""
+
+    def violations(self) -> Violations:
+        """Rules beyond the shape: no customer named twice."""
+        v = Violations()
+        if len(set(self.customer_ids)) != len(self.customer_ids):
+            v.add("customer_ids", "names a customer twice")
+        return v
+
+
+class ItemError(msgspec.Struct):
+    """One bad field of one item of a batch."""
+
+    field: str
+    message: str
+
+
+class ItemOutcome(msgspec.Struct, omit_defaults=True):
+    """The outcome for one customer of a batch call."""
+
+    customer_id: str
+    outcome: str
+    message: str | None = None
+    errors: list[ItemError] = msgspec.field(default_factory=list)
+    version: int | None = None
+    aum: Money | None = None
+    signals: list[str] = msgspec.field(default_factory=list)
+
+
+class BatchOutcomes(msgspec.Struct):
+    """One outcome per customer in the order asked, and how many ended in each outcome."""
+
+    results: list[ItemOutcome]
+    counts: dict[str, int]
+
+    @classmethod
+    def of(cls, results: list[ItemOutcome]) -> BatchOutcomes:
+        """Count the outcomes."""
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r.outcome] = counts.get(r.outcome, 0) + 1
+        return cls(results=results, counts=counts)
 
 
 class SegmentFilter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -378,9 +475,30 @@ class SegmentFilter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     age_min: Annotated[int, msgspec.Meta(ge=0, le=150)] | None = None
     age_max: Annotated[int, msgspec.Meta(ge=0, le=150)] | None = None
     exclude_do_not_disturb: bool = False
+    last_contact_before: (
+        Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}T", description="RFC 3339 with a time zone")] | None
+    ) = None
+    no_contact_days: Annotated[int, msgspec.Meta(ge=0, le=3660)] | None = None
+
+    def violations(self) -> Violations:
+        """Rules beyond the shape: the date must parse and carry a time zone."""
+        v = Violations()
+        if self.last_contact_before is not None:
+            try:
+                parsed = dt.datetime.fromisoformat(self.last_contact_before)
+            except ValueError:
+                v.add("filter.last_contact_before", "must be an RFC 3339 date and time")
+            else:
+                if parsed.tzinfo is None:
+                    v.add("filter.last_contact_before", "must carry a time zone, e.g. 2026-01-01T00:00:00Z")
+        return v
 
     def to_proto(self) -> customer_pb2.SegmentFilter:
         """The service's message."""
+        before = None
+        if self.last_contact_before is not None:
+            before = timestamp_pb2.Timestamp()
+            before.FromDatetime(dt.datetime.fromisoformat(self.last_contact_before))
         return customer_pb2.SegmentFilter(
             tiers=[enum_number(ENUMS["tier"], t) for t in self.tiers],
             tags=self.tags,
@@ -392,6 +510,8 @@ class SegmentFilter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
             age_min=self.age_min or 0,
             age_max=self.age_max or 0,
             do_not_disturb_excluded=self.exclude_do_not_disturb,
+            last_contact_before=before,
+            no_contact_days=self.no_contact_days or 0,
         )
 
     @classmethod
@@ -408,6 +528,8 @@ class SegmentFilter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
             age_min=f.age_min or None,
             age_max=f.age_max or None,
             exclude_do_not_disturb=f.do_not_disturb_excluded,
+            last_contact_before=rfc3339(f.last_contact_before) if f.HasField("last_contact_before") else None,
+            no_contact_days=f.no_contact_days or None,
         )
 
 
@@ -491,6 +613,29 @@ class HoldingsIn(msgspec.Struct, forbid_unknown_fields=True):
     """A customer's full current holdings (the snapshot replaces the previous one)."""
 
     holdings: Annotated[list[HoldingIO], msgspec.Meta(max_length=500)]
+
+
+class SnapshotIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One customer's full current holdings in a batch feed."""
+
+    customer_id: CustomerId
+    holdings: Annotated[list[HoldingIO], msgspec.Meta(max_length=500)]
+
+
+class HoldingsBatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Snapshots of many customers from a core-banking feed (1..1000, each customer once)."""
+
+    snapshots: Annotated[list[SnapshotIn], msgspec.Meta(min_length=1, max_length=1000)]
+
+    def violations(self) -> Violations:
+        """Rules beyond the shape: each customer once (two snapshots of one customer: which one wins?)."""
+        v = Violations()
+        seen: set[str] = set()
+        for i, snapshot in enumerate(self.snapshots):
+            if snapshot.customer_id in seen:
+                v.add(f"snapshots[{i}].customer_id", "appears twice in the batch")
+            seen.add(snapshot.customer_id)
+        return v
 
 
 class HoldingsOut(msgspec.Struct):

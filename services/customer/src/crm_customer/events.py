@@ -1,5 +1,5 @@
-"""What the customer service publishes (and, later, consumes). Payloads carry ids, ownership and field
-names, never personal values."""
+"""What the customer service publishes and consumes. Payloads carry ids, ownership and field names, never
+personal values."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from google.protobuf.descriptor import EnumDescriptor
 
 from crm.common.v1 import money_pb2
 from crm.customer.v1 import customer_pb2, events_pb2
+from crm.interaction.v1 import events_pb2 as interaction_events
 from crm_platform.inbox import Subscription
 
 if TYPE_CHECKING:
-    from crm_customer.domain import Customer, HoldingsChange
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from crm_customer.domain import Customer, HoldingsChange, ManagedTag
+    from crm_platform.inbox import Event
 
 CUSTOMER_CREATED = "crm.customer.customer.created"
 CUSTOMER_UPDATED = "crm.customer.customer.updated"
@@ -21,6 +25,10 @@ CUSTOMER_TIER_CHANGED = "crm.customer.customer.tier_changed"
 CUSTOMER_ERASED = "crm.customer.customer.erased"
 CUSTOMER_TAGGED = "crm.customer.customer.tagged"
 CUSTOMER_HOLDINGS_CHANGED = "crm.customer.customer.holdings_changed"
+MANAGED_TAG_DEFINED = "crm.customer.managed_tag.defined"
+
+# Consumed: a logged contact moves the customer's last contact forward.
+INTERACTION_LOGGED = "crm.interaction.interaction.logged"
 
 KIND_TO_PROTO = {
     "individual": customer_pb2.CUSTOMER_KIND_INDIVIDUAL,
@@ -98,9 +106,20 @@ def customer_erased(customer: Customer) -> events_pb2.CustomerErased:
     return events_pb2.CustomerErased(customer_id=customer.id)
 
 
-def customer_tagged(customer: Customer, added: list[str], removed: list[str]) -> events_pb2.CustomerTagged:
-    """The ``customer.tagged`` payload."""
-    return events_pb2.CustomerTagged(customer_id=customer.id, added=added, removed=removed, tags=list(customer.tags))
+def customer_tagged(
+    customer: Customer, added: list[str], removed: list[str], managed: list[str] | None = None
+) -> events_pb2.CustomerTagged:
+    """The ``customer.tagged`` payload (``managed``: which of the added and removed are catalog tags)."""
+    return events_pb2.CustomerTagged(
+        customer_id=customer.id, added=added, removed=removed, tags=list(customer.tags), managed=managed or []
+    )
+
+
+def managed_tag_defined(tag: ManagedTag) -> events_pb2.ManagedTagDefined:
+    """The ``managed_tag.defined`` payload."""
+    return events_pb2.ManagedTagDefined(
+        name=tag.name, branch_id=tag.branch_id, applicable_roles=list(tag.applicable_roles)
+    )
 
 
 def holdings_changed(customer: Customer, change: HoldingsChange) -> events_pb2.CustomerHoldingsChanged:
@@ -115,6 +134,26 @@ def holdings_changed(customer: Customer, change: HoldingsChange) -> events_pb2.C
     )
 
 
+async def on_interaction_logged(session: AsyncSession, event: Event) -> None:
+    """A contact was logged: the customer's last contact moves forward to when it was logged.
+
+    The payload carries no contact time, so the envelope's ``occurred_at`` (when the contact was logged) stands
+    for it; contacts are logged the same day as a rule.
+    """
+    from crm_customer.store.contacts import record_contact  # here: the store package imports this module
+
+    payload = event.payload
+    assert isinstance(payload, interaction_events.InteractionLogged)
+    await record_contact(session, payload.customer_id, event.occurred_at)
+
+
 def subscriptions() -> list[Subscription]:
-    """The customer service consumes nothing yet (identity events arrive with the gateway's identity store)."""
-    return []
+    """The durable consumer ``customer-last-contact`` (interaction events → ``customers.last_contact_at``)."""
+    return [
+        Subscription(
+            durable="customer-last-contact",
+            stream="CRM_INTERACTION",
+            subject=INTERACTION_LOGGED,
+            handlers={INTERACTION_LOGGED: on_interaction_logged},
+        )
+    ]

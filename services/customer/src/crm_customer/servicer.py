@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -14,7 +13,7 @@ from crm_customer.events import KIND_TO_PROTO, enum_number, enum_text
 from crm_customer.store import CustomerFilter, CustomerStore
 from crm_platform import identifiers
 from crm_platform.auth_context import current_identity
-from crm_platform.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from crm_platform.errors import Conflict, FailedPrecondition, FieldViolation, InvalidArgument
 from crm_platform.outbox import utcnow
 from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
@@ -93,6 +92,7 @@ def to_proto(customer: Customer) -> customer_pb2.Customer:
         product_count=customer.product_count,
         familiar=domain.is_familiar(customer.product_count, customer.aum),
         value_first=domain.is_value_first(customer.profile.tier, customer.aum),
+        last_contact_at=timestamp(customer.last_contact_at) if customer.last_contact_at else None,
     )
 
 
@@ -128,9 +128,18 @@ def _changes(items: list[FieldChange]) -> list[customer_pb2.FieldChange]:
     return [customer_pb2.FieldChange(field=c.field, before=c.before, after=c.after) for c in items]
 
 
+def _when(message: Any, name: str) -> dt.datetime | None:
+    return getattr(message, name).ToDatetime(tzinfo=dt.UTC) if message.HasField(name) else None
+
+
 def _filter(request: customer_service_pb2.ListCustomersRequest) -> CustomerFilter:
+    prefix = request.name_prefix.strip()
+    if len(prefix) > 100:
+        raise InvalidArgument([FieldViolation("name_prefix", "must be at most 100 characters")])
     return CustomerFilter(
         name=request.name.strip(),
+        name_prefix=prefix,
+        last_contact_before=_when(request, "last_contact_before"),
         id_number=identifiers.normalise_id_number(request.id_number),
         mobile=identifiers.normalise_mobile(request.mobile),
         customer_no=request.customer_no.strip(),
@@ -163,6 +172,8 @@ def _criteria(f: customer_pb2.SegmentFilter) -> domain.SegmentCriteria:
         age_min=f.age_min,
         age_max=f.age_max,
         exclude_do_not_disturb=f.do_not_disturb_excluded,
+        last_contact_before=_when(f, "last_contact_before"),
+        no_contact_days=f.no_contact_days,
     )
 
 
@@ -183,6 +194,8 @@ def segment_to_proto(segment: domain.Segment) -> customer_pb2.Segment:
             age_min=c.age_min,
             age_max=c.age_max,
             do_not_disturb_excluded=c.exclude_do_not_disturb,
+            last_contact_before=timestamp(c.last_contact_before) if c.last_contact_before else None,
+            no_contact_days=c.no_contact_days,
         ),
         created_by=segment.created_by,
         branch_id=segment.branch_id,
@@ -191,10 +204,21 @@ def segment_to_proto(segment: domain.Segment) -> customer_pb2.Segment:
 
 
 def _members_filter(criteria: domain.SegmentCriteria) -> CustomerFilter:
+    now = utcnow()
     return CustomerFilter(
-        **dataclasses.asdict(criteria),
+        tiers=criteria.tiers,
+        tags=criteria.tags,
+        risk_appetites=criteria.risk_appetites,
+        owner_id=criteria.owner_id,
+        branch_id=criteria.branch_id,
+        team_id=criteria.team_id,
+        kind=criteria.kind,
+        age_min=criteria.age_min,
+        age_max=criteria.age_max,
+        exclude_do_not_disturb=criteria.exclude_do_not_disturb,
+        last_contact_before=criteria.contact_cutoff(now),
         live_only=True,
-        today=dt.datetime.now(dt.UTC).date(),
+        today=now.date(),
     )
 
 
@@ -327,8 +351,17 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         identity = current_identity()
         require(identity, "customer:write")
         current = await self._store.get(identity, request.customer_id)
-        tags, added, removed = domain.retag(current, list(request.add), list(request.remove))
-        saved = await self._store.save_tags(identity, current, tags, added, removed, utcnow())
+        catalog = await self._store.managed_catalog(identity)
+        plan = domain.plan_tagging(
+            identity,
+            current,
+            list(request.add),
+            list(request.remove),
+            list(request.add_managed),
+            catalog,
+            await self._store.managed_on(current.id),
+        )
+        saved = await self._store.save_tags(identity, current, plan, utcnow())
         return customer_service_pb2.TagCustomerResponse(customer=to_proto(saved))
 
     async def CreateSegment(self, request: Any, context: Any) -> customer_service_pb2.CreateSegmentResponse:  # noqa: N802
@@ -396,3 +429,102 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         await self._store.record_reveal(identity, customer.id, fields, purpose)
         values = {f: getattr(customer.profile, f) for f in fields if getattr(customer.profile, f)}
         return customer_service_pb2.RevealCustomerResponse(values=values)
+
+    async def AssignCustomers(self, request: Any, context: Any) -> customer_service_pb2.AssignCustomersResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:assign")
+        ids = domain.check_bulk_ids(list(request.customer_ids))
+        reason = request.reason.strip()
+        visible = await self._store.visible(identity, ids)
+        plans = domain.plan_bulk_assignment(
+            identity,
+            ids,
+            visible,
+            request.owner_id.strip(),
+            request.owner_team_id,
+            request.owner_branch_id,
+            tuple(request.owner_roles),
+            reason,
+        )
+        results = []
+        for item in plans:
+            result = customer_service_pb2.AssignmentResult(
+                customer_id=item.customer_id,
+                outcome=item.outcome,
+                message=item.message,
+                violations=[customer_service_pb2.ItemViolation(field=f, description=d) for f, d in item.violations],
+            )
+            if item.ownership is not None and item.customer is not None:
+                try:
+                    saved = await self._store.save_ownership(
+                        identity, item.customer, item.ownership, "assigned", reason, utcnow()
+                    )
+                    result.version = saved.version
+                except Conflict as exc:
+                    result.outcome, result.message = "conflict", str(exc)
+            results.append(result)
+        return customer_service_pb2.AssignCustomersResponse(results=results)
+
+    async def ReplaceHoldingsBatch(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> customer_service_pb2.ReplaceHoldingsBatchResponse:
+        """See the proto."""
+        identity = current_identity()
+        require(identity, "customer:write")
+        domain.check_snapshot_ids([s.customer_id for s in request.snapshots])
+        visible = await self._store.visible(identity, [s.customer_id for s in request.snapshots])
+        results = []
+        for snapshot in request.snapshots:
+            result = customer_service_pb2.HoldingsResult(customer_id=snapshot.customer_id)
+            results.append(result)
+            current = visible.get(snapshot.customer_id)
+            if current is None:
+                result.outcome, result.message = "not_found", "no such customer in your scope"
+                continue
+            try:
+                holdings = domain.validate_holdings([holding_to_raw(h) for h in snapshot.holdings])
+            except InvalidArgument as exc:
+                result.outcome, result.message = "invalid", "the snapshot has invalid fields"
+                result.violations.extend(
+                    customer_service_pb2.ItemViolation(field=v.field, description=v.description) for v in exc.violations
+                )
+                continue
+            now = utcnow()
+            change = domain.assess_holdings(current.aum, holdings, current.profile.tier, now.date())
+            saved = await self._store.replace_holdings(identity, current, holdings, change, now)
+            result.outcome = "updated"
+            result.aum.CopyFrom(money_pb2.Money(amount=f"{saved.aum:.2f}", currency="CNY"))
+            result.signals.extend(change.signals)
+        return customer_service_pb2.ReplaceHoldingsBatchResponse(results=results)
+
+    async def DefineManagedTag(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> customer_service_pb2.DefineManagedTagResponse:
+        """See the proto."""
+        identity = current_identity()
+        tag = domain.define_managed_tag(
+            identity, request.name, request.description, list(request.applicable_roles), utcnow()
+        )
+        saved = await self._store.define_managed_tag(tag)
+        return customer_service_pb2.DefineManagedTagResponse(tag=managed_tag_to_proto(saved))
+
+    async def ListManagedTags(self, request: Any, context: Any) -> customer_service_pb2.ListManagedTagsResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        if not identity.has("tag:manage"):
+            require(identity, "tag:read")
+        catalog = await self._store.managed_catalog(identity)
+        return customer_service_pb2.ListManagedTagsResponse(tags=[managed_tag_to_proto(t) for t in catalog.values()])
+
+
+def managed_tag_to_proto(tag: domain.ManagedTag) -> customer_pb2.ManagedTag:
+    """The wire form of a catalog entry."""
+    return customer_pb2.ManagedTag(
+        name=tag.name,
+        description=tag.description,
+        applicable_roles=list(tag.applicable_roles),
+        branch_id=tag.branch_id,
+        created_by=tag.created_by,
+        created_at=timestamp(tag.created_at),
+    )

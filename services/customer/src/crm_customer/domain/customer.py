@@ -128,6 +128,7 @@ class Customer:
     tags: tuple[str, ...] = ()
     aum: decimal.Decimal = decimal.Decimal(0)
     product_count: int = 0
+    last_contact_at: dt.datetime | None = None
 
     @property
     def name(self) -> str:

@@ -143,3 +143,21 @@ def is_familiar(product_count: int, aum: decimal.Decimal) -> bool:
 def is_value_first(tier: str, aum: decimal.Decimal) -> bool:
     """Value-first (价值优先): diamond or platinum customers, or AUM at the platinum threshold."""
     return tier in ("diamond", "platinum") or _TIER_RANK[eligible_tier(aum)] >= _TIER_RANK["platinum"]
+
+
+MAX_SNAPSHOTS = 1000
+
+
+def check_snapshot_ids(customer_ids: list[str]) -> None:
+    """A batch feed names 1..1000 customers, each once (two snapshots of one customer in a batch: which wins?)."""
+    with collect() as v:
+        if not customer_ids or len(customer_ids) > MAX_SNAPSHOTS:
+            v.add("snapshots", f"holds 1 to {MAX_SNAPSHOTS} customers' snapshots")
+            return
+        seen: set[str] = set()
+        for i, customer_id in enumerate(customer_ids):
+            if not customer_id.strip():
+                v.add(f"snapshots[{i}].customer_id", "is required")
+            elif customer_id in seen:
+                v.add(f"snapshots[{i}].customer_id", "appears twice in the batch")
+            seen.add(customer_id)

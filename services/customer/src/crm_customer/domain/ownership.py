@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from crm_customer.domain.customer import _SELF_OWNING_ROLES, Customer, Profile, require
 from crm_platform.auth_context import Identity, Scope
-from crm_platform.errors import FailedPrecondition, PermissionDenied
+from crm_platform.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from crm_platform.validation import collect
 
 
@@ -81,3 +81,78 @@ def erased_profile(profile: Profile) -> Profile:
         industry=profile.industry,
         credit_code=profile.credit_code,
     )
+
+
+MAX_BULK = 500
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    """One customer of a bulk assignment: the planned ownership, or why it is not assigned."""
+
+    customer_id: str
+    outcome: str  # assigned, not_found, forbidden, invalid, already_owner (conflict is the store's)
+    ownership: Ownership | None = None
+    customer: Customer | None = None
+    message: str = ""
+    violations: tuple[tuple[str, str], ...] = ()
+
+
+def check_bulk_ids(customer_ids: list[str]) -> list[str]:
+    """The asked ids, validated: 1..500, none empty, no repeats."""
+    ids = [c.strip() for c in customer_ids]
+    with collect() as v:
+        if not ids or len(ids) > MAX_BULK:
+            v.add("customer_ids", f"names 1 to {MAX_BULK} customers")
+        elif any(not c for c in ids):
+            v.add("customer_ids", "holds an empty id")
+        elif len(set(ids)) != len(ids):
+            v.add("customer_ids", "names a customer twice")
+    return ids
+
+
+def plan_bulk_assignment(
+    identity: Identity,
+    customer_ids: list[str],
+    visible: dict[str, Customer],
+    owner_id: str,
+    owner_team_id: str,
+    owner_branch_id: str,
+    owner_roles: tuple[str, ...],
+    reason: str,
+) -> list[BulkItem]:
+    """Plan each customer as :func:`plan_assignment` would; a customer outside the caller's scope is not_found.
+
+    A refusal that holds for every customer (no permission, a bad reason) refuses the whole request instead.
+    """
+    require(identity, "customer:assign")
+    with collect() as v:
+        if not owner_id.strip():
+            v.add("owner_id", "is required")
+        if len(reason) > 500:
+            v.add("reason", "must be at most 500 characters")
+    items: list[BulkItem] = []
+    for customer_id in customer_ids:
+        customer = visible.get(customer_id)
+        if customer is None:
+            items.append(BulkItem(customer_id, "not_found", message="no such customer in your scope"))
+            continue
+        if customer.erased_at is not None:
+            items.append(BulkItem(customer_id, "invalid", message="the customer was erased", customer=customer))
+            continue
+        try:
+            ownership = plan_assignment(
+                identity, customer, owner_id, owner_team_id, owner_branch_id, owner_roles, reason
+            )
+        except PermissionDenied as exc:
+            items.append(BulkItem(customer_id, "forbidden", message=str(exc), customer=customer))
+        except InvalidArgument as exc:
+            found = tuple((x.field, x.description) for x in exc.violations)
+            items.append(
+                BulkItem(customer_id, "invalid", message="the owner cannot own this customer", violations=found)
+            )
+        except FailedPrecondition as exc:
+            items.append(BulkItem(customer_id, "already_owner", message=str(exc), customer=customer))
+        else:
+            items.append(BulkItem(customer_id, "assigned", ownership=ownership, customer=customer))
+    return items

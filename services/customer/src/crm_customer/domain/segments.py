@@ -26,6 +26,15 @@ class SegmentCriteria:
     age_min: int = 0
     age_max: int = 0
     exclude_do_not_disturb: bool = False
+    last_contact_before: dt.datetime | None = None
+    no_contact_days: int = 0
+
+    def contact_cutoff(self, now: dt.datetime) -> dt.datetime | None:
+        """The "last contact before" bound as of ``now``: the tighter of the fixed date and the relative days."""
+        bounds = [self.last_contact_before] if self.last_contact_before else []
+        if self.no_contact_days:
+            bounds.append(now - dt.timedelta(days=self.no_contact_days))
+        return min(bounds) if bounds else None
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ def define_segment(identity: Identity, name: str, criteria: SegmentCriteria, now
             v.add("filter.age_min", "ages are 0 to 150 years")
         elif criteria.age_max and criteria.age_min > criteria.age_max:
             v.add("filter.age_max", "must not be below age_min")
+        if not 0 <= criteria.no_contact_days <= 3660:
+            v.add("filter.no_contact_days", "must be 0 to 3660 days")
         if not identity.branch_id:
             v.add("branch_id", "caller belongs to no branch")
     return Segment(new_id(), clean, criteria, identity.user_id, identity.branch_id, now)

@@ -38,13 +38,13 @@ from crm_customer.domain import (
     Customer,
     CustomerKind,
     FieldChange,
-    Ownership,
     Profile,
     birth_date_bounds,
     changes,
     erased_profile,
 )
 from crm_customer.store.holdings import HoldingQueries
+from crm_customer.store.ownership import OwnershipQueries
 from crm_customer.store.segments import SegmentQueries
 from crm_customer.store.tables import (
     customer_history,
@@ -52,6 +52,7 @@ from crm_customer.store.tables import (
     customer_tags,
     customers,
 )
+from crm_customer.store.tags import TagQueries
 from crm_platform.auth_context import Identity
 from crm_platform.db import as_utc
 from crm_platform.errors import AlreadyExists, Conflict, FieldViolation, InvalidArgument, NotFound
@@ -76,6 +77,7 @@ class CustomerFilter:
     """Exact search terms and filters of a list (empty means "any")."""
 
     name: str = ""
+    name_prefix: str = ""
     id_number: str = ""
     mobile: str = ""
     customer_no: str = ""
@@ -95,6 +97,7 @@ class CustomerFilter:
     exclude_do_not_disturb: bool = False
     live_only: bool = False
     today: dt.date | None = None
+    last_contact_before: dt.datetime | None = None  # also keeps the never contacted
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ class HistoryEntry:
     changes: list[FieldChange]
 
 
-class CustomerStore(HoldingQueries, SegmentQueries):
+class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries):
     """Reads and writes customer files; writes put their events in the outbox in the same transaction."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, keyring: Keyring) -> None:
@@ -158,6 +161,7 @@ class CustomerStore(HoldingQueries, SegmentQueries):
             erased_at=as_utc(m["erased_at"]) if m["erased_at"] is not None else None,
             aum=decimal.Decimal(m["aum"] or 0).quantize(decimal.Decimal("0.01")),
             product_count=m["product_count"] or 0,
+            last_contact_at=as_utc(m["last_contact_at"]) if m["last_contact_at"] is not None else None,
         )
 
     async def get(self, identity: Identity, customer_id: str) -> Customer:
@@ -196,6 +200,9 @@ class CustomerStore(HoldingQueries, SegmentQueries):
         conditions: list[ColumnElement[bool]] = [self._scoped(identity)]
         if where.name:
             conditions.append(c.name == where.name)
+        if where.name_prefix:
+            escaped = where.name_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(c.name.like(f"{escaped}%", escape="\\"))
         if where.id_number:
             conditions.append(c.id_number_hash.in_(self._keyring.lookup_hashes("id_number", where.id_number)))
         if where.mobile:
@@ -233,6 +240,9 @@ class CustomerStore(HoldingQueries, SegmentQueries):
             conditions.append(c.do_not_disturb.is_(False))
         if where.live_only:
             conditions.append(c.erased_at.is_(None))
+        if where.last_contact_before is not None:
+            before = where.last_contact_before
+            conditions.append(or_(c.last_contact_at.is_(None), c.last_contact_at < before))
         return conditions
 
     async def count(self, identity: Identity, where: CustomerFilter) -> int:
@@ -383,72 +393,6 @@ class CustomerStore(HoldingQueries, SegmentQueries):
                     subject_id=before.id,
                     actor=identity.user_id,
                 )
-        return after
-
-    async def save_ownership(
-        self, identity: Identity, before: Customer, ownership: Ownership, action: str, reason: str, now: dt.datetime
-    ) -> Customer:
-        """Store a new owner (or the branch pool), its history and the ``customer.assigned`` event."""
-        after = dataclasses.replace(
-            before, owner_id=ownership.owner_id, team_id=ownership.team_id, version=before.version + 1, updated_at=now
-        )
-        diff = [
-            FieldChange(name, old, new)
-            for name, old, new in (
-                ("owner_id", before.owner_id, after.owner_id),
-                ("team_id", before.team_id, after.team_id),
-            )
-            if old != new
-        ]
-        async with self._sessions() as session, session.begin():
-            await self._update_versioned(
-                session, before, owner_id=after.owner_id, team_id=after.team_id, version=after.version, updated_at=now
-            )
-            await self._record(session, before.id, action, identity.user_id, now, reason, diff)
-            await self._outbox.add(
-                session,
-                events.CUSTOMER_ASSIGNED,
-                events.customer_assigned(after, before.owner_id, reason),
-                subject_id=before.id,
-                actor=identity.user_id,
-            )
-        return after
-
-    async def save_tags(
-        self,
-        identity: Identity,
-        before: Customer,
-        tags: tuple[str, ...],
-        added: list[str],
-        removed: list[str],
-        now: dt.datetime,
-    ) -> Customer:
-        """Store the new tag set, its history and the ``customer.tagged`` event (a no-op when nothing changes)."""
-        if not added and not removed:
-            return before
-        after = dataclasses.replace(before, tags=tags, version=before.version + 1, updated_at=now)
-        t = customer_tags.c
-        async with self._sessions() as session, session.begin():
-            await self._update_versioned(session, before, version=after.version, updated_at=now)
-            if removed:
-                await session.execute(delete(customer_tags).where(t.customer_id == before.id, t.tag.in_(removed)))
-            if added:
-                await session.execute(
-                    insert(customer_tags),
-                    [
-                        {"customer_id": before.id, "tag": tag, "created_by": identity.user_id, "created_at": now}
-                        for tag in added
-                    ],
-                )
-            diff = [FieldChange("tags", ", ".join(before.tags), ", ".join(tags))]
-            await self._record(session, before.id, "tagged", identity.user_id, now, "", diff)
-            await self._outbox.add(
-                session,
-                events.CUSTOMER_TAGGED,
-                events.customer_tagged(after, added, removed),
-                subject_id=before.id,
-                actor=identity.user_id,
-            )
         return after
 
     async def erase(self, identity: Identity, before: Customer, reason: str, now: dt.datetime) -> Customer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from typing import Any
 
@@ -30,7 +31,9 @@ class SegmentQueries:
                     insert(customer_segments).values(
                         id=segment.id,
                         name=segment.name,
-                        filter=json.dumps(dataclasses.asdict(segment.criteria), ensure_ascii=False),
+                        filter=json.dumps(
+                            dataclasses.asdict(segment.criteria), ensure_ascii=False, default=_datetime_text
+                        ),
                         created_by=segment.created_by,
                         branch_id=segment.branch_id,
                         created_at=segment.created_at,
@@ -50,6 +53,8 @@ class SegmentQueries:
         criteria = json.loads(row.filter)
         for name in ("tiers", "tags", "risk_appetites"):
             criteria[name] = tuple(criteria.get(name, ()))
+        if criteria.get("last_contact_before"):
+            criteria["last_contact_before"] = dt.datetime.fromisoformat(criteria["last_contact_before"])
         return Segment(
             id=row.id,
             name=row.name,
@@ -79,3 +84,9 @@ class SegmentQueries:
             rows = (await session.execute(query.order_by(s.id).limit(limit + 1))).all()
         segments = [self._to_segment(r) for r in rows[:limit]]
         return segments, (segments[-1].id if len(rows) > limit else "")
+
+
+def _datetime_text(value: object) -> str:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} in a segment filter")

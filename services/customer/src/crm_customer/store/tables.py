@@ -66,6 +66,7 @@ customers = Table(
     Column("erased_at", DateTime(timezone=True), nullable=True),
     Column("aum", Numeric(17, 2), nullable=False, default=0),
     Column("product_count", Integer, nullable=False, default=0),
+    Column("last_contact_at", DateTime(timezone=True), nullable=True),
 )
 
 customer_holdings = Table(
@@ -96,6 +97,18 @@ customer_tags = Table(
     metadata,
     Column("customer_id", String(36), primary_key=True),
     Column("tag", String(20), primary_key=True),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("managed", Boolean, nullable=False, default=False),
+)
+
+customer_managed_tags = Table(
+    "customer_managed_tags",
+    metadata,
+    Column("branch_id", String(64), primary_key=True),  # "" = the bank-wide catalog
+    Column("name", String(20), primary_key=True),
+    Column("description", String(200), nullable=False, default=""),
+    Column("applicable_roles", Text, nullable=False, default="[]"),
     Column("created_by", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
