@@ -64,7 +64,7 @@ class TagQueries:
         """The managed tags the caller may see and apply: bank-wide and the caller's branch's, by name."""
         m = customer_managed_tags.c
         branches = [""] + ([identity.branch_id] if identity.branch_id else [])
-        query = select(customer_managed_tags).where(m.branch_id.in_(branches)).order_by(m.name, m.branch_id)
+        query = select(customer_managed_tags).where(m.branch_id.in_(branches))
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
         return {
@@ -76,7 +76,7 @@ class TagQueries:
                 created_by=r.created_by,
                 created_at=as_utc(r.created_at),
             )
-            for r in rows
+            for r in sorted(rows, key=lambda r: r.name)  # code point order whatever the database's collation
         }
 
     async def managed_on(self, customer_id: str) -> set[str]:
