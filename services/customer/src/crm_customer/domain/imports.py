@@ -160,16 +160,19 @@ def check_header(cells: Sequence[object]) -> tuple[str, ...]:
 
 def _row(columns: tuple[str, ...], values: Sequence[object], row: int) -> SourceRow | None:
     """A data row as cells by column; ``None`` when blank. Cells beyond the header's columns must be empty."""
-    cells: dict[str, str] = {}
-    extra = False
-    for i, value in enumerate(values):
-        text = _cell_text(value)
-        if not text:
-            continue
-        if i < len(columns):
-            cells[columns[i]] = text
-        else:
-            extra = True
+    if values and all(type(v) is str for v in values):
+        return _csv_row(columns, values, row)  # type: ignore[arg-type]
+    texts = [_cell_text(v) for v in values]
+    cells = {c: t for c, t in zip(columns, texts, strict=False) if t}
+    extra = any(texts[len(columns) :])
+    if not cells and not extra:
+        return None
+    return SourceRow(row, cells, extra)
+
+
+def _csv_row(columns: tuple[str, ...], values: Sequence[str], row: int) -> SourceRow | None:
+    cells = {c: v.strip() for c, v in zip(columns, values, strict=False) if v and not v.isspace()}
+    extra = len(values) > len(columns) and any(v.strip() for v in values[len(columns) :])
     if not cells and not extra:
         return None
     return SourceRow(row, cells, extra)
@@ -267,18 +270,35 @@ def _decoder(encoding: str) -> codecs.IncrementalDecoder:
     return codecs.getincrementaldecoder("utf-8-sig" if encoding == "utf-8" else encoding)(errors="strict")
 
 
+class Undecodable(ValueError):
+    """The bytes do not decode in the encoding tried; ``offset`` is where in the file."""
+
+    def __init__(self, encoding: str, offset: int) -> None:
+        super().__init__(f"not {encoding} at byte {offset}")
+        self.offset = offset
+
+
 async def _csv_records(chunks: AsyncIterator[bytes], encoding: str) -> AsyncIterator[list[list[str]]]:
-    """Batches of raw records of a CSV stream in ``encoding`` (UnicodeDecodeError when it does not decode)."""
+    """Batches of raw records of a CSV stream in ``encoding`` (:class:`Undecodable` when it does not decode)."""
     decoder = _decoder(encoding)
     records = CsvRecords()
+    offset = 0
     async for chunk in chunks:
-        text = decoder.decode(chunk)
+        try:
+            text = decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise Undecodable(encoding, offset + exc.start) from None
+        offset += len(chunk)
         if "\x00" in text:
             raise ImportFileRejected("the file holds NUL characters: it is not CSV text (UTF-8 or GB18030)")
         batch = records.feed(text)
         if batch:
             yield batch
-    tail = records.feed(decoder.decode(b"", final=True)) + records.close()
+    try:
+        rest = decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise Undecodable(encoding, offset) from None
+    tail = records.feed(rest) + records.close()
     if records.unterminated:
         raise ImportFileRejected("a quoted field is never closed (a '\"' is missing); the file is cut short or broken")
     if tail:
@@ -319,13 +339,13 @@ async def inspect_csv(source: ChunkSource) -> FileFacts:
         raise ImportFileRejected("bad encoding: the file is UTF-16; save it as UTF-8 (or GB18030) CSV")
     try:
         return await _inspect_csv_as(source, "utf-8")
-    except UnicodeDecodeError as utf8_error:
+    except Undecodable as utf8_error:
         try:
             return await _inspect_csv_as(source, "gb18030")
-        except UnicodeDecodeError as gb_error:
+        except Undecodable as gb_error:
             raise ImportFileRejected(
-                f"bad encoding: the file is neither UTF-8 (bad byte at offset {utf8_error.start}) nor GB18030 "
-                f"(bad byte at offset {gb_error.start}); save it as UTF-8 CSV"
+                f"bad encoding: the file is neither UTF-8 (undecodable byte at offset {utf8_error.offset}) nor "
+                f"GB18030 (undecodable byte at offset {gb_error.offset}); save it as UTF-8 CSV"
             ) from None
 
 

@@ -1,0 +1,94 @@
+"""The background worker of batch imports: takes queued jobs (and, at start, interrupted ones) and runs them a
+batch of rows at a time; every batch commits with the job's checkpoint, so a killed process resumes where
+its last batch committed and neither loses nor repeats a row."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+
+from sqlalchemy.exc import IntegrityError
+
+from crm_customer.domain.imports import DistributionPlan, SourceRow, plan_distribution, read_rows
+from crm_customer.store.imports import QUEUED, RUNNING, ImportJob, ImportStore
+from crm_platform.outbox import utcnow
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 1000
+POLL_SECONDS = 5.0
+ABANDONED_UPLOAD = dt.timedelta(hours=1)
+
+
+class ImportWorker:
+    """Runs import jobs one after another in this process; replicas share jobs through the store's claims."""
+
+    def __init__(self, store: ImportStore, batch_rows: int = BATCH_ROWS, poll_seconds: float = POLL_SECONDS) -> None:
+        self._store = store
+        self._batch_rows = batch_rows
+        self._poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """A job was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Resume unfinished jobs, then take new ones as they come, until cancelled."""
+        backoff = 0.5
+        with contextlib.suppress(Exception):
+            await self._store.forget_abandoned_uploads(utcnow() - ABANDONED_UPLOAD)
+        while True:
+            self._wake.clear()
+            try:
+                for job_id in await self._store.unfinished():
+                    await self.process(job_id)
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("import worker failed; retrying", extra={"retry_in": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
+
+    async def process(self, job_id: str) -> ImportJob | None:
+        """Run one job to its end if no other worker holds it; return it finished (``None`` when not ours)."""
+        async with self._store.claim(job_id) as ours:
+            if not ours:
+                return None
+            job = await self._store.load(job_id)
+            if job is None or job.status not in (QUEUED, RUNNING):
+                return job
+            if job.status == QUEUED:
+                await self._store.start(job_id, utcnow())
+                job = await self._store.load(job_id)
+                assert job is not None
+            if job.checkpoint_row > 1:
+                log.info("resuming import", extra={"import_id": job.id, "after_row": job.checkpoint_row})
+            plan = self._plan(job)
+            source = self._store.file(job.id)
+            async for batch in read_rows(source, job.format, job.facts, job.checkpoint_row, self._batch_rows):
+                job = await self._apply(job, batch, plan)
+                await asyncio.sleep(0)  # let calls in flight run between batches
+            finished = await self._store.finish(job, utcnow())
+            log.info(
+                "import finished",
+                extra={"import_id": job.id, "imported": job.imported, "failed": job.failed, "dup": job.duplicates},
+            )
+            return finished
+
+    async def _apply(self, job: ImportJob, batch: list[SourceRow], plan: DistributionPlan) -> ImportJob:
+        try:
+            return await self._store.apply_batch(job, batch, plan, utcnow())
+        except IntegrityError:
+            # A single create took an ID number or mobile of this batch meanwhile: the retry sees it as a duplicate.
+            return await self._store.apply_batch(job, batch, plan, utcnow())
+
+    @staticmethod
+    def _plan(job: ImportJob) -> DistributionPlan:
+        return plan_distribution(job.creator, job.distribution, job.distribution_team_id, job.staff)

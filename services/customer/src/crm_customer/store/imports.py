@@ -1,0 +1,981 @@
+"""Import jobs: the spooled file, the per-row report, and the batched writes of imported customers.
+
+A job's file is kept as chunks in ``customer_import_chunks`` until the job finishes, so any replica can
+resume it after a crash. Each batch of rows is one transaction: its customers, their data keys, history
+rows and ``customer.created`` events, its report rows (keyed by job and row number) and the job's checkpoint
+(the last row done) commit together, guarded by the checkpoint it started from, so a batch is applied once
+or not at all. On PostgreSQL the hot path writes with ``COPY`` (asyncpg) inside that transaction, and a
+job is held by a session advisory lock while it runs: a killed process releases it with its connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from crm.customer.v1 import import_service_pb2
+from crm_customer import events
+from crm_customer.domain import Customer, CustomerKind, Profile, changes, new_customer_no
+from crm_customer.domain.imports import (
+    Distribution,
+    DistributionPlan,
+    FileFacts,
+    ImportFormat,
+    SourceRow,
+    Staff,
+    ValidRow,
+    duplicate_keys,
+    untouched,
+    validate_row,
+)
+from crm_customer.store import CustomerStore
+from crm_customer.store.tables import customer_history, customer_holdings, customer_keys, customer_tags, customers
+from crm_platform.auth_context import Identity, Scope
+from crm_platform.db import as_utc, is_postgres
+from crm_platform.errors import Conflict, FailedPrecondition, NotFound
+from crm_platform.ids import new_id
+from crm_platform.outbox import Outbox, make_envelope
+from crm_platform.schema import outbox as outbox_table
+from crm_platform.scope import in_scope, scope_condition
+
+log = logging.getLogger(__name__)
+
+IMPORTED_EVENT = "crm.customer.import.imported"
+ROLLED_BACK_EVENT = "crm.customer.import.rolled_back"
+
+import_metadata = MetaData()
+
+jobs = Table(
+    "customer_imports",
+    import_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("file_name", String(200), nullable=False),
+    Column("format", String(10), nullable=False),
+    Column("file_sha256", String(64), nullable=False),
+    Column("file_size", BigInteger, nullable=False),
+    Column("encoding", String(20), nullable=False),
+    Column("columns", Text, nullable=False),
+    Column("dry_run", Boolean, nullable=False),
+    Column("distribution", String(20), nullable=False),
+    Column("distribution_team_id", String(64), nullable=False),
+    Column("staff", Text, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("creator_roles", String(200), nullable=False),
+    Column("creator_scope", String(20), nullable=False),
+    Column("creator_permissions", Text, nullable=False),
+    Column("branch_id", String(64), nullable=False),
+    Column("team_id", String(64), nullable=False),
+    Column("region", String(64), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("checkpoint_row", Integer, nullable=False),
+    Column("processed", Integer, nullable=False),
+    Column("imported", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("duplicates", Integer, nullable=False),
+    Column("rolled_back", Integer, nullable=False),
+    Column("kept", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("rolled_back_at", DateTime(timezone=True), nullable=True),
+)
+
+chunks = Table(
+    "customer_import_chunks",
+    import_metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+report = Table(
+    "customer_import_rows",
+    import_metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("row_no", Integer, primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("customer_id", String(36), nullable=True),
+    Column("errors", Text, nullable=False),
+    Column("duplicate_of", String(36), nullable=False),
+    Column("duplicate_row", Integer, nullable=False),
+    Column("note", String(200), nullable=False),
+    Column("owner_id", String(64), nullable=False),
+)
+
+keys = Table(
+    "customer_import_keys",
+    import_metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("key", String(120), primary_key=True),
+    Column("row_no", Integer, nullable=False),
+    Column("customer_id", String(36), nullable=False),
+)
+
+RECEIVING, QUEUED, RUNNING, FINISHED, ROLLED_BACK = "receiving", "queued", "running", "finished", "rolled_back"
+IMPORTED, WOULD_IMPORT, FAILED, DUPLICATE, REMOVED, KEPT = (
+    "imported",
+    "would_import",
+    "failed",
+    "duplicate",
+    "rolled_back",
+    "kept",
+)
+CHUNK_BYTES = 1024 * 1024
+_ROLLBACK_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class ImportJob:
+    """One import job as stored."""
+
+    id: str
+    status: str
+    file_name: str
+    format: ImportFormat
+    file_sha256: str
+    file_size: int
+    encoding: str
+    columns: tuple[str, ...]
+    dry_run: bool
+    distribution: Distribution
+    distribution_team_id: str
+    staff: tuple[Staff, ...]
+    created_by: str
+    creator: Identity
+    branch_id: str
+    team_id: str
+    region: str
+    total: int
+    checkpoint_row: int
+    processed: int
+    imported: int
+    failed: int
+    duplicates: int
+    rolled_back: int
+    kept: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None
+    rolled_back_at: dt.datetime | None
+
+    @property
+    def facts(self) -> FileFacts:
+        """What inspecting the file found."""
+        return FileFacts(self.encoding, self.columns, self.total)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One row of a job's report."""
+
+    row: int
+    status: str
+    customer_id: str
+    errors: list[tuple[str, str]]
+    duplicate_of: str
+    duplicate_row: int
+    note: str
+    owner_id: str
+
+
+def _job(m: Any) -> ImportJob:
+    staff = tuple(Staff(**{**s, "roles": tuple(s.get("roles", ()))}) for s in json.loads(m["staff"]))
+    creator = Identity(
+        user_id=m["created_by"],
+        roles=tuple(r for r in m["creator_roles"].split(",") if r),
+        scope=Scope(m["creator_scope"] or "none"),
+        branch_id=m["branch_id"],
+        team_id=m["team_id"],
+        region=m["region"],
+        permissions=frozenset(p for p in m["creator_permissions"].split(",") if p),
+    )
+    return ImportJob(
+        id=m["id"],
+        status=m["status"],
+        file_name=m["file_name"],
+        format=ImportFormat(m["format"]),
+        file_sha256=m["file_sha256"],
+        file_size=m["file_size"],
+        encoding=m["encoding"],
+        columns=tuple(json.loads(m["columns"])),
+        dry_run=m["dry_run"],
+        distribution=Distribution(m["distribution"]),
+        distribution_team_id=m["distribution_team_id"],
+        staff=staff,
+        created_by=m["created_by"],
+        creator=creator,
+        branch_id=m["branch_id"],
+        team_id=m["team_id"],
+        region=m["region"],
+        total=m["total"],
+        checkpoint_row=m["checkpoint_row"],
+        processed=m["processed"],
+        imported=m["imported"],
+        failed=m["failed"],
+        duplicates=m["duplicates"],
+        rolled_back=m["rolled_back"],
+        kept=m["kept"],
+        created_at=as_utc(m["created_at"]),
+        updated_at=as_utc(m["updated_at"]),
+        finished_at=as_utc(m["finished_at"]) if m["finished_at"] is not None else None,
+        rolled_back_at=as_utc(m["rolled_back_at"]) if m["rolled_back_at"] is not None else None,
+    )
+
+
+def _report_row(m: Any) -> ReportRow:
+    return ReportRow(
+        row=m["row_no"],
+        status=m["status"],
+        customer_id=m["customer_id"] or "",
+        errors=[(e["field"], e["reason"]) for e in json.loads(m["errors"])],
+        duplicate_of=m["duplicate_of"],
+        duplicate_row=m["duplicate_row"],
+        note=m["note"],
+        owner_id=m["owner_id"],
+    )
+
+
+class Upload:
+    """An upload in progress: appends the file's bytes as chunks and hashes them."""
+
+    def __init__(self, store: ImportStore, job_id: str) -> None:
+        self._store = store
+        self.job_id = job_id
+        self._digest = hashlib.sha256()
+        self._buffer = bytearray()
+        self._seq = 0
+        self.size = 0
+
+    async def write(self, data: bytes) -> None:
+        """Add bytes (written to the database a chunk at a time)."""
+        self._digest.update(data)
+        self.size += len(data)
+        self._buffer.extend(data)
+        while len(self._buffer) >= CHUNK_BYTES:
+            await self._flush(bytes(self._buffer[:CHUNK_BYTES]))
+            del self._buffer[:CHUNK_BYTES]
+
+    async def close(self) -> str:
+        """Write what is left; return the file's SHA-256."""
+        if self._buffer:
+            await self._flush(bytes(self._buffer))
+            self._buffer.clear()
+        return self._digest.hexdigest()
+
+    async def _flush(self, data: bytes) -> None:
+        self._seq += 1
+        async with self._store.sessions() as session, session.begin():
+            await session.execute(insert(chunks).values(job_id=self.job_id, seq=self._seq, data=data))
+
+
+class ImportStore:
+    """Import jobs and their writes; every read of a job applies the caller's data scope."""
+
+    def __init__(
+        self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, customers: CustomerStore
+    ) -> None:
+        self._engine = engine
+        self.sessions = sessions
+        self._outbox = outbox
+        self._customers = customers
+        self._keyring = customers._keyring
+        self._postgres = is_postgres(engine)
+        self._local_claims: set[str] = set()
+
+    # Jobs
+
+    @staticmethod
+    def _scoped(identity: Identity) -> Any:
+        j = jobs.c
+        scope = scope_condition(identity, owner=j.created_by, team=j.team_id, branch=j.branch_id, region=j.region)
+        return or_(j.created_by == identity.user_id, scope)
+
+    async def begin_upload(
+        self,
+        identity: Identity,
+        file_format: ImportFormat,
+        file_name: str,
+        dry_run: bool,
+        plan: DistributionPlan,
+        now: dt.datetime,
+    ) -> Upload:
+        """Record a new job receiving its file."""
+        job_id = new_id()
+        staff = [dataclasses.asdict(s) for s in plan.staff]
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                insert(jobs).values(
+                    id=job_id,
+                    status=RECEIVING,
+                    file_name=file_name,
+                    format=file_format.value,
+                    file_sha256="",
+                    file_size=0,
+                    encoding="",
+                    columns="[]",
+                    dry_run=dry_run,
+                    distribution=plan.rule.value,
+                    distribution_team_id=plan.team_id,
+                    staff=json.dumps(staff, ensure_ascii=False),
+                    created_by=identity.user_id,
+                    creator_roles=",".join(identity.roles),
+                    creator_scope=identity.scope.value,
+                    creator_permissions=",".join(sorted(identity.permissions)),
+                    branch_id=identity.branch_id,
+                    team_id=identity.team_id,
+                    region=identity.region,
+                    total=0,
+                    checkpoint_row=1,
+                    processed=0,
+                    imported=0,
+                    failed=0,
+                    duplicates=0,
+                    rolled_back=0,
+                    kept=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return Upload(self, job_id)
+
+    def file(self, job_id: str) -> Any:
+        """A callable opening the job's file as a stream of byte chunks from its start."""
+
+        async def stream() -> AsyncIterator[bytes]:
+            seq = 0
+            while True:
+                async with self.sessions() as session:
+                    query = (
+                        select(chunks.c.seq, chunks.c.data)
+                        .where(chunks.c.job_id == job_id, chunks.c.seq > seq)
+                        .order_by(chunks.c.seq)
+                        .limit(2)
+                    )
+                    rows = (await session.execute(query)).all()
+                if not rows:
+                    return
+                for row in rows:
+                    seq = row.seq
+                    yield bytes(row.data)
+
+        return stream
+
+    async def reusable(self, job_id: str, branch_id: str, sha256: str) -> ImportJob | None:
+        """An earlier real (not dry-run) job of the branch that took the same file and was not rolled back."""
+        j = jobs.c
+        query = (
+            select(jobs)
+            .where(
+                j.branch_id == branch_id,
+                j.file_sha256 == sha256,
+                j.id != job_id,
+                j.dry_run.is_(False),
+                j.status.in_((QUEUED, RUNNING, FINISHED)),
+            )
+            .order_by(j.created_at)
+            .limit(1)
+        )
+        async with self.sessions() as session:
+            row = (await session.execute(query)).first()
+        return _job(row._mapping) if row is not None else None
+
+    async def discard(self, job_id: str) -> None:
+        """Forget a job that never started (its file refused, or the same file imported before)."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(delete(chunks).where(chunks.c.job_id == job_id))
+            await session.execute(delete(jobs).where(jobs.c.id == job_id))
+
+    async def queue(self, job_id: str, sha256: str, size: int, facts: FileFacts, now: dt.datetime) -> ImportJob:
+        """The file is in and accepted: the job waits for the worker."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    status=QUEUED,
+                    file_sha256=sha256,
+                    file_size=size,
+                    encoding=facts.encoding,
+                    columns=json.dumps(list(facts.columns)),
+                    total=facts.total,
+                    updated_at=now,
+                )
+            )
+            row = (await session.execute(select(jobs).where(jobs.c.id == job_id))).one()
+        return _job(row._mapping)
+
+    async def get(self, identity: Identity, job_id: str) -> ImportJob:
+        """A job the caller created or whose creator lies in the caller's scope; :class:`NotFound` otherwise."""
+        query = select(jobs).where(jobs.c.id == job_id, jobs.c.status != RECEIVING, self._scoped(identity))
+        async with self.sessions() as session:
+            row = (await session.execute(query)).first()
+        if row is None:
+            raise NotFound(f"import {job_id} not found")
+        return _job(row._mapping)
+
+    async def load(self, job_id: str) -> ImportJob | None:
+        """A job by id, unscoped (the worker's own read)."""
+        async with self.sessions() as session:
+            row = (await session.execute(select(jobs).where(jobs.c.id == job_id))).first()
+        return _job(row._mapping) if row is not None else None
+
+    async def rows(
+        self, identity: Identity, job_id: str, after_row: int, limit: int, status: str = ""
+    ) -> tuple[list[ReportRow], int]:
+        """A page of the report after row ``after_row`` and the row to continue after (0 at the end)."""
+        await self.get(identity, job_id)
+        r = report.c
+        query = select(report).where(r.job_id == job_id, r.row_no > after_row)
+        if status:
+            query = query.where(r.status == status)
+        async with self.sessions() as session:
+            found = (await session.execute(query.order_by(r.row_no).limit(limit + 1))).all()
+        page = [_report_row(x._mapping) for x in found[:limit]]
+        return page, (page[-1].row if len(found) > limit else 0)
+
+    async def unfinished(self) -> list[str]:
+        """Jobs waiting or interrupted, oldest first (what a starting worker resumes)."""
+        query = select(jobs.c.id).where(jobs.c.status.in_((QUEUED, RUNNING))).order_by(jobs.c.created_at)
+        async with self.sessions() as session:
+            return [r.id for r in (await session.execute(query)).all()]
+
+    async def forget_abandoned_uploads(self, older_than: dt.datetime) -> int:
+        """Drop uploads cut off mid-way (the client went away or the process died while receiving)."""
+        async with self.sessions() as session, session.begin():
+            stale = [
+                r.id
+                for r in (
+                    await session.execute(
+                        select(jobs.c.id).where(jobs.c.status == RECEIVING, jobs.c.updated_at < older_than)
+                    )
+                ).all()
+            ]
+            if stale:
+                await session.execute(delete(chunks).where(chunks.c.job_id.in_(stale)))
+                await session.execute(delete(jobs).where(jobs.c.id.in_(stale)))
+        return len(stale)
+
+    @contextlib.asynccontextmanager
+    async def claim(self, job_id: str) -> AsyncIterator[bool]:
+        """Hold the job for this process while the block runs; yields False when another holds it.
+
+        PostgreSQL: a session advisory lock on a connection of its own, released when the block ends or the
+        process dies. SQLite (one process by design): a claim in memory.
+        """
+        if not self._postgres:
+            if job_id in self._local_claims:
+                yield False
+                return
+            self._local_claims.add(job_id)
+            try:
+                yield True
+            finally:
+                self._local_claims.discard(job_id)
+            return
+        lock_key = int.from_bytes(hashlib.sha256(f"crm-import:{job_id}".encode()).digest()[:8], "big", signed=True)
+        async with self._engine.connect() as conn:
+            got = bool((await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key})).scalar())
+            await conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key})
+                    await conn.commit()
+
+    async def start(self, job_id: str, now: dt.datetime) -> None:
+        """Mark a queued job running."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(jobs).where(jobs.c.id == job_id, jobs.c.status == QUEUED).values(status=RUNNING, updated_at=now)
+            )
+
+    # The hot path
+
+    async def apply_batch(
+        self, job: ImportJob, rows: Sequence[SourceRow], plan: DistributionPlan, now: dt.datetime
+    ) -> ImportJob:
+        """Validate, de-duplicate, distribute and write one batch of rows with the job's new checkpoint.
+
+        Raises :class:`Conflict` when the job's checkpoint moved meanwhile (another worker did this batch).
+        """
+        today = now.date()
+        checked = [(r, validate_row(r, today)) for r in rows]
+        candidates: list[tuple[ValidRow, list[tuple[str, str]]]] = []
+        for _, outcome in checked:
+            if isinstance(outcome, ValidRow):
+                candidates.append((outcome, duplicate_keys(outcome.profile)))
+        async with self.sessions() as session, session.begin():
+            j = jobs.c
+            guarded = await session.execute(
+                update(jobs)
+                .where(j.id == job.id, j.checkpoint_row == job.checkpoint_row, j.status == RUNNING)
+                .values(updated_at=now)
+            )
+            if guarded.rowcount != 1:  # type: ignore[attr-defined]
+                raise Conflict(f"import {job.id} moved on meanwhile")
+            key_of = {(f, v): f"{f}:{self._keyring.lookup_hash(f, v)}" for _, ks in candidates for f, v in ks}
+            in_file = await self._in_file(session, job.id, list(key_of.values()))
+            existing = await self._existing(session, {fv for _, ks in candidates for fv in ks})
+            numbers = await self._customer_numbers(session, now, sum(1 for _ in candidates))
+
+            out_rows: list[dict[str, Any]] = []
+            new_keys: list[dict[str, Any]] = []
+            creates: list[tuple[Customer, str]] = []
+            seen: dict[str, tuple[int, str]] = {}
+            counts = {IMPORTED: 0, FAILED: 0, DUPLICATE: 0}
+            imported_before = job.imported
+            for source, outcome in checked:
+                entry = {
+                    "job_id": job.id,
+                    "row_no": source.row,
+                    "status": FAILED,
+                    "customer_id": None,
+                    "errors": "[]",
+                    "duplicate_of": "",
+                    "duplicate_row": 0,
+                    "note": "",
+                    "owner_id": "",
+                }
+                out_rows.append(entry)
+                if not isinstance(outcome, ValidRow):
+                    entry["errors"] = _errors([(v.field, v.description) for v in outcome])
+                    counts[FAILED] += 1
+                    continue
+                row_keys = [key_of[fv] for fv in duplicate_keys(outcome.profile)]
+                duplicate = self._duplicate(job, outcome, row_keys, seen, in_file, existing)
+                if duplicate is not None:
+                    entry.update(status=DUPLICATE, **duplicate)
+                    counts[DUPLICATE] += 1
+                    continue
+                owner = plan.owner_for(imported_before, outcome.owner)
+                if not isinstance(owner, tuple):
+                    entry["errors"] = _errors([(owner.field, owner.description)])
+                    counts[FAILED] += 1
+                    continue
+                imported_before += 1
+                counts[IMPORTED] += 1
+                customer_id = new_id()
+                entry.update(status=WOULD_IMPORT if job.dry_run else IMPORTED, owner_id=owner[0])
+                if not job.dry_run:
+                    entry["customer_id"] = customer_id
+                    creates.append(
+                        (self._customer(job, outcome, customer_id, owner, numbers.pop(), now), outcome.owner)
+                    )
+                for key in row_keys:
+                    seen[key] = (source.row, "" if job.dry_run else customer_id)
+                    new_keys.append(
+                        {
+                            "job_id": job.id,
+                            "key": key,
+                            "row_no": source.row,
+                            "customer_id": "" if job.dry_run else customer_id,
+                        }
+                    )
+            if creates:
+                await self._write_customers(session, job, creates, now)
+            await self._bulk(session, report, out_rows)
+            await self._bulk(session, keys, new_keys)
+            last_row = rows[-1].row if rows else job.checkpoint_row
+            values = {
+                "checkpoint_row": last_row,
+                "processed": job.processed + len(rows),
+                "imported": job.imported + counts[IMPORTED],
+                "failed": job.failed + counts[FAILED],
+                "duplicates": job.duplicates + counts[DUPLICATE],
+                "updated_at": now,
+            }
+            await session.execute(update(jobs).where(j.id == job.id).values(**values))
+        return dataclasses.replace(job, **values)
+
+    def _duplicate(
+        self,
+        job: ImportJob,
+        row: ValidRow,
+        row_keys: list[str],
+        seen: dict[str, tuple[int, str]],
+        in_file: dict[str, tuple[int, str]],
+        existing: dict[tuple[str, str], Any],
+    ) -> dict[str, Any] | None:
+        """The duplicate facts of a valid row, or ``None``: an earlier row of the file first, then the database."""
+        for key in row_keys:
+            earlier = seen.get(key) or in_file.get(key)
+            if earlier is not None:
+                field = key.split(":", 1)[0]
+                return {
+                    "duplicate_row": earlier[0],
+                    "duplicate_of": earlier[1],
+                    "note": f"same {field} as row {earlier[0]}",
+                }
+        for field, value in duplicate_keys(row.profile):
+            match = existing.get((field, value))
+            if match is not None:
+                visible = in_scope(
+                    job.creator, owner=match.owner_id, team=match.team_id, branch=match.branch_id, region=match.region
+                )
+                note = f"same {field} as an existing customer" + ("" if visible else " outside your scope")
+                return {"duplicate_of": match.id if visible else "", "note": note}
+        return None
+
+    async def _in_file(self, session: AsyncSession, job_id: str, wanted: list[str]) -> dict[str, tuple[int, str]]:
+        if not wanted:
+            return {}
+        k = keys.c
+        query = select(k.key, k.row_no, k.customer_id).where(k.job_id == job_id, k.key.in_(wanted))
+        return {r.key: (r.row_no, r.customer_id) for r in (await session.execute(query)).all()}
+
+    async def _existing(self, session: AsyncSession, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """Live customers holding any of the (field, value) facts, by fact."""
+        if not wanted:
+            return {}
+        c = customers.c
+        by_hash: dict[str, tuple[str, str]] = {}
+        codes = []
+        for field, value in wanted:
+            if field == "credit_code":
+                codes.append(value)
+            else:
+                for h in self._keyring.lookup_hashes(field, value):
+                    by_hash[h] = (field, value)
+        ids = [h for h, (f, _) in by_hash.items() if f == "id_number"]
+        mobiles = [h for h, (f, _) in by_hash.items() if f == "mobile"]
+        conditions = []
+        if ids:
+            conditions.append(c.id_number_hash.in_(ids))
+        if mobiles:
+            conditions.append(c.mobile_hash.in_(mobiles))
+        if codes:
+            conditions.append(c.credit_code.in_(codes))
+        query = select(
+            c.id, c.owner_id, c.team_id, c.branch_id, c.region, c.id_number_hash, c.mobile_hash, c.credit_code
+        ).where(c.erased_at.is_(None), or_(*conditions))
+        found: dict[tuple[str, str], Any] = {}
+        for r in (await session.execute(query)).all():
+            for h in (r.id_number_hash, r.mobile_hash):
+                if h in by_hash:
+                    found.setdefault(by_hash[h], r)
+            if r.credit_code and ("credit_code", r.credit_code) in wanted:
+                found.setdefault(("credit_code", r.credit_code), r)
+        return found
+
+    async def _customer_numbers(self, session: AsyncSession, now: dt.datetime, count: int) -> list[str]:
+        """``count`` new customer numbers, none of them taken (at import volumes random clashes are certain)."""
+        numbers: set[str] = set()
+        while len(numbers) < count:
+            fresh = {new_customer_no(now) for _ in range(count - len(numbers))} - numbers
+            taken = (
+                await session.execute(select(customers.c.customer_no).where(customers.c.customer_no.in_(fresh)))
+            ).all()
+            numbers |= fresh - {r.customer_no for r in taken}
+        return list(numbers)
+
+    @staticmethod
+    def _customer(
+        job: ImportJob, row: ValidRow, customer_id: str, owner: tuple[str, str], number: str, now: dt.datetime
+    ) -> Customer:
+        return Customer(
+            id=customer_id,
+            customer_no=number,
+            kind=row.kind,
+            profile=row.profile,
+            owner_id=owner[0],
+            team_id=owner[1],
+            branch_id=job.branch_id,
+            region=job.region,
+            version=1,
+            created_by=job.created_by,
+            created_at=now,
+            updated_at=now,
+        )
+
+    async def _write_customers(
+        self, session: AsyncSession, job: ImportJob, creates: list[tuple[Customer, str]], now: dt.datetime
+    ) -> None:
+        """Customers, data keys, history rows and ``customer.created`` events of a batch, in bulk."""
+        keyring = self._keyring
+        customer_rows, key_rows, history_rows, event_rows = [], [], [], []
+        empty = Profile(name="")
+        for customer, _ in creates:
+            data_key, wrapped = keyring.new_data_key(customer.id)
+            key_rows.append(
+                {"customer_id": customer.id, "kid": wrapped.kid, "wrapped": wrapped.wrapped, "created_at": now}
+            )
+            customer_rows.append(
+                {
+                    "id": customer.id,
+                    "customer_no": customer.customer_no,
+                    "kind": customer.kind.value,
+                    "owner_id": customer.owner_id,
+                    "team_id": customer.team_id,
+                    "branch_id": customer.branch_id,
+                    "region": customer.region,
+                    "request_id": None,
+                    "version": 1,
+                    "created_by": customer.created_by,
+                    "created_at": now,
+                    "updated_at": now,
+                    "erased_at": None,
+                    "aum": 0,
+                    "product_count": 0,
+                    **self._customers._profile_columns(customer.id, data_key, customer.profile),
+                }
+            )
+            diff = changes(empty, customer.profile)
+            history_rows.append(
+                {
+                    "id": new_id(),
+                    "customer_id": customer.id,
+                    "action": "created",
+                    "actor": job.created_by,
+                    "occurred_at": now,
+                    "note": f"import {job.id}",
+                    "changes": json.dumps([dataclasses.asdict(d) for d in diff], ensure_ascii=False),
+                }
+            )
+            envelope = make_envelope(
+                events.CUSTOMER_CREATED,
+                self._outbox.source,
+                events.customer_created(customer),
+                subject_id=customer.id,
+                actor=job.created_by,
+            )
+            event_rows.append(
+                {
+                    "id": envelope.id,
+                    "subject": envelope.type,
+                    "envelope": envelope.SerializeToString(),
+                    "created_at": now,
+                }
+            )
+        await self._bulk(session, customer_keys, key_rows)
+        await self._bulk(session, customers, customer_rows)
+        await self._bulk(session, customer_history, history_rows)
+        # Straight into the outbox table: the relay's scan publishes them (a per-event Outbox.add is too slow here).
+        await self._bulk(session, outbox_table, event_rows)
+
+    async def _bulk(self, session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` (same keys each) into ``table`` in the session's transaction: COPY on PostgreSQL."""
+        if not rows:
+            return
+        if not self._postgres:
+            await session.execute(insert(table), rows)
+            return
+        names = list(rows[0])
+        records = [tuple(row[n] for n in names) for row in rows]
+        connection = await session.connection()
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection
+        await driver.copy_records_to_table(table.name, records=records, columns=names)
+
+    async def finish(self, job: ImportJob, now: dt.datetime) -> ImportJob:
+        """Close a job whose rows are all done: drop its file and keys, publish ``import.imported``."""
+        async with self.sessions() as session, session.begin():
+            j = jobs.c
+            result = await session.execute(
+                update(jobs)
+                .where(j.id == job.id, j.status == RUNNING, j.checkpoint_row == job.checkpoint_row)
+                .values(status=FINISHED, finished_at=now, updated_at=now)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise Conflict(f"import {job.id} moved on meanwhile")
+            await session.execute(delete(keys).where(keys.c.job_id == job.id))
+            await session.execute(delete(chunks).where(chunks.c.job_id == job.id))
+            if not job.dry_run:
+                await self._outbox.add(
+                    session,
+                    IMPORTED_EVENT,
+                    import_service_pb2.CustomersImported(
+                        import_id=job.id,
+                        branch_id=job.branch_id,
+                        created_by=job.created_by,
+                        total=job.total,
+                        imported=job.imported,
+                        failed=job.failed,
+                        duplicates=job.duplicates,
+                    ),
+                    subject_id=job.id,
+                    actor=job.created_by,
+                )
+        return dataclasses.replace(job, status=FINISHED, finished_at=now, updated_at=now)
+
+    # Rollback
+
+    async def rollback(
+        self, identity: Identity, job_id: str, reason: str, now: dt.datetime
+    ) -> tuple[ImportJob, list[ReportRow]]:
+        """Remove the job's customers nobody changed since, in one transaction; return the job and the kept rows."""
+        job = await self.get(identity, job_id)
+        if job.dry_run:
+            raise FailedPrecondition("a dry run created nothing to roll back", reason="DRY_RUN")
+        if job.status == ROLLED_BACK:
+            raise FailedPrecondition(f"import {job_id} is rolled back already", reason="ROLLED_BACK")
+        if job.status != FINISHED:
+            raise FailedPrecondition(
+                f"import {job_id} is still {job.status}; roll back when it finished", reason="NOT_FINISHED"
+            )
+        r, c = report.c, customers.c
+        kept: list[ReportRow] = []
+        removed_ids: list[str] = []
+        touched_columns = [c.version, c.created_at, c.updated_at, c.erased_at, c.aum, c.product_count]
+        if "last_contact_at" in c:
+            touched_columns.append(c["last_contact_at"])
+        async with self.sessions() as session, session.begin():
+            j = jobs.c
+            guarded = await session.execute(
+                update(jobs).where(j.id == job.id, j.status == FINISHED).values(status=ROLLED_BACK, updated_at=now)
+            )
+            if guarded.rowcount != 1:  # type: ignore[attr-defined]
+                raise Conflict(f"import {job_id} changed meanwhile")
+            after = 0
+            while True:
+                page = (
+                    await session.execute(
+                        select(r.row_no, r.customer_id, c.id.label("live_id"), *touched_columns)
+                        .select_from(report.outerjoin(customers, c.id == r.customer_id))
+                        .where(r.job_id == job.id, r.status == IMPORTED, r.row_no > after)
+                        .order_by(r.row_no)
+                        .limit(_ROLLBACK_PAGE)
+                    )
+                ).all()
+                if not page:
+                    break
+                after = page[-1].row_no
+                ids = [p.customer_id for p in page if p.live_id is not None]
+                tagged = await self._with(session, customer_tags, ids)
+                holding = await self._with(session, customer_holdings, ids)
+                removable, notes = [], {}
+                for p in page:
+                    why = self._kept_because(p, tagged, holding)
+                    if why:
+                        notes[p.row_no] = why
+                    else:
+                        removable.append(p.customer_id)
+                deleted: set[str] = set()
+                if removable:
+                    result = await session.execute(
+                        delete(customers)
+                        .where(c.id.in_(removable), c.version == 1, c.updated_at == c.created_at)
+                        .returning(c.id)
+                    )
+                    deleted = {x.id for x in result.all()}
+                    gone = list(deleted)
+                    if gone:
+                        await session.execute(delete(customer_keys).where(customer_keys.c.customer_id.in_(gone)))
+                        await session.execute(delete(customer_history).where(customer_history.c.customer_id.in_(gone)))
+                for p in page:
+                    if p.customer_id in deleted:
+                        removed_ids.append(p.customer_id)
+                        continue
+                    note = notes.get(p.row_no) or "changed meanwhile"
+                    kept.append(ReportRow(p.row_no, KEPT, p.customer_id, [], "", 0, note, ""))
+                if deleted:
+                    await session.execute(
+                        update(report)
+                        .where(r.job_id == job.id, r.customer_id.in_(list(deleted)))
+                        .values(status=REMOVED, note="rolled back")
+                    )
+                    event_rows = []
+                    for customer_id in deleted:
+                        envelope = make_envelope(
+                            events.CUSTOMER_ERASED,
+                            self._outbox.source,
+                            events.customer_erased(_stub(customer_id)),
+                            subject_id=customer_id,
+                            actor=identity.user_id,
+                        )
+                        event_rows.append(
+                            {
+                                "id": envelope.id,
+                                "subject": envelope.type,
+                                "envelope": envelope.SerializeToString(),
+                                "created_at": now,
+                            }
+                        )
+                    await self._bulk(session, outbox_table, event_rows)
+            for row in kept:
+                await session.execute(
+                    update(report)
+                    .where(r.job_id == job.id, r.row_no == row.row)
+                    .values(status=KEPT, note=row.note[:200])
+                )
+            values = {"rolled_back": len(removed_ids), "kept": len(kept), "rolled_back_at": now, "updated_at": now}
+            await session.execute(update(jobs).where(j.id == job.id).values(**values))
+            await self._outbox.add(
+                session,
+                ROLLED_BACK_EVENT,
+                import_service_pb2.ImportRolledBack(
+                    import_id=job.id,
+                    branch_id=job.branch_id,
+                    actor=identity.user_id,
+                    removed=len(removed_ids),
+                    kept=len(kept),
+                    removed_customer_ids=removed_ids[:10000],
+                ),
+                subject_id=job.id,
+                actor=identity.user_id,
+            )
+        log.info(
+            "import rolled back",
+            extra={"import_id": job.id, "removed": len(removed_ids), "kept": len(kept), "reason": reason},
+        )
+        return dataclasses.replace(job, status=ROLLED_BACK, **values), kept
+
+    @staticmethod
+    async def _with(session: AsyncSession, table: Table, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        query = select(table.c.customer_id).where(table.c.customer_id.in_(ids)).distinct()
+        return {x.customer_id for x in (await session.execute(query)).all()}
+
+    @staticmethod
+    def _kept_because(p: Any, tagged: set[str], holding: set[str]) -> str:
+        if p.live_id is None:
+            return "no longer exists"
+        why = untouched(p.version, as_utc(p.created_at), as_utc(p.updated_at), p.erased_at is not None)
+        if why:
+            return why
+        if p.customer_id in tagged:
+            return "tagged since the import"
+        if p.customer_id in holding or p.product_count or p.aum:
+            return "has holdings since the import"
+        if getattr(p, "last_contact_at", None) is not None:
+            return "contacted since the import"
+        return ""
+
+
+def _errors(items: list[tuple[str, str]]) -> str:
+    return json.dumps([{"field": f, "reason": reason} for f, reason in items], ensure_ascii=False)
+
+
+def _stub(customer_id: str) -> Customer:
+    """A customer carrying only its id (what the ``customer.erased`` payload needs)."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return Customer(customer_id, "", CustomerKind.INDIVIDUAL, Profile(name=""), "", "", "", "", 0, "", epoch, epoch)
