@@ -24,6 +24,7 @@ from bench import (
     bare_pg,
     cold_start,
     consumer,
+    customers,
     e2e_latency,
     gateway,
     machine,
@@ -32,7 +33,7 @@ from bench import (
 )
 from bench.common import BENCH_DIR, Section, progress
 
-NAMES = ("nats", "pg", "grpc", "http", "relay", "consumer", "e2e", "gateway", "stack")
+NAMES = ("nats", "pg", "grpc", "http", "relay", "consumer", "e2e", "gateway", "customers", "stack")
 
 
 def _guarded(title: str, measure: Callable[[], Any], render: Callable[[Any], Section]) -> tuple[Any, Section]:
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             gateway.measure,
             lambda f: gateway.section(f, figures.get("http"), figures.get("grpc")),
         ),
+        ("customers", "Customers at scale: create, lists and searches", customers.measure, customers.section),
         ("stack", "Cold start, idle memory and stop of the whole stack", cold_start.measure, cold_start.section),
     ]
     for name, title, measure, render in plan:
