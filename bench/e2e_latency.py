@@ -14,7 +14,8 @@ Two processes besides this one, as in production:
 The first ``WARMUP_FRACTION`` of the events are excluded (connection pools and caches warming up). The
 target rate runs first; then a short run at ``LOW_RATE``, a rate the consumer sustains on this machine,
 shows the latency of the path itself without a backlog.
-``python -m bench.e2e_latency writer|consumer ...`` are the two halves.
+``python -m bench.e2e_latency writer|consumer ...`` are the two halves. With ``BENCH_PROFILE_DIR`` set, each
+half runs under cProfile and writes ``<dir>/<half>-<rate or pid>.prof`` (a diagnostic; it slows the halves down).
 """
 
 from __future__ import annotations
@@ -356,16 +357,34 @@ def section(figures: dict[str, Any], bare_rtt_p99_ms: float) -> Section:
     return Section("End-to-end event latency", rows, paragraphs)
 
 
+def _run_profiled(name: str, coro: Any) -> Any:
+    """Run ``coro``; under cProfile when ``BENCH_PROFILE_DIR`` is set (stats written there as ``name.prof``)."""
+    import os
+
+    directory = os.environ.get("BENCH_PROFILE_DIR")
+    if not directory:
+        return asyncio.run(coro)
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(asyncio.run, coro)
+    finally:
+        profiler.dump_stats(os.path.join(directory, f"{name}.prof"))
+
+
 def main(argv: list[str]) -> int:
     """``writer DSN ROOT RATE SECONDS`` or ``consumer DSN STREAM ROOT TOTAL WARMUP TIMEOUT``."""
     import logging
 
     logging.getLogger("crm_platform.bus").setLevel(logging.ERROR)
     if argv[:1] == ["writer"] and len(argv) == 5:
-        emit_json(asyncio.run(writer(argv[1], argv[2], int(argv[3]), float(argv[4]))))
+        emit_json(_run_profiled(f"writer-{argv[3]}", writer(argv[1], argv[2], int(argv[3]), float(argv[4]))))
         return 0
     if argv[:1] == ["consumer"] and len(argv) == 7:
-        result = asyncio.run(consumer(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]), float(argv[6])))
+        result = _run_profiled(
+            f"consumer-{argv[4]}", consumer(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]), float(argv[6]))
+        )
         emit_json(result)
         return 0
     print("usage: python -m bench.e2e_latency writer|consumer ...", file=sys.stderr)

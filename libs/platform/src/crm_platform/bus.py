@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -111,9 +111,13 @@ class Bus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def publish_batch(self, messages: Sequence[tuple[str, str, bytes]], timeout: float) -> None:
+    async def publish_batch(
+        self, messages: Sequence[tuple[str, str, bytes]], timeout: float, *, sent: Callable[[], object] | None = None
+    ) -> None:
         """Publish ``(event id, subject, payload)`` messages to JetStream, then wait (at most ``timeout``
         seconds in all) until the stream has acknowledged every one; raise if any was refused or missing.
+        ``sent`` is called once every message is written, before the acknowledgements are awaited (a caller
+        may start on its next batch then).
 
         Each message carries ``Nats-Msg-Id`` = event id, so a re-publish is dropped by the stream. Why not
         ``js.publish_async``: it costs a future, a semaphore wait, a NUID and a parsed ``PubAck`` per message,
@@ -137,6 +141,8 @@ class Bus:
                 for index, (event_id, subject, payload) in enumerate(messages):
                     headers = {"Nats-Msg-Id": event_id, "Crm-Event-Type": subject}
                     await nc.publish(subject, payload, reply=f"{reply}{index}", headers=headers)
+                if sent is not None:
+                    sent()
                 await batch.done
         finally:
             del self._batches[token]

@@ -1,7 +1,8 @@
 """Durable JetStream consumers with an inbox: each event changes a service's state at most once.
 
-For each fetched batch the runner opens one transaction; per event, inside a savepoint, it records
-``(consumer, event id)`` in the inbox and calls the handler; it acknowledges only after the commit. A redelivery finds
+For each fetched batch the runner opens one transaction, records the batch's ``(consumer, event id)`` pairs in
+the inbox in one statement, and calls each new event's handler inside a savepoint; it acknowledges only after
+the commit. A redelivery finds
 the inbox row and is acknowledged without running the handler again. A handler that raises is retried
 with exponential back-off (``nak`` with a delay); after ``max_deliveries`` the event is written to the
 outbox as a :class:`DeadLetter` on ``crm.dlq.<consumer>`` and recorded as dead-lettered, so nothing is lost
@@ -23,8 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
-from sqlalchemy import insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import delete, insert, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,6 +37,12 @@ from crm_platform.schema import inbox as inbox_table
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
+
+_RECORD_PG = text(
+    "INSERT INTO inbox (consumer, event_id, outcome, handled_at)"
+    " SELECT :consumer, unnest(CAST(:ids AS VARCHAR[])), 'handled', :at"
+    " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+)
 
 
 @dataclass(frozen=True)
@@ -195,10 +201,14 @@ class ConsumerRunner:
                     pass
 
     async def handle_batch(self, sub: Subscription, msgs: list[Msg]) -> None:
-        """Apply a fetched batch in one transaction, one savepoint per event; acknowledge after the commit.
+        """Apply a fetched batch in one transaction, one savepoint per handler; acknowledge after the commit.
 
-        One commit per batch instead of per event keeps up with bursts; each event's inbox row and handler
-        writes still stand or fall together (its savepoint), so one failing event does not undo the others.
+        One commit per batch instead of per event keeps up with bursts. The batch's inbox rows are written
+        first, in one statement that also tells which events were handled before (a redelivery, or another
+        replica got there first). Each handler then runs in its own savepoint, so one failing event does not
+        undo the others: its savepoint rolls back and its inbox row is removed. SQLAlchemy emits a savepoint
+        only when the handler first touches the database, so a handler that writes nothing costs no round trip;
+        a batch of one event needs none at all (its failure rolls back the whole transaction).
         """
         parsed: list[tuple[Msg, Event, int]] = []
         for msg in msgs:
@@ -212,14 +222,25 @@ class ConsumerRunner:
         if not parsed:
             return
         outcomes: list[str | Exception] = []
-        # A lone event needs no savepoint (two round trips): its failure rolls back the whole transaction.
         solo = len(parsed) == 1
         try:
             async with self._sessions() as session, session.begin():
+                new = await self._record(session, sub.durable, [event.id for _, event, _ in parsed])
                 for msg, event, _ in parsed:
-                    outcomes.append(await self._apply_one(session, sub, msg, event, savepoint=not solo))
-                if solo and isinstance(outcomes[0], Exception):
-                    raise _RollBack
+                    if event.id not in new:
+                        outcomes.append("duplicate")
+                        continue
+                    new.discard(event.id)  # a second copy of it in this batch is a duplicate
+                    outcome = await self._apply_one(session, sub, msg, event, savepoint=not solo)
+                    outcomes.append(outcome)
+                    if isinstance(outcome, Exception):
+                        if solo:
+                            raise _RollBack
+                        await session.execute(
+                            delete(inbox_table).where(
+                                inbox_table.c.consumer == sub.durable, inbox_table.c.event_id == event.id
+                            )
+                        )
         except _RollBack:
             pass
         except Exception as exc:  # noqa: BLE001 - the commit failed (database down): retry every event
@@ -236,10 +257,29 @@ class ConsumerRunner:
             if outcome == "handled":
                 metrics.EVENT_LATENCY.labels(sub.durable).observe((utcnow() - event.occurred_at).total_seconds())
 
+    @staticmethod
+    async def _record(session: AsyncSession, consumer: str, event_ids: list[str]) -> set[str]:
+        """Record the events in the inbox as handled; return the ids that were not recorded before."""
+        now = utcnow()
+        if session.get_bind().dialect.name == "postgresql":
+            # One statement for any batch size (one prepared statement), the ids as an array.
+            result = await session.execute(_RECORD_PG, {"consumer": consumer, "ids": event_ids, "at": now})
+        else:
+            rows = [{"consumer": consumer, "event_id": i, "outcome": "handled", "handled_at": now} for i in event_ids]
+            result = await session.execute(
+                sqlite_insert(inbox_table)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+                .returning(inbox_table.c.event_id)
+            )
+        return set(result.scalars())
+
     async def _apply_one(
         self, session: AsyncSession, sub: Subscription, msg: Msg, event: Event, *, savepoint: bool
     ) -> str | Exception:
         handler = sub.handlers.get(event.type)
+        if handler is None:
+            return "ignored"
         parent = telemetry.extract({"traceparent": event.envelope.traceparent, "tracestate": event.envelope.tracestate})
         with _tracer.start_as_current_span(
             f"consume {event.type}",
@@ -249,18 +289,8 @@ class ConsumerRunner:
         ):
             try:
                 async with session.begin_nested() if savepoint else contextlib.nullcontext():
-                    insert_ = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-                    recorded = await session.execute(
-                        insert_(inbox_table)
-                        .values(consumer=sub.durable, event_id=event.id, outcome="handled", handled_at=utcnow())
-                        .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
-                    )
-                    if recorded.rowcount == 0:  # type: ignore[attr-defined]
-                        return "duplicate"  # handled before (a redelivery, or another replica got there first)
-                    if handler is None:
-                        return "ignored"
                     await handler(session, event)
-                    return "handled"
+                return "handled"
             except Exception as exc:  # noqa: BLE001 - the savepoint rolled back; retried after the commit
                 return exc
 

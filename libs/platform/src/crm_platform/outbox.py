@@ -162,6 +162,7 @@ class OutboxRelay:
         publish_timeout: float = 5.0,
         retention: dt.timedelta = dt.timedelta(hours=24),
         scan_grace: float = 2.0,
+        mark_interval: float = 0.05,
     ) -> None:
         self._engine = engine
         self._bus = bus
@@ -170,6 +171,7 @@ class OutboxRelay:
         self._publish_timeout = publish_timeout
         self._retention = retention
         self._scan_grace = scan_grace
+        self._mark_interval = mark_interval
         self._fresh: deque[PendingEvent] = deque()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -221,8 +223,7 @@ class OutboxRelay:
                     self._last_scan = loop_time
                     # Rows younger than the grace period are most likely in flight on the path above.
                     min_age = 0.0 if self._stopping else self._scan_grace
-                    while await self.publish_batch(min_age=min_age):
-                        pass
+                    await self.publish_pending(min_age=min_age)
                 backoff = 0.1
                 await self._housekeeping()
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any failure and retry
@@ -255,8 +256,11 @@ class OutboxRelay:
             self._marker = asyncio.create_task(self._mark_published(), name="outbox-mark")
 
     async def _mark_published(self) -> None:
-        """Mark the rows published from memory, all that queued up meanwhile in one statement."""
+        """Mark the rows published from memory, all that queued up within ``mark_interval`` in one statement
+        (at a steady trickle, one statement per event would cost more than its publish)."""
         while self._to_mark:
+            if not self._stopping:
+                await asyncio.sleep(self._mark_interval)
             ids, self._to_mark = self._to_mark, []
             try:
                 if self._postgres:
@@ -277,13 +281,51 @@ class OutboxRelay:
         """Claim, publish and mark one batch of unpublished rows at least ``min_age`` seconds old; return how
         many (0 when none are pending)."""
         if self._postgres:
-            count = await self._publish_batch_postgres(min_age)
+            count = await self._publish_batch_postgres(min_age, None)
         else:
             count = await self._publish_batch_sqlalchemy(min_age)
         metrics.OUTBOX_PUBLISHED.inc(count)
         return count
 
-    async def _publish_batch_postgres(self, min_age: float) -> int:
+    async def publish_pending(self, min_age: float = 0.0) -> int:
+        """Publish every unpublished row at least ``min_age`` seconds old, batch after batch; return how many.
+
+        On PostgreSQL two batches are in flight: while one waits for its acknowledgements, its mark and its
+        commit, the next is claimed (``SKIP LOCKED`` passes over the rows the first holds) and written to the
+        broker, so neither the broker nor the database waits for the other. Batches are written in claim
+        order; only a failed batch, published again later, comes out of order (as any retry does).
+        """
+        if not self._postgres:
+            total = 0
+            while count := await self.publish_batch(min_age):
+                total += count
+            return total
+        total = 0
+        in_flight: list[asyncio.Task[int]] = []
+        try:
+            while True:
+                sent = asyncio.Event()
+                batch = asyncio.create_task(self._publish_batch_postgres(min_age, sent.set))
+                in_flight.append(batch)
+                written = asyncio.ensure_future(sent.wait())
+                try:
+                    await asyncio.wait((batch, written), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    written.cancel()
+                if len(in_flight) == 2:  # at most two: the one before must be done before the next claim
+                    total += await in_flight.pop(0)
+                if batch.done() and (batch.exception() is not None or batch.result() == 0):
+                    break  # it claimed nothing, or failed (awaiting it below raises)
+            while in_flight:
+                total += await in_flight.pop(0)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        metrics.OUTBOX_PUBLISHED.inc(total)
+        return total
+
+    async def _publish_batch_postgres(self, min_age: float, sent: Callable[[], object] | None) -> int:
         # One transaction: claim (rows locked, other replicas skip them), publish, mark, commit. A crash
         # anywhere before the commit leaves the rows unmarked, to be published again (as duplicates).
         async with pooled_driver(self._engine) as driver, driver.transaction():
@@ -293,7 +335,10 @@ class OutboxRelay:
                 rows = await driver.fetch(_CLAIM_SQL, self._batch_size)
             if not rows:
                 return 0
-            await self._publish(rows)
+            if sent is None:
+                await self._publish(rows)
+            else:
+                await self._bus.publish_batch(rows, self._publish_timeout, sent=sent)
             await driver.execute(_MARK_SQL, [row[0] for row in rows], utcnow())
         return len(rows)
 
