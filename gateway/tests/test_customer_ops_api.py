@@ -142,3 +142,80 @@ async def test_managed_tags_and_filters(gateway: Gateway) -> None:
         headers=h["rm1"],
     )
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "filter.last_contact_before"
+
+
+# Every route that names one customer, with a body the route accepts: outside the caller's scope each must
+# answer 404, exactly as for a customer that does not exist (no existence leak).
+PER_CUSTOMER_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "", None),
+    ("PATCH", "", {"occupation": "x"}),
+    ("GET", "/history", None),
+    ("POST", "/assign", {"owner_id": "u-rm1"}),
+    ("POST", "/reclaim", {"reason": "x"}),
+    ("POST", "/tags", {"add": ["x"]}),
+    ("GET", "/holdings", None),
+    ("PUT", "/holdings", {"holdings": []}),
+    ("POST", "/reveal", {"fields": ["mobile"], "purpose": "客户来电核实身份"}),
+]
+
+
+async def test_another_rms_customer_is_unreachable_by_any_route_or_filter(gateway: Gateway) -> None:
+    h = {u: await gateway.bearer(u) for u in ("rm1", "rm3", "lead1", "head")}
+    c = gateway.client
+    hidden = await _create(
+        gateway,
+        h["rm3"],
+        name="赵敏",
+        id_type="resident_id",
+        id_number="110105199001011232",
+        mobile="13800138000",
+        gender="female",
+        birth_date="1990-01-01",
+        tier="gold",
+    )
+    tagged = await c.post(f"/api/v1/customers/{hidden['id']}/tags", json={"add": ["潜力客户"]}, headers=h["rm3"])
+    assert tagged.status_code == 200
+    mine = await _create(gateway, h["rm1"], name="赵敏", tier="gold")
+    for who in ("rm1", "lead1"):  # own scope, and a team lead of another team
+        for method, suffix, body in PER_CUSTOMER_ROUTES:
+            headers = {**h[who], "If-Match": '"1"'}
+            reply = await c.request(method, f"/api/v1/customers/{hidden['id']}{suffix}", json=body, headers=headers)
+            # An RM holds no customer:assign: the guard refuses before any lookup, for any id alike.
+            expected = 403 if who == "rm1" and suffix in ("/assign", "/reclaim") else 404
+            assert reply.status_code == expected, (who, method, suffix, reply.status_code, reply.text)
+            assert "赵敏" not in reply.text
+        one = {"customer_ids": [hidden["id"]], "owner_id": "u-rm1"}
+        bulk = await c.post("/api/v1/customers/assign-bulk", json=one, headers=h[who])
+        if who == "rm1":
+            assert bulk.status_code == 403  # an RM assigns nothing
+        else:
+            assert [r["outcome"] for r in bulk.json()["results"]] == ["not_found"]
+        snapshots = {"snapshots": [{"customer_id": hidden["id"], "holdings": []}]}
+        feed = await c.put("/api/v1/customers/holdings", json=snapshots, headers=h[who])
+        assert feed.json()["results"][0]["outcome"] == "not_found"
+        for params in (
+            {"id_number": "110105199001011232"},
+            {"mobile": "13800138000"},
+            {"name": "赵敏"},
+            {"name_prefix": "赵"},
+            {"customer_no": hidden["customer_no"]},
+            {"tag": "潜力客户"},
+            {"tier": "gold"},
+            {"owner_id": "u-rm3"},
+            {"team_id": "T2"},
+            {"branch_id": "BJ001"},
+            {"last_contact_before": "2100-01-01T00:00:00Z"},
+            {"created_from": "2000-01-01T00:00:00Z"},
+            {},
+        ):
+            reply = await c.get("/api/v1/customers", params=params, headers=h[who])
+            assert reply.status_code == 200 and hidden["id"] not in reply.text, (who, params)
+        segment = await c.post(
+            "/api/v1/segments", json={"name": f"金卡-{who}", "filter": {"tiers": ["gold"]}}, headers=h[who]
+        )
+        members = (await c.get(f"/api/v1/segments/{segment.json()['id']}/members", headers=h[who])).json()
+        assert [m["id"] for m in members["items"]] == [mine["id"]] and members["total"] == 1
+    # The same routes reach it for its owner's branch head: the 404s above were scope, not broken calls.
+    assert (await c.get(f"/api/v1/customers/{hidden['id']}/history", headers=h["head"])).status_code == 200
+    found = await c.get("/api/v1/customers", params={"id_number": "110105199001011232"}, headers=h["head"])
+    assert [i["id"] for i in found.json()["items"]] == [hidden["id"]]
