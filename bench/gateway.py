@@ -14,6 +14,10 @@ the bearer token; a small Lua ``done`` hook prints wrk's latency percentiles and
 of both processes (``/proc/<pid>/stat`` utime + stime) is read before and after the measured run, to see
 which of them saturates a core.
 
+With ``BENCH_PROFILE_DIR=<dir>`` in the environment both processes run under ``cProfile`` and write
+``<dir>/crm_customer.prof`` and ``<dir>/crm_gateway.prof`` when they stop (a diagnostic: the profiler's
+own overhead makes that run's figures meaningless).
+
 A micro-benchmark times ``Authenticator.verify(token, request_id)`` in this process (the gateway's token
 check: offline HS256 JWT verification, no database) over ``VERIFY_CALLS`` calls on the token of the login.
 """
@@ -112,10 +116,18 @@ def _until(what: str, check: Any, processes: list[subprocess.Popen[bytes]], time
     raise TimeoutError(f"{what} not done in {timeout:.0f} s (last: {last!r})")
 
 
+def _command(module: str) -> list[str]:
+    profile_dir = os.environ.get("BENCH_PROFILE_DIR", "")
+    if not profile_dir:
+        return python_child(module)
+    Path(profile_dir).mkdir(parents=True, exist_ok=True)
+    return python_child("cProfile", "-o", str(Path(profile_dir) / f"{module}.prof"), "-m", module)
+
+
 @contextlib.contextmanager
 def _started(module: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        process = subprocess.Popen(python_child(module), env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(_command(module), env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:

@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         "access_log": False,
         "timeout_graceful_shutdown": 8,
         "server_header": False,
+        # X-Forwarded-For is honoured by the app, only from CRM_TRUSTED_PROXIES (crm_gateway.ratelimit), not
+        # by uvicorn, which by default believes it from any local peer.
+        "proxy_headers": False,
     }
     if settings.workers > 1:  # uvicorn's own multi-process supervisor
         uvicorn.run("crm_gateway.app:create_app", **options)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from crm_gateway.oidc import OidcVerifier
 from crm_gateway.organisation import Organisation
 from crm_gateway.policy import OPENAPI_PATH, Policy, is_automatic_options
 from crm_gateway.ratelimit import Limits
+from crm_gateway.revocations import RevocationFeed
 from crm_gateway.routes import (
     access,
     admin,
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await bus.ensure_streams(DOMAIN_STREAMS)
         relay = OutboxRelay(engine, bus)
         relay.start()
+        store.outbox = Outbox("identity", notify=relay.wake)  # session revocations reach every replica
         services = Services(settings.service_addresses(), settings.internal_secret, settings.call_timeout)
         app.state.update(
             settings=settings,
@@ -143,15 +145,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
             )
             if settings.oidc_issuer
             else None,
-            limits=Limits(settings.login_rate_per_minute, settings.api_rate_per_second),
+            limits=Limits(settings.login_rate_per_minute, settings.api_rate_per_second, settings.trusted_proxies),
             organisation=Organisation(store.sessions, Outbox("identity", notify=relay.wake), policy),
             authenticator=Authenticator(
                 store, policy, settings.jwt_secret, settings.access_token_minutes, settings.refresh_token_hours
             ),
         )
+        authenticator: Authenticator = app.state.authenticator
+        revocation_feed = RevocationFeed(authenticator.revocations, bus.nc, store.revoked_sessions_since)
+        await revocation_feed.start()
         try:
             yield
         finally:
+            await revocation_feed.stop()
             await services.close()
             await relay.stop()
             await bus.close()

@@ -1,12 +1,14 @@
 """Authentication: argon2id passwords with policy and lock-out, JWT access tokens, rotating refresh tokens.
 
 A valid access token is checked without touching the database (signature, expiry, and an in-memory set of
-sessions revoked by logout in this process), so the check costs microseconds per request.
+sessions revoked by logout on any replica, see ``crm_gateway.revocations``), so the check costs microseconds
+per request.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -14,6 +16,7 @@ import secrets
 import string
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 import pyotp
@@ -24,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crm_gateway.identity import IdentityStore, User
+from crm_gateway.revocations import Revocations
 from crm_platform.auth_context import Identity
 from crm_platform.errors import FieldViolation, InvalidArgument, PermissionDenied, Unauthenticated
 from crm_platform.ids import new_id
@@ -37,6 +41,7 @@ MAX_FAILURES = 5
 FAILURE_WINDOW = dt.timedelta(minutes=15)
 LOCK_DURATION = dt.timedelta(minutes=15)
 _ALGORITHM = "HS256"
+_VERIFIED_CACHE = 4096  # access tokens remembered after a verified signature (a few MB at most)
 _ISSUER = "crm-gateway"
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -88,7 +93,9 @@ class Authenticator:
         self._secret = secret
         self._access_ttl = access_minutes * 60
         self._refresh_ttl = dt.timedelta(hours=refresh_hours)
-        self._revoked_sessions: dict[str, float] = {}
+        # Sessions revoked by logout or refresh-token reuse, on any replica (see crm_gateway.revocations).
+        self.revocations = Revocations(self._access_ttl)
+        self._verified: dict[str, tuple[dict[str, Any], Identity]] = {}
         # TOTP seeds are C3 data: encrypted at rest with a key derived from the gateway's secret.
         self._seal_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"crm-totp-seal").derive(
             secret.encode()
@@ -136,9 +143,10 @@ class Authenticator:
             raise Unauthenticated("invalid refresh token")
         return await self._issue(user, family_id)
 
-    async def logout(self, identity_session: str) -> None:
-        """Revoke the login session: its refresh tokens, and its access tokens in this process."""
-        await self._store.revoke_family(identity_session)
+    async def logout(self, identity_session: str, user_id: str = "") -> None:
+        """Revoke the login session: its refresh tokens, and its access tokens on every replica (this one at
+        once, the others when the ``crm.identity.session.revoked`` event reaches them)."""
+        await self._store.revoke_family(identity_session, user_id, "logout")
         self._revoke(identity_session)
 
     async def change_password(self, user_id: str, current: str, new: str) -> TokenPair:
@@ -203,10 +211,38 @@ class Authenticator:
         await self._store.add_refresh_token(_digest(refresh), user.id, family_id, utcnow() + self._refresh_ttl)
         return TokenPair(access, refresh, self._access_ttl)
 
-    def verify(self, token: str, request_id: str) -> tuple[Identity, dict[str, object]]:
-        """Check an access token offline; return the caller's identity and the token's claims."""
+    def verify(self, token: str, request_id: str) -> tuple[Identity, dict[str, Any]]:
+        """Check an access token offline; return the caller's identity and the token's claims.
+
+        A token whose signature verified is remembered (bounded, by its exact text) with its claims, so the
+        next request with it skips the signature and PyJWT's per-character segment checks; expiry and
+        revocation are checked on every request all the same.
+        """
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is None or cached[0]["exp"] <= now:
+            claims = self._decode(token)
+            # The identity without the request id: the policy's grant for these roles, worked out once.
+            base = self._policy.identity(
+                claims["sub"],
+                tuple(claims.get("roles", ())),
+                claims.get("branch", ""),
+                claims.get("team", ""),
+                claims.get("region", ""),
+                "",
+            )
+            cached = (claims, base)
+            if len(self._verified) >= _VERIFIED_CACHE:
+                self._verified.pop(next(iter(self._verified)))  # the oldest entry
+            self._verified[token] = cached
+        claims, base = cached
+        if claims["sid"] in self.revocations:
+            raise Unauthenticated("session revoked", reason="SESSION_REVOKED")
+        return dataclasses.replace(base, request_id=request_id), claims
+
+    def _decode(self, token: str) -> dict[str, Any]:
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 self._secret,
                 algorithms=[_ALGORITHM],
@@ -217,23 +253,10 @@ class Authenticator:
             raise Unauthenticated("access token expired", reason="TOKEN_EXPIRED") from None
         except jwt.PyJWTError:
             raise Unauthenticated("invalid access token") from None
-        if claims["sid"] in self._revoked_sessions:
-            raise Unauthenticated("session revoked", reason="SESSION_REVOKED")
-        identity = self._policy.identity(
-            claims["sub"],
-            tuple(claims.get("roles", ())),
-            claims.get("branch", ""),
-            claims.get("team", ""),
-            claims.get("region", ""),
-            request_id,
-        )
-        return identity, claims
+        return claims
 
     def _revoke(self, family_id: str) -> None:
-        now = time.time()
-        # Entries outlive every access token of the session, then are dropped.
-        self._revoked_sessions = {k: v for k, v in self._revoked_sessions.items() if v > now}
-        self._revoked_sessions[family_id] = now + self._access_ttl
+        self.revocations.add(family_id)
 
 
 def require_password_changed(claims: dict[str, object]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 from crm_platform.config import CommonSettings, SettingsError, setting
 
@@ -30,6 +31,12 @@ class Settings(CommonSettings):
     api_rate_per_second: int = setting(
         "CRM_GATEWAY_API_RATE_PER_SECOND", 100, "API calls per user per second (burst twice that; 4x per address)."
     )
+    trusted_proxies: tuple[str, ...] = setting(
+        "CRM_TRUSTED_PROXIES",
+        (),
+        "Reverse proxies (addresses or CIDR networks, comma separated) whose X-Forwarded-For names the client for "
+        "per-address rate limits and the audit trail; empty = the TCP peer is the client.",
+    )
     oidc_issuer: str = setting("CRM_GATEWAY_OIDC_ISSUER", "", "Issuer of an external OIDC provider; empty = off.")
     oidc_jwks_url: str = setting("CRM_GATEWAY_OIDC_JWKS_URL", "", "JWKS URL of that provider.")
     oidc_audience: str = setting("CRM_GATEWAY_OIDC_AUDIENCE", "crm", "Audience its tokens must carry.")
@@ -54,6 +61,11 @@ class Settings(CommonSettings):
             raise SettingsError("CRM_GATEWAY_JWT_SECRET must be set in prod")
         if len(self.jwt_secret) < 32:
             raise SettingsError("CRM_GATEWAY_JWT_SECRET is not valid: use at least 32 characters")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(f"CRM_TRUSTED_PROXIES is not valid: {proxy!r} is no address or network") from None
 
     def service_addresses(self) -> dict[str, str]:
         """Service name → address."""

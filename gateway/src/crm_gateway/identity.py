@@ -21,9 +21,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm.identity.v1 import events_pb2
+from crm_gateway.revocations import SESSION_REVOKED
 from crm_platform.db import as_utc
 from crm_platform.ids import new_id
-from crm_platform.outbox import utcnow
+from crm_platform.outbox import Outbox, utcnow
 
 metadata = MetaData()
 
@@ -110,8 +112,10 @@ class User:
 class IdentityStore:
     """Queries and updates of the identity tables."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox | None = None) -> None:
         self.sessions = sessions
+        # Where session revocations are announced to the other replicas (set once the relay runs).
+        self.outbox = outbox
 
     async def user_by_username(self, username: str) -> User | None:
         """The user with this staff number, with their branch's region."""
@@ -249,22 +253,43 @@ class IdentityStore:
                 return None
             m = row._mapping
             if m["used_at"] is not None or m["revoked_at"] is not None:
-                await session.execute(
-                    update(refresh_tokens)
-                    .where(refresh_tokens.c.family_id == m["family_id"], refresh_tokens.c.revoked_at.is_(None))
-                    .values(revoked_at=now)
-                )
+                await self._revoke(session, m["family_id"], m["user_id"], "refresh_token_reused", now)
                 return "reused", m["user_id"], m["family_id"]
             if as_utc(m["expires_at"]) <= now:
                 return "expired", m["user_id"], m["family_id"]
             await session.execute(update(refresh_tokens).where(refresh_tokens.c.id == token_hash).values(used_at=now))
             return "ok", m["user_id"], m["family_id"]
 
-    async def revoke_family(self, family_id: str) -> None:
-        """Revoke every token of a login session (logout)."""
+    async def revoke_family(self, family_id: str, user_id: str = "", reason: str = "logout") -> None:
+        """Revoke every token of a login session (logout), and tell every gateway replica."""
         async with self.sessions() as session, session.begin():
-            await session.execute(
-                update(refresh_tokens)
-                .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
-                .values(revoked_at=utcnow())
+            await self._revoke(session, family_id, user_id, reason, utcnow())
+
+    async def _revoke(self, session: AsyncSession, family_id: str, user_id: str, reason: str, now: dt.datetime) -> None:
+        await session.execute(
+            update(refresh_tokens)
+            .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        if self.outbox is not None:
+            # Same transaction as the revocation: every replica drops the session's access tokens
+            # (crm_gateway.revocations), even if this process dies right after the commit.
+            await self.outbox.add(
+                session,
+                SESSION_REVOKED,
+                events_pb2.SessionRevoked(session_id=family_id, user_id=user_id, reason=reason),
+                subject_id=family_id,
+                actor=user_id or "system",
             )
+
+    async def revoked_sessions_since(self, since: float) -> list[tuple[str, float]]:
+        """``(session id, revoked at)`` of the sessions revoked after ``since`` (a Unix time)."""
+        cutoff = dt.datetime.fromtimestamp(since, dt.UTC)
+        query = (
+            select(refresh_tokens.c.family_id, func.max(refresh_tokens.c.revoked_at))
+            .where(refresh_tokens.c.revoked_at > cutoff)
+            .group_by(refresh_tokens.c.family_id)
+        )
+        async with self.sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [(family_id, as_utc(revoked_at).timestamp()) for family_id, revoked_at in rows]

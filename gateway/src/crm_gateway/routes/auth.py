@@ -32,8 +32,7 @@ async def login(request: Request[Any, Any, Any], data: LoginRequest) -> TokenRes
     """Exchange staff number and password for an access and a refresh token."""
     request.scope["state"]["audit_detail"] = {"username": data.username}
     limits = request.app.state.limits
-    client = request.scope.get("client") or ("unknown", 0)
-    limits.login_address.hit(str(client[0]))
+    limits.login_address.hit(limits.client_address(request.scope))
     limits.login_username.hit(data.username.lower())
     return _tokens(await _authenticator(request).login(data.username, data.password, data.otp))
 
@@ -46,8 +45,9 @@ async def refresh(request: Request[Any, Any, Any], data: RefreshRequest) -> Toke
 
 @post("/api/v1/auth/logout", opt={"permission": AUTHENTICATED}, status_code=204)
 async def logout(request: Request[Any, Any, Any]) -> None:
-    """Revoke the caller's session (refresh tokens and, in this process, access tokens)."""
-    await _authenticator(request).logout(request.scope["state"]["claims"]["sid"])
+    """Revoke the caller's session (its refresh tokens, and its access tokens on every gateway replica)."""
+    state = request.scope["state"]
+    await _authenticator(request).logout(state["claims"]["sid"], state["identity"].user_id)
 
 
 @post("/api/v1/auth/password", opt={"permission": AUTHENTICATED}, status_code=200)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
-import hashlib
+import functools
 import hmac
 import time
 from collections.abc import Iterable
@@ -65,7 +65,7 @@ class Identity:
     def to_metadata(self, secret: str, now: float | None = None) -> list[tuple[str, str]]:
         """Encode as signed gRPC metadata."""
         issued_at = str(int(now if now is not None else time.time()))
-        signature = hmac.new(secret.encode(), self._canonical(issued_at), hashlib.sha256).hexdigest()
+        signature = _sign(secret, self._canonical(issued_at))
         return [
             (_PREFIX + "user", self.user_id),
             (_PREFIX + "roles", ",".join(self.roles)),
@@ -95,15 +95,15 @@ class Identity:
             raise Unauthenticated("caller identity is malformed") from None
         identity = cls(
             user_id=values[_PREFIX + "user"],
-            roles=_split(values.get(_PREFIX + "roles", "")),
+            roles=_roles(values.get(_PREFIX + "roles", "")),
             scope=scope,
             branch_id=values.get(_PREFIX + "branch", ""),
             team_id=values.get(_PREFIX + "team", ""),
             region=values.get(_PREFIX + "region", ""),
             request_id=values.get(_PREFIX + "request-id", ""),
-            permissions=frozenset(_split(values.get(_PREFIX + "permissions", ""))),
+            permissions=_permission_set(values.get(_PREFIX + "permissions", "")),
         )
-        expected = hmac.new(secret.encode(), identity._canonical(issued_at), hashlib.sha256).hexdigest()
+        expected = _sign(secret, identity._canonical(issued_at))
         if not hmac.compare_digest(expected, values[_PREFIX + "signature"]):
             raise Unauthenticated("caller identity signature does not verify")
         if age > _MAX_SKEW_SECONDS:
@@ -113,6 +113,27 @@ class Identity:
 
 def _split(raw: str) -> tuple[str, ...]:
     return tuple(part for part in raw.split(",") if part)
+
+
+# A handful of distinct role and permission lists (one per role mix) arrive with every call: parse each once.
+@functools.lru_cache(maxsize=256)
+def _roles(raw: str) -> tuple[str, ...]:
+    return _split(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _permission_set(raw: str) -> frozenset[str]:
+    return frozenset(_split(raw))
+
+
+@functools.lru_cache(maxsize=8)
+def _key(secret: str) -> bytes:
+    return secret.encode()
+
+
+def _sign(secret: str, canonical: bytes) -> str:
+    # hmac.digest with the digest's name is OpenSSL's one-shot HMAC, the cheapest form on every call.
+    return hmac.digest(_key(secret), canonical, "sha256").hex()
 
 
 SYSTEM = Identity(user_id="system", roles=("system",), scope=Scope.ALL)

@@ -9,6 +9,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 _configured = False
 
@@ -18,11 +19,19 @@ def configure_tracing(service: str, otlp_endpoint: str = "") -> TracerProvider |
     global _configured
     if _configured:
         return None
-    provider = TracerProvider(resource=Resource.create({"service.name": f"crm-{service}"}))
+    resource = Resource.create({"service.name": f"crm-{service}"})
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+        # The sampler follows the standard OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based,
+        # always on), so a busy deployment can sample a ratio without a code change.
+        provider = TracerProvider(resource=resource)
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
+    else:
+        # Nowhere to send spans: record none (a recorded span costs attributes, events and a processor hand-off
+        # on every request for nothing). Spans still get real trace and span ids, so logs carry a trace id and
+        # the W3C context still travels through gRPC and NATS to parts that do export.
+        provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
     trace.set_tracer_provider(provider)
     _configured = True
     return provider

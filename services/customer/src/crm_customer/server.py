@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import grpc
@@ -11,6 +12,8 @@ from crm_customer import events
 from crm_customer.config import Settings
 from crm_customer.servicer import CustomerServicer
 from crm_customer.store import CustomerStore
+from crm_customer.store.fastread import CustomerReads
+from crm_platform.fastread import read_pool_for
 from crm_platform.runtime import Context, ServiceSpec
 
 
@@ -18,7 +21,13 @@ def wire(server: grpc.aio.Server, ctx: Context) -> Sequence[str]:
     """Register the servicer; return the served service names."""
     settings: Settings = ctx.settings  # type: ignore[assignment]
     store = CustomerStore(ctx.sessions, ctx.outbox, settings.keyring())
-    customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(CustomerServicer(store), server)
+    # PostgreSQL: the hottest read gets a few asyncpg connections of its own, opened and closed with the service
+    # (a primary-key read takes well under a millisecond, so four serve thousands of calls a second).
+    pool = read_pool_for(ctx.engine, size=4, name="crm-customer-reads")
+    if pool is not None:
+        ctx.background.append(asyncio.create_task(pool.serve(), name="customer-read-pool"))
+    servicer = CustomerServicer(store, CustomerReads(store, pool))
+    customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(servicer, server)
     return [customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name]
 
 

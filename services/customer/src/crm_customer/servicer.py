@@ -11,6 +11,7 @@ from crm_customer import domain
 from crm_customer.domain import Customer, FieldChange, masked, register_customer, require, revise_profile
 from crm_customer.events import KIND_TO_PROTO, enum_number, enum_text
 from crm_customer.store import CustomerFilter, CustomerStore
+from crm_customer.store.fastread import CustomerReads
 from crm_platform import identifiers
 from crm_platform.auth_context import current_identity
 from crm_platform.errors import Conflict, FailedPrecondition, FieldViolation, InvalidArgument
@@ -225,14 +226,16 @@ def _members_filter(criteria: domain.SegmentCriteria) -> CustomerFilter:
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     """Translates CustomerService calls; errors map to status codes in the shared interceptor."""
 
-    def __init__(self, store: CustomerStore) -> None:
+    def __init__(self, store: CustomerStore, reads: CustomerReads | None = None) -> None:
         self._store = store
+        # GetCustomer, the hottest call, reads through asyncpg on PostgreSQL (store/fastread.py).
+        self._reads = reads or CustomerReads(store, None)
 
     async def GetCustomer(self, request: Any, context: Any) -> customer_service_pb2.GetCustomerResponse:  # noqa: N802
         """See the proto."""
         identity = current_identity()
         require(identity, "customer:read")
-        customer = await self._store.get(identity, request.customer_id)
+        customer = await self._reads.get(identity, request.customer_id)
         return customer_service_pb2.GetCustomerResponse(customer=to_proto(customer))
 
     async def CreateCustomer(self, request: Any, context: Any) -> customer_service_pb2.CreateCustomerResponse:  # noqa: N802
