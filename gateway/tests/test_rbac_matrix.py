@@ -46,6 +46,17 @@ ROUTE_CALLS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/api/v1/segments/{segment_id:str}/members"): ("/api/v1/segments/unknown/members", None),
     ("PUT", "/api/v1/customers/{customer_id:str}/holdings"): ("/api/v1/customers/unknown/holdings", {"holdings": []}),
     ("GET", "/api/v1/customers/{customer_id:str}/holdings"): ("/api/v1/customers/{customer}/holdings", None),
+    ("GET", "/api/v1/customers/import-template"): ("/api/v1/customers/import-template?format=csv", None),
+    ("POST", "/api/v1/customers/imports"): ("/api/v1/customers/imports?format=csv&dry_run=true", None),
+    ("GET", "/api/v1/customers/imports/{import_id:str}"): ("/api/v1/customers/imports/unknown", None),
+    ("GET", "/api/v1/customers/imports/{import_id:str}/report.csv"): (
+        "/api/v1/customers/imports/unknown/report.csv",
+        None,
+    ),
+    ("POST", "/api/v1/customers/imports/{import_id:str}/rollback"): (
+        "/api/v1/customers/imports/unknown/rollback",
+        {"reason": "matrix"},
+    ),
     ("POST", "/api/v1/customers/assign-bulk"): (
         "/api/v1/customers/assign-bulk",
         {"customer_ids": ["unknown-1"], "owner_id": "u-rm2"},

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from crm.customer.v1 import customer_service_pb2_grpc
+from crm.customer.v1 import customer_service_pb2_grpc, import_service_pb2_grpc
 from crm.interaction.v1 import interaction_service_pb2_grpc
 from crm.notification.v1 import notification_service_pb2_grpc
 from crm.opportunity.v1 import opportunity_service_pb2_grpc
@@ -29,6 +29,10 @@ _STUBS: dict[str, Callable[[grpc.aio.Channel], Any]] = {
     "notification": notification_service_pb2_grpc.NotificationServiceStub,
     "reporting": reporting_service_pb2_grpc.ReportingServiceStub,
 }
+# Further services served by a process above: name → (the process's channel, stub).
+_SHARED_CHANNEL_STUBS: dict[str, tuple[str, Callable[[grpc.aio.Channel], Any]]] = {
+    "customer_import": ("customer", import_service_pb2_grpc.CustomerImportServiceStub),
+}
 
 
 class Services:
@@ -39,12 +43,25 @@ class Services:
         self._timeout = timeout
         self._channels = {name: insecure_channel(addr) for name, addr in addresses.items()}
         self.stubs = {name: _STUBS[name](channel) for name, channel in self._channels.items()}
+        for name, (process, stub) in _SHARED_CHANNEL_STUBS.items():
+            if process in self._channels:
+                self.stubs[name] = stub(self._channels[process])
 
     async def call(self, service: str, method: str, request: Any, identity: Identity) -> Any:
         """Call ``service.method`` as ``identity``; raise :class:`ServiceFailure` on any RPC error."""
         rpc: Callable[..., Awaitable[Any]] = getattr(self.stubs[service], method)
         try:
             return await rpc(request, metadata=call_metadata(identity, self._secret), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise ServiceFailure(service, parse_failure(exc)) from None
+
+    async def call_stream(
+        self, service: str, method: str, requests: AsyncIterator[Any], identity: Identity, timeout: float
+    ) -> Any:
+        """Call a client-streaming ``service.method`` as ``identity`` with ``requests``; failures as in :meth:`call`."""
+        rpc: Callable[..., Awaitable[Any]] = getattr(self.stubs[service], method)
+        try:
+            return await rpc(requests, metadata=call_metadata(identity, self._secret), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise ServiceFailure(service, parse_failure(exc)) from None
 

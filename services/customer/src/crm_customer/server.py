@@ -10,6 +10,7 @@ import grpc
 from crm.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
 from crm_customer import events
 from crm_customer.config import Settings
+from crm_customer.import_servicer import wire_imports
 from crm_customer.servicer import CustomerServicer
 from crm_customer.store import CustomerStore
 from crm_customer.store.fastread import CustomerReads
@@ -28,7 +29,8 @@ def wire(server: grpc.aio.Server, ctx: Context) -> Sequence[str]:
         ctx.background.append(asyncio.create_task(pool.serve(), name="customer-read-pool"))
     servicer = CustomerServicer(store, CustomerReads(store, pool))
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(servicer, server)
-    return [customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name]
+    names = [customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name]
+    return [*names, wire_imports(server, ctx, store)]
 
 
 SPEC = ServiceSpec(

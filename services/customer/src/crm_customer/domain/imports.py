@@ -628,6 +628,7 @@ class DistributionPlan:
 
 
 _WIDE_SCOPES = frozenset({Scope.BRANCH, Scope.REGION, Scope.ALL})
+_ROUND_ROBIN_ROLES = frozenset({"rm", "teller"})  # a round robin feeds the front line, not the team's lead
 MAX_STAFF = 2000
 
 
@@ -663,7 +664,7 @@ def plan_distribution(identity: Identity, rule: Distribution, team_id: str, staf
                 v.add("team_id", "is required for a round robin (the team whose staff take turns)")
             elif team_lead and team_id != identity.team_id:
                 v.add("team_id", "must be your own team")
-            eligible = [s for s in eligible if s.team_id == team_id]
+            eligible = [s for s in eligible if s.team_id == team_id and _ROUND_ROBIN_ROLES.intersection(s.roles)]
             if team_id and not eligible:
                 v.add("team_id", "has no active RM or teller in your branch to distribute to")
     by_name: dict[str, Staff] = {}
