@@ -48,6 +48,7 @@ _AFTER_COMMIT = "crm_after_commit"
 _PENDING = "crm_outbox_pending"
 _DRIVER = "crm_outbox_driver"  # the asyncpg connection of the session's current transaction, once begun
 _MAX_FRESH = 50_000
+_FRESH_IN_FLIGHT = 4  # batches published from memory and still awaiting their acknowledgements
 
 _INSERT_SQL = "INSERT INTO outbox (id, subject, envelope, created_at) VALUES ($1, $2, $3, $4)"
 _CLAIM_SQL = (
@@ -182,6 +183,8 @@ class OutboxRelay:
         self._last_purge = 0.0
         self._to_mark: list[str] = []
         self._marker: asyncio.Task[None] | None = None
+        self._fresh_in_flight: set[asyncio.Task[None]] = set()
+        self._fresh_error: Exception | None = None
 
     def wake(self, committed: Sequence[PendingEvent] = ()) -> None:
         """Hand over events this process just committed, to publish now (called after such a commit)."""
@@ -204,6 +207,8 @@ class OutboxRelay:
                 self._task.cancel()
                 log.warning("outbox relay stopped before its backlog was published")
             self._task = None
+        if self._fresh_in_flight:
+            await asyncio.wait(self._fresh_in_flight, timeout=flush_timeout)
         if self._marker is not None:  # the last marks (unmarked rows would only be re-published, as duplicates)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._marker), timeout=flush_timeout)
@@ -212,7 +217,7 @@ class OutboxRelay:
         backoff = 0.1
         while True:
             try:
-                while self._fresh:
+                while self._fresh or self._fresh_error is not None:
                     try:
                         await self._publish_fresh()
                     except Exception:
@@ -221,6 +226,8 @@ class OutboxRelay:
                 loop_time = asyncio.get_running_loop().time()
                 if self._stopping or loop_time - self._last_scan >= self._poll_interval:
                     self._last_scan = loop_time
+                    if self._stopping and self._fresh_in_flight:  # let them finish rather than publish twice
+                        await asyncio.wait(self._fresh_in_flight, timeout=self._publish_timeout)
                     # Rows younger than the grace period are most likely in flight on the path above.
                     min_age = 0.0 if self._stopping else self._scan_grace
                     await self.publish_pending(min_age=min_age)
@@ -242,14 +249,41 @@ class OutboxRelay:
             self._wake.clear()
 
     async def _publish_fresh(self) -> None:
-        """Publish events just committed here, straight from memory; their mark follows in the background.
+        """Publish events just committed here, straight from memory; their acknowledgements and mark follow in
+        the background.
 
-        On failure they are dropped from memory: their rows stay unpublished and the scan republishes them.
-        The mark does not hold up the next events (it is bookkeeping: a row published and not yet marked is at
-        worst published again by the scan, and dropped as a duplicate).
+        Up to ``_FRESH_IN_FLIGHT`` batches await their acknowledgements at once, so an event committed while
+        the previous one waits for its acknowledgement is written at once instead of queueing behind it (the
+        writes keep commit order). When a batch fails, the events still in memory are dropped: their rows stay
+        unpublished and the scan republishes them; the error reaches the loop, which backs off. The mark does
+        not hold up the next events either (it is bookkeeping: a row published and not yet marked is at worst
+        published again by the scan, and dropped as a duplicate).
         """
+        if self._fresh_error is not None:
+            error, self._fresh_error = self._fresh_error, None
+            raise error
+        while len(self._fresh_in_flight) >= _FRESH_IN_FLIGHT:
+            await asyncio.wait(self._fresh_in_flight, return_when=asyncio.FIRST_COMPLETED)
         batch = [self._fresh.popleft() for _ in range(min(len(self._fresh), self._batch_size))]
-        await self._publish(batch)
+        if not batch:
+            return
+        sent = asyncio.Event()
+        task = asyncio.create_task(self._publish_fresh_batch(batch, sent.set), name="outbox-publish")
+        self._fresh_in_flight.add(task)
+        task.add_done_callback(self._fresh_in_flight.discard)
+        written = asyncio.ensure_future(sent.wait())
+        try:
+            await asyncio.wait((task, written), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            written.cancel()
+
+    async def _publish_fresh_batch(self, batch: list[PendingEvent], sent: Callable[[], object]) -> None:
+        try:
+            await self._bus.publish_batch(batch, self._publish_timeout, sent=sent)
+        except Exception as exc:  # noqa: BLE001 - handed to the relay loop, which logs it and backs off
+            self._fresh_error = exc
+            self._wake.set()
+            return
         metrics.OUTBOX_PUBLISHED.inc(len(batch))
         self._to_mark.extend(e.id for e in batch)
         if self._marker is None or self._marker.done():
