@@ -203,10 +203,14 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
         if where.name_prefix:
             escaped = where.name_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             conditions.append(c.name.like(f"{escaped}%", escape="\\"))
+        # Erasure clears the hashes, so "live" changes no answer here; it lets the partial unique indexes on the
+        # hashes (WHERE erased_at IS NULL) serve the search: without it, a full scan (0.5 s over 1M customers).
         if where.id_number:
             conditions.append(c.id_number_hash.in_(self._keyring.lookup_hashes("id_number", where.id_number)))
+            conditions.append(c.erased_at.is_(None))
         if where.mobile:
             conditions.append(c.mobile_hash.in_(self._keyring.lookup_hashes("mobile", where.mobile)))
+            conditions.append(c.erased_at.is_(None))
         if where.customer_no:
             conditions.append(c.customer_no == where.customer_no)
         if where.tiers:

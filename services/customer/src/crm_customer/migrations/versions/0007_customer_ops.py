@@ -26,6 +26,7 @@ _INDEXES = (
     ("ix_customers_region_created", ["region", "created_at", "id"]),
     ("ix_customers_branch_tier_created", ["branch_id", "tier", "created_at", "id"]),
     ("ix_customers_branch_name", ["branch_id", "name", "id"]),
+    ("ix_customers_owner_name", ["owner_id", "name", "id"]),
     ("ix_customers_branch_last_contact", ["branch_id", "last_contact_at"]),
     ("ix_customers_owner_last_contact", ["owner_id", "last_contact_at"]),
 )
