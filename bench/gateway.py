@@ -185,7 +185,20 @@ def verify_micro(token: str, secret: str) -> dict[str, float]:
         for _ in range(VERIFY_CALLS):
             authenticator.verify(token, "bench")
         best = min(best, time.perf_counter() - started)
-    return {"calls": float(VERIFY_CALLS), "us_per_call": best / VERIFY_CALLS * 1e6}
+    # The first request with a token pays the full check (signature and PyJWT's segment checks); later ones
+    # find it among the verified tokens and check only expiry and revocation. Both are reported.
+    cold = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(VERIFY_CALLS // 10):
+            authenticator._verified.clear()
+            authenticator.verify(token, "bench")
+        cold = min(cold, time.perf_counter() - started)
+    return {
+        "calls": float(VERIFY_CALLS),
+        "us_per_call": best / VERIFY_CALLS * 1e6,
+        "us_first_call": cold / (VERIFY_CALLS // 10) * 1e6,
+    }
 
 
 def _measure(database: str) -> dict[str, Any]:
@@ -359,7 +372,7 @@ def section(figures: dict[str, Any], bare_http: dict[str, Any] | None, bare_grpc
             "ms",
             target=f"≤ {TARGET_VERIFY_MS} ms",
             met=figures["verify"]["us_per_call"] / 1000 <= TARGET_VERIFY_MS,
-            note="no database: verify is synchronous and offline (HS256)",
+            note="no database: verify is synchronous and offline (HS256, verified tokens remembered)",
         ),
     ]
     cpu = figures["cpu_share"]
@@ -390,9 +403,11 @@ def section(figures: dict[str, Any], bare_http: dict[str, Any] | None, bare_grpc
         ),
         f"Token check: `Authenticator.verify(token, request_id)` (`crm_gateway.auth`) on rm1's real access "
         f"token, {VERIFY_CALLS:,} calls in this process, best of 3 rounds: "
-        f"{figures['verify']['us_per_call']:.1f} µs per call (target ≤ {TARGET_VERIFY_MS * 1000:.0f} µs). It is "
-        "synchronous and offline — HS256 signature, expiry and issuer, the revoked-session map, the policy's "
-        "scope — with no database hit per request.",
+        f"{figures['verify']['us_per_call']:.1f} µs per call (target ≤ {TARGET_VERIFY_MS * 1000:.0f} µs); the "
+        f"first call with a token (full HS256 signature, expiry and issuer check, the policy's grant) "
+        f"{figures['verify'].get('us_first_call', math.nan):.1f} µs, later ones find it among the verified tokens "
+        "and check expiry and the revoked-session set only. Synchronous and offline: no database hit per request "
+        "(revocations reach every replica by NATS, `crm_gateway.revocations`).",
     ]
     return Section("Gateway: authenticated customer read", rows, detail)
 

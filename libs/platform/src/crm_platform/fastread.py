@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -175,12 +176,23 @@ class ReadPool:
         self._idle.append(connection)
 
     def _replace(self, connection: Any) -> None:
-        connection.terminate()
-        if self._closed:
-            return
-        task = asyncio.get_running_loop().create_task(self._reconnect())
-        self._reconnects.add(task)
-        task.add_done_callback(self._reconnects.discard)
+        loop = asyncio.get_running_loop()
+        for job in (self._discard(connection), None if self._closed else self._reconnect()):
+            if job is not None:
+                task = loop.create_task(job)
+                self._reconnects.add(task)
+                task.add_done_callback(self._reconnects.discard)
+
+    @staticmethod
+    async def _discard(connection: Any) -> None:
+        # close() first lets asyncpg finish cancelling a statement in progress (terminating mid-operation
+        # fails); a connection that cannot even be closed is torn down.
+        try:
+            await asyncio.wait_for(connection.close(), 2)
+        except Exception:  # whatever state it is in, it is being dropped
+            log.debug("read pool connection torn down", exc_info=True)
+            with contextlib.suppress(Exception):
+                connection.terminate()
 
     async def _reconnect(self) -> None:
         delay = 0.1
