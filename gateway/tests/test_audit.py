@@ -3,9 +3,16 @@ detects an edited row."""
 
 from __future__ import annotations
 
-from sqlalchemy import text
+import asyncio
+from collections.abc import AsyncIterator
 
-from crm_gateway.audit import verify
+import pytest
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crm_gateway.audit import AuditEntry, AuditLog, verify
+from crm_platform.db import create_engine
+from crm_platform.migrations import migrate
 from gateway_harness import PASSWORD, Gateway
 
 
@@ -53,3 +60,50 @@ async def test_the_log_is_append_only_and_an_edited_row_breaks_the_chain(gateway
         await conn.execute(text("UPDATE audit_log SET actor_id = 'someone-else' WHERE seq = 2"))
     checked, broken = await verify(engine)
     assert broken == 2 and checked == 1
+
+
+@pytest.fixture
+async def audit_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """The gateway's own schema, migrated on SQLite and on PostgreSQL."""
+    engine = create_engine(make_url(db_url))
+    await migrate(engine, "crm_gateway")
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def test_concurrent_appends_are_group_committed_into_one_unbroken_chain(audit_engine: AsyncEngine) -> None:
+    """Many callers at once: each gets its own committed record, in one chain with no fork or gap."""
+    log = AuditLog(audit_engine)
+    entries = [
+        AuditEntry(f"u-{i % 7}", "rm", "POST", f"/api/v1/customers/{i}", 201, f"req-{i}", "127.0.0.1", {"n": i})
+        for i in range(300)
+    ]
+    seqs = await asyncio.gather(*(log.append(e) for e in entries))
+    async with audit_engine.connect() as conn:
+        rows = {row.seq: row.request_id for row in await conn.execute(text("SELECT seq, request_id FROM audit_log"))}
+    # Every caller was told the sequence number of its own committed record.
+    assert len(rows) == 300 and sorted(seqs) == sorted(rows)
+    assert all(rows[seq] == e.request_id for seq, e in zip(seqs, entries, strict=True))
+    assert await verify(audit_engine) == (300, None)
+
+
+async def test_a_failed_write_is_reported_to_its_callers_and_later_appends_still_chain(
+    audit_engine: AsyncEngine,
+) -> None:
+    log = AuditLog(audit_engine)
+    await log.append(AuditEntry("u-1", "rm", "POST", "/x", 201, "req-before", "127.0.0.1", {}))
+    async with audit_engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+    try:
+        with pytest.raises(Exception, match="audit_log"):
+            await asyncio.gather(
+                *(log.append(AuditEntry("u-1", "rm", "POST", "/x", 201, f"r{i}", "::1", {})) for i in range(3))
+            )
+    finally:
+        async with audit_engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+    await log.append(AuditEntry("u-1", "rm", "POST", "/x", 201, "req-after", "127.0.0.1", {}))
+    await log.close()
+    assert await verify(audit_engine) == (2, None)

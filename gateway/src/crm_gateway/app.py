@@ -160,6 +160,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             await revocation_feed.stop()
+            await app.state.audit.close()
             await services.close()
             await relay.stop()
             await bus.close()
