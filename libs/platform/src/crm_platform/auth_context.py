@@ -57,7 +57,7 @@ class Identity:
             self.team_id,
             self.region,
             self.request_id,
-            ",".join(sorted(self.permissions)),
+            _joined(self.permissions),
             issued_at,
         ]
         return "\n".join(parts).encode()
@@ -74,7 +74,7 @@ class Identity:
             (_PREFIX + "team", self.team_id),
             (_PREFIX + "region", self.region),
             (_PREFIX + "request-id", self.request_id),
-            (_PREFIX + "permissions", ",".join(sorted(self.permissions))),
+            (_PREFIX + "permissions", _joined(self.permissions)),
             (_PREFIX + "issued-at", issued_at),
             (_PREFIX + "signature", signature),
         ]
@@ -124,6 +124,11 @@ def _roles(raw: str) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=256)
 def _permission_set(raw: str) -> frozenset[str]:
     return frozenset(_split(raw))
+
+
+@functools.lru_cache(maxsize=256)
+def _joined(permissions: frozenset[str]) -> str:
+    return ",".join(sorted(permissions))
 
 
 @functools.lru_cache(maxsize=8)
