@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -68,6 +69,27 @@ _PLAIN = tuple(
     for f in dataclasses.fields(Profile)
     if f.name not in _SEALED and f.name not in ("annual_income", "interests")
 )
+
+_INSERT_KEY = insert(customer_keys)
+_INSERT_CUSTOMER = insert(customers)
+_INSERT_HISTORY = insert(customer_history)
+
+
+def _duplicate_query(condition: ColumnElement[bool]) -> Any:
+    c = customers.c
+    return (
+        select(c.id, c.owner_id, c.team_id, c.branch_id, c.region)
+        .where(condition, c.erased_at.is_(None), c.id != bindparam("exclude_id"))
+        .limit(1)
+    )
+
+
+# Built once; the erased_at condition lets PostgreSQL use the partial unique indexes on the hashes.
+_DUPLICATE_OF = {
+    "id_number": _duplicate_query(customers.c.id_number_hash.in_(bindparam("value", expanding=True))),
+    "mobile": _duplicate_query(customers.c.mobile_hash.in_(bindparam("value", expanding=True))),
+    "credit_code": _duplicate_query(customers.c.credit_code == bindparam("value")),
+}
 _COLUMNS = [c for c in customers.c if c.name != "request_id"]
 _SORTS = {"created_at", "updated_at", "name", "customer_no"}
 
@@ -314,30 +336,34 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
             async with self._sessions() as session, session.begin():
                 await self._reject_duplicates(session, identity, customer.profile, exclude_id=None)
                 data_key, wrapped = self._keyring.new_data_key(customer.id)
+                # Prepared statements with parameters, not .values(...): building and caching a statement
+                # per call was most of a create's CPU in the service (profile in bench/customers.py).
                 await session.execute(
-                    insert(customer_keys).values(
-                        customer_id=customer.id,
-                        kid=wrapped.kid,
-                        wrapped=wrapped.wrapped,
-                        created_at=customer.created_at,
-                    )
+                    _INSERT_KEY,
+                    {
+                        "customer_id": customer.id,
+                        "kid": wrapped.kid,
+                        "wrapped": wrapped.wrapped,
+                        "created_at": customer.created_at,
+                    },
                 )
                 await session.execute(
-                    insert(customers).values(
-                        id=customer.id,
-                        customer_no=customer.customer_no,
-                        kind=customer.kind.value,
-                        owner_id=customer.owner_id,
-                        team_id=customer.team_id,
-                        branch_id=customer.branch_id,
-                        region=customer.region,
-                        request_id=request_id or None,
-                        version=customer.version,
-                        created_by=customer.created_by,
-                        created_at=customer.created_at,
-                        updated_at=customer.updated_at,
+                    _INSERT_CUSTOMER,
+                    {
+                        "id": customer.id,
+                        "customer_no": customer.customer_no,
+                        "kind": customer.kind.value,
+                        "owner_id": customer.owner_id,
+                        "team_id": customer.team_id,
+                        "branch_id": customer.branch_id,
+                        "region": customer.region,
+                        "request_id": request_id or None,
+                        "version": customer.version,
+                        "created_by": customer.created_by,
+                        "created_at": customer.created_at,
+                        "updated_at": customer.updated_at,
                         **self._profile_columns(customer.id, data_key, customer.profile),
-                    )
+                    },
                 )
                 created = changes(Profile(name=""), customer.profile)
                 await self._record(
@@ -480,21 +506,17 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
     async def _reject_duplicates(
         self, session: AsyncSession, identity: Identity, profile: Profile, exclude_id: str | None
     ) -> None:
-        c = customers.c
-        checks: list[tuple[str, ColumnElement[bool]]] = []
+        candidates: list[tuple[str, Any]] = []
         if profile.id_number:
-            checks.append(
-                ("id_number", c.id_number_hash.in_(self._keyring.lookup_hashes("id_number", profile.id_number)))
-            )
+            candidates.append(("id_number", self._keyring.lookup_hashes("id_number", profile.id_number)))
         if profile.mobile:
-            checks.append(("mobile", c.mobile_hash.in_(self._keyring.lookup_hashes("mobile", profile.mobile))))
+            candidates.append(("mobile", self._keyring.lookup_hashes("mobile", profile.mobile)))
         if profile.credit_code:
-            checks.append(("credit_code", c.credit_code == profile.credit_code))
-        for field, condition in checks:
-            query = select(c.id, c.owner_id, c.team_id, c.branch_id, c.region).where(condition, c.erased_at.is_(None))
-            if exclude_id is not None:
-                query = query.where(c.id != exclude_id)
-            row = (await session.execute(query.limit(1))).first()
+            candidates.append(("credit_code", profile.credit_code))
+        for field, value in candidates:
+            row = (
+                await session.execute(_DUPLICATE_OF[field], {"value": value, "exclude_id": exclude_id or ""})
+            ).first()
             if row is None:
                 continue
             visible = in_scope(identity, owner=row.owner_id, team=row.team_id, branch=row.branch_id, region=row.region)
@@ -515,15 +537,16 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
         diff: Sequence[FieldChange],
     ) -> None:
         await session.execute(
-            insert(customer_history).values(
-                id=new_id(),
-                customer_id=customer_id,
-                action=action,
-                actor=actor,
-                occurred_at=at,
-                note=note,
-                changes=json.dumps([dataclasses.asdict(d) for d in diff], ensure_ascii=False),
-            )
+            _INSERT_HISTORY,
+            {
+                "id": new_id(),
+                "customer_id": customer_id,
+                "action": action,
+                "actor": actor,
+                "occurred_at": at,
+                "note": note,
+                "changes": json.dumps([dataclasses.asdict(d) for d in diff], ensure_ascii=False),
+            },
         )
 
 
