@@ -285,7 +285,7 @@ def _queries(name: str, prefix: str) -> list[tuple[str, str, dict[str, str], int
     ]
 
 
-def _measure(database: str) -> dict[str, Any]:
+def _measure(database: str, gateway_database: str) -> dict[str, Any]:
     from crm_platform.pii import generate_master_keys
     from crm_testing.nats_server import free_port
 
@@ -316,7 +316,8 @@ def _measure(database: str) -> dict[str, Any]:
         }
         gateway_env = {
             **common,
-            "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'gateway.db'}",
+            # The gateway on PostgreSQL too, as deployed: its audit trail takes a record per create.
+            "GATEWAY_DATABASE_URL": pg_dsn(gateway_database).replace("postgresql://", "postgresql+asyncpg://", 1),
             "CRM_DEMO": "1",
             "CRM_GATEWAY_PORT": str(http_port),
             "CRM_GATEWAY_WORKERS": "1",
@@ -439,8 +440,8 @@ def measure() -> dict[str, Any]:
     """Create throughput, then 1M seeded customers and the list and search latencies, through the gateway."""
 
     async def run() -> dict[str, Any]:
-        async with scratch_database() as database:
-            return await asyncio.to_thread(_measure, database)
+        async with scratch_database() as database, scratch_database() as gateway_database:
+            return await asyncio.to_thread(_measure, database, gateway_database)
 
     return asyncio.run(run())
 
