@@ -123,10 +123,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     token = set_identity(identity)
                     if span.is_recording():
                         span.set_attribute("crm.user_id", identity.user_id)
-                    remaining = context.time_remaining()
-                    timeout = self._default_deadline if remaining is None else max(remaining, 0.001)
-                    # asyncio.timeout, not wait_for: the call runs in this task instead of a new one per call.
-                    async with asyncio.timeout(timeout):
+                    if context.time_remaining() is not None:
+                        # The caller set a deadline: gRPC itself cancels this task when it passes (no timer of ours
+                        # per call; the caller sees DEADLINE_EXCEEDED, the metrics below too).
+                        return await behaviour(request, context)
+                    # No deadline from the caller: ours. asyncio.timeout, not wait_for (no extra task per call).
+                    async with asyncio.timeout(self._default_deadline):
                         return await behaviour(request, context)
                 except errors.DomainError as exc:
                     status = status_for(exc, self._domain)
@@ -137,7 +139,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                         status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message="deadline exceeded")
                     )
                 except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
+                    remaining = context.time_remaining()
+                    expired = remaining is not None and remaining <= 0
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                     raise
                 except Exception:
                     log.exception("unhandled error in %s", method)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping, MutableMapping
 
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -37,15 +39,53 @@ def configure_tracing(service: str, otlp_endpoint: str = "") -> TracerProvider |
     return provider
 
 
+# The W3C trace-context header, as opentelemetry's TraceContextTextMapPropagator accepts it.
+_TRACEPARENT = re.compile(r"^\s*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\s*$")
+_NO_CONTEXT = otel_context.Context()
+
+
+def _default_propagation() -> bool:
+    # The fast paths below are what the default propagators (W3C trace context, then baggage) do when the
+    # carrier holds only a traceparent and the context no baggage; any other configuration takes the full path.
+    configured = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage")
+    return {p.strip() for p in configured.split(",") if p.strip()} <= {"tracecontext", "baggage"}
+
+
+_FAST = _default_propagation()
+
+
 def inject(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
     """Write the current trace context into ``carrier`` (headers or metadata) and return it."""
+    if _FAST and not baggage.get_all():
+        # Every outgoing call does this: the composite propagator's generic machinery costs several times
+        # formatting the header directly.
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            carrier["traceparent"] = (
+                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+            )
+            tracestate = span_context.trace_state.to_header()
+            if tracestate:
+                carrier["tracestate"] = tracestate
+        return carrier
     propagate.inject(carrier)
     return carrier
 
 
 def extract(carrier: Mapping[str, str] | None) -> otel_context.Context:
     """Read a trace context from ``carrier``; an empty context when there is none."""
-    return propagate.extract(dict(carrier or {}))
+    if not carrier:
+        return _NO_CONTEXT
+    if _FAST and len(carrier) == 1 and "traceparent" in carrier:
+        match = _TRACEPARENT.match(carrier["traceparent"])
+        if match is not None and match.group(1) == "00" and not match.group(5):
+            trace_id, span_id = int(match.group(2), 16), int(match.group(3), 16)
+            if trace_id and span_id:
+                span_context = trace.SpanContext(
+                    trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(int(match.group(4), 16))
+                )
+                return trace.set_span_in_context(trace.NonRecordingSpan(span_context), _NO_CONTEXT)
+    return propagate.extract(dict(carrier))
 
 
 def current_traceparent() -> tuple[str, str]:
