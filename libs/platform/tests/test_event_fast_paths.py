@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import insert
@@ -16,6 +17,7 @@ from crm_platform.inbox import ConsumerRunner, Event, Subscription
 from crm_platform.outbox import Outbox, OutboxRelay, make_envelope, utcnow
 from crm_platform.schema import inbox as inbox_table
 from crm_platform.schema import outbox as outbox_table
+from crm_testing.nats_server import NatsServer
 from crm_testing.outbox_env import OutboxEnv, make_outbox_env, notes
 from crm_testing.plugin import unique_streams
 from crm_testing.streams import connect_bus, delete_stream, stream_envelopes
@@ -120,6 +122,30 @@ async def test_outbox_rows_commit_and_roll_back_with_the_transaction_on_every_pa
                     raise RuntimeError("rolled back")
     assert await env.count(outbox_table) == 4
     assert await env.count(notes) == 1
+
+
+async def test_stop_keeps_its_deadline_when_the_broker_is_gone(outbox_env: OutboxEnv, tmp_path: Path) -> None:
+    env = outbox_env
+    server = NatsServer(tmp_path / "nats").start()
+    bus = await connect_bus(server.url, env.stream)
+    relay = OutboxRelay(env.engine, bus, publish_timeout=3.0)
+    outbox = Outbox("test", notify=relay.wake)
+    relay.start()
+    subject = f"{env.root}.note.created"
+    try:
+        server.stop()
+        for i in range(5):  # five commits, five batches awaiting acknowledgements that never come
+            async with env.sessions() as session, session.begin():
+                await outbox.add(session, subject, paging_pb2.PageInfo(), subject_id=str(i), actor="t")
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await relay.stop(flush_timeout=1.0)
+        assert loop.time() - started < 2.0
+        assert await env.count(outbox_table, outbox_table.c.published_at.is_(None)) == 5  # left for the next start
+    finally:
+        await bus.close()
+        server.stop()
 
 
 class _no_error:  # noqa: N801 - reads as a context manager expression

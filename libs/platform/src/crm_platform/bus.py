@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -204,7 +205,8 @@ class Bus:
             try:
                 await asyncio.wait_for(self._nc.drain(), timeout=5)
             except Exception:  # noqa: BLE001 - closing is best effort at shutdown
-                await self._nc.close()
+                with contextlib.suppress(Exception):  # e.g. the broker is gone while reconnecting
+                    await self._nc.close()
         self._nc = None
         self._js = None
         self._ack_prefix = ""

@@ -150,6 +150,14 @@ class Outbox:
             info.setdefault(_AFTER_COMMIT, set()).add(self._notify)
 
 
+async def _finish(tasks: set[asyncio.Task[None]], timeout: float) -> None:
+    """Wait up to ``timeout`` for ``tasks``, then cancel those still running."""
+    _, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.01))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class OutboxRelay:
     """Publishes committed outbox rows to JetStream; one per process, safe with many replicas."""
 
@@ -197,21 +205,24 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self, flush_timeout: float = 5.0) -> None:
-        """Publish what is pending (up to ``flush_timeout``), then stop."""
+        """Publish what is pending, then stop; all of it within ``flush_timeout`` (what is left unpublished
+        stays in the table for the next start, or another replica, to publish)."""
         self._stopping = True
         self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + flush_timeout
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout=flush_timeout)
             except TimeoutError:
-                self._task.cancel()
                 log.warning("outbox relay stopped before its backlog was published")
             self._task = None
+        # The batches still awaiting acknowledgements, then the last marks (an unmarked row would only be
+        # published again, as a duplicate).
         if self._fresh_in_flight:
-            await asyncio.wait(self._fresh_in_flight, timeout=flush_timeout)
-        if self._marker is not None:  # the last marks (unmarked rows would only be re-published, as duplicates)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._marker), timeout=flush_timeout)
+            await _finish(set(self._fresh_in_flight), deadline - loop.time())
+        if self._marker is not None:  # only now: a batch finishing above may have started one
+            await _finish({self._marker}, deadline - loop.time())
 
     async def _run(self) -> None:
         backoff = 0.1
