@@ -63,8 +63,7 @@ async def test_relay_killed_mid_batch_publishes_every_event_exactly_once(postgre
         assert 0 < pending < EVENTS, "the kill must land while events are still unpublished"
 
         restarted = OutboxRelay(env.engine, bus, batch_size=500)
-        while await restarted.publish_batch():
-            pass
+        await restarted.publish_pending()
         assert (await bus.js.stream_info(name)).state.messages == EVENTS  # re-published ones were dropped
 
         # A consumer applies each event once, even when copies arrive past JetStream's window.
