@@ -90,12 +90,12 @@ def findings(figures: dict[str, Any]) -> list[str]:
             out.append(
                 f"**Customer read path** — `GET /api/v1/customers/{{id}}` reached {rate:,.0f} req/s; per request the "
                 f"customer service spent {customer_ms:.2f} ms CPU and the gateway {gateway_ms:.2f} ms "
-                f"(`/proc/<pid>/stat`). `CustomerStore.get` "
-                "(`services/customer/src/crm_customer/store/__init__.py`) runs two queries (the customer joined "
-                "with its wrapped key, then its tags) through an SQLAlchemy `AsyncSession` — implicit BEGIN, two "
-                "statements compiled and cached per call, ROLLBACK on close, each through the greenlet bridge — "
-                "which issue #3 names as the layer the hottest read must not pay (its prototype: ~1,600 req/s "
-                "through SQLAlchemy vs ~2,850 req/s through asyncpg directly)."
+                f"(`/proc/<pid>/stat`). GetCustomer already reads with one asyncpg statement "
+                "(`crm_customer.store.fastread` on `crm_platform.fastread.ReadPool`, no SQLAlchemy session); "
+                "profiled with `BENCH_PROFILE_DIR`, most of what remains is the gRPC hop itself (grpc.aio's "
+                "server and client, their C core and the asyncio loop around them — compare the bare grpc.aio "
+                "echo of the run) and Litestar/uvicorn in the gateway, then the protobuf ↔ domain ↔ JSON "
+                "mappings; and the other work on this shared machine takes CPU from both processes."
             )
     return out
 
