@@ -368,11 +368,19 @@ def section(figures: dict[str, Any], bare_http: dict[str, Any] | None, bare_grpc
         Row(
             "Token check `Authenticator.verify`",
             f"in-process, best of 3 × {VERIFY_CALLS:,}",
-            figures["verify"]["us_per_call"] / 1000,
-            "ms",
-            target=f"≤ {TARGET_VERIFY_MS} ms",
+            figures["verify"]["us_per_call"],
+            "µs",
+            target=f"≤ {TARGET_VERIFY_MS * 1000:.0f} µs",
             met=figures["verify"]["us_per_call"] / 1000 <= TARGET_VERIFY_MS,
             note="no database: verify is synchronous and offline (HS256, verified tokens remembered)",
+        ),
+        Row(
+            "Token check `Authenticator.verify`",
+            "first call with a token (full signature check)",
+            figures["verify"].get("us_first_call", math.nan),
+            "µs",
+            target=f"≤ {TARGET_VERIFY_MS * 1000:.0f} µs",
+            met=figures["verify"].get("us_first_call", math.inf) / 1000 <= TARGET_VERIFY_MS,
         ),
     ]
     cpu = figures["cpu_share"]
