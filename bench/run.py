@@ -27,13 +27,14 @@ from bench import (
     customers,
     e2e_latency,
     gateway,
+    import_bench,
     machine,
     relay,
     report,
 )
 from bench.common import BENCH_DIR, Section, progress
 
-NAMES = ("nats", "pg", "grpc", "http", "relay", "consumer", "e2e", "gateway", "customers", "stack")
+NAMES = ("nats", "pg", "grpc", "http", "relay", "consumer", "e2e", "gateway", "customers", "import", "stack")
 
 
 def _guarded(title: str, measure: Callable[[], Any], render: Callable[[Any], Section]) -> tuple[Any, Section]:
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda f: gateway.section(f, figures.get("http"), figures.get("grpc")),
         ),
         ("customers", "Customers at scale: create, lists and searches", customers.measure, customers.section),
+        ("import", "Batch import", import_bench.measure, import_bench.section),
         ("stack", "Cold start, idle memory and stop of the whole stack", cold_start.measure, cold_start.section),
     ]
     for name, title, measure, render in plan:

@@ -24,7 +24,7 @@ from import_files import (
     resident_id,
     to_csv,
 )
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from crm.common.v1 import envelope_pb2
 from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
@@ -101,7 +101,11 @@ async def test_import_events_history_scope_and_masking(
         try:
             seen: dict[str, set[str]] = {}
             # The session's NATS holds other tests' events: read from this test's start on.
-            since = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=started.isoformat())
+            since = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME,
+                opt_start_time=started.isoformat(),
+                ack_policy=AckPolicy.NONE,  # unacknowledged, a consumer stops after max_ack_pending messages
+            )
             sub = await nc.jetstream().pull_subscribe(
                 "crm.customer.>", durable=None, stream="CRM_CUSTOMER", config=since
             )
