@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from crm.common.v1 import envelope_pb2, paging_pb2
 from crm_platform.bus import PublishError, StreamSpec
@@ -262,3 +262,101 @@ async def test_failed_handler_in_a_batch_leaves_no_inbox_row_and_is_retried(
         await runner.stop()
         await bus.close()
         await delete_stream(nats_url, env.stream)
+
+
+async def test_event_a_handler_adds_is_published_once_its_batch_commits(outbox_env: OutboxEnv, nats_url: str) -> None:
+    # On PostgreSQL the handler's session commits nothing itself (the batch's transaction is the driver's):
+    # the hand-over to the relay must wait for the real commit, and never happen for a batch rolled back.
+    env = outbox_env
+    bus = await connect_bus(nats_url, env.stream)
+    relay = OutboxRelay(env.engine, bus, poll_interval=30.0)  # only a wake-up after the commit can publish
+    outbox = Outbox("test", notify=relay.wake)
+    relay.start()
+    durable = f"test-{uuid.uuid4().hex[:8]}"
+    follow_up = f"{env.root}.note.followed"
+
+    async def on_note(session: object, event: Event) -> None:
+        await session.execute(insert(notes).values(id=event.subject_id, text="x"))  # type: ignore[attr-defined]
+        await outbox.add(session, follow_up, paging_pb2.PageInfo(), subject_id=event.subject_id, actor="t")  # type: ignore[arg-type]
+        if event.subject_id == "refused":
+            raise RuntimeError("fails after adding its event")
+
+    runner = ConsumerRunner(
+        bus,
+        env.sessions,
+        Outbox("test"),
+        [Subscription(durable, env.stream.name, f"{env.root}.note.created", {f"{env.root}.note.created": on_note})],
+        max_deliveries=1,
+    )
+    await runner.start()
+    try:
+        for subject_id in ("refused", "kept"):  # one at a time: each its own batch of one
+            envelope = _envelope(env, subject_id)
+            await bus.js.publish(envelope.type, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+            await asyncio.sleep(0.3)
+
+        async def follow_up_published() -> bool:
+            info = await bus.js.stream_info(env.stream.name)
+            return bool(info.state.messages >= 3)  # the two events and one follow-up
+
+        await _until(follow_up_published)
+        await asyncio.sleep(0.3)
+        published = [e for e in await stream_envelopes(bus, env.stream, expected=3) if e.type == follow_up]
+        assert [e.subject_id for e in published] == ["kept"]
+        assert await env.count(notes) == 1
+    finally:
+        await runner.stop()
+        await relay.stop()
+        await bus.close()
+        await delete_stream(nats_url, env.stream)
+
+
+@pytest.mark.postgres
+async def test_event_a_handler_adds_is_not_published_when_the_batch_commit_fails(
+    postgres_url: str, nats_url: str
+) -> None:
+    name, root = unique_streams()
+    env = await make_outbox_env(postgres_url, StreamSpec(name, (f"{root}.>",)), root)
+    async with env.engine.begin() as conn:  # a check PostgreSQL makes only at COMMIT
+        await conn.execute(text("CREATE TABLE once_per_commit (id text PRIMARY KEY DEFERRABLE INITIALLY DEFERRED)"))
+    bus = await connect_bus(nats_url, env.stream)
+    relay = OutboxRelay(env.engine, bus, poll_interval=30.0)
+    outbox = Outbox("test", notify=relay.wake)
+    relay.start()
+    durable = f"test-{uuid.uuid4().hex[:8]}"
+    follow_up = f"{root}.note.followed"
+    attempts: list[int] = []
+
+    async def on_note(session: object, event: Event) -> None:
+        attempts.append(1)
+        await outbox.add(session, follow_up, paging_pb2.PageInfo(), subject_id=event.subject_id, actor="t")  # type: ignore[arg-type]
+        for _ in range(2 if len(attempts) == 1 else 1):  # the first attempt's COMMIT fails
+            await session.execute(text("INSERT INTO once_per_commit VALUES (:id)"), {"id": f"{event.id}"})  # type: ignore[attr-defined]
+
+    runner = ConsumerRunner(
+        bus,
+        env.sessions,
+        Outbox("test"),
+        [Subscription(durable, name, f"{root}.note.created", {f"{root}.note.created": on_note})],
+        backoff_base=0.05,
+    )
+    await runner.start()
+    try:
+        envelope = _envelope(env, "n1")
+        await bus.js.publish(envelope.type, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+
+        async def handled() -> bool:
+            return await env.count(inbox_table, inbox_table.c.consumer == durable) == 1
+
+        await _until(handled)
+        await asyncio.sleep(0.5)
+        assert len(attempts) == 2
+        published = [e for e in await stream_envelopes(bus, env.stream, expected=2) if e.type == follow_up]
+        assert len(published) == 1  # only the committed attempt's follow-up
+        assert await env.count(outbox_table) == 1
+    finally:
+        await runner.stop()
+        await relay.stop()
+        await bus.close()
+        await delete_stream(nats_url, env.stream)
+        await env.engine.dispose()

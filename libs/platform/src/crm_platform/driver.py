@@ -41,10 +41,28 @@ async def pooled_driver(engine: AsyncEngine) -> AsyncIterator[Any]:
     SQLAlchemy issues nothing on it (its reset on check-in is a no-op when it began no transaction); the
     caller opens its own with ``driver.transaction()`` or runs autocommit statements.
     """
+    async with pooled_connection(engine) as (_, driver):
+        yield driver
+
+
+@contextlib.asynccontextmanager
+async def pooled_connection(
+    engine: AsyncEngine, *, autocommit: bool = False
+) -> AsyncIterator[tuple[AsyncConnection, Any]]:
+    """A pooled SQLAlchemy connection and its asyncpg connection, for a transaction the caller runs on the
+    driver while SQLAlchemy (a session bound to the connection) executes inside it.
+
+    With ``autocommit`` SQLAlchemy begins and commits nothing itself on this connection (its ``BEGIN`` would
+    otherwise go out with its first statement, and its ``COMMIT`` with the session's); its savepoints
+    still work inside the caller's transaction. The isolation level returns to the default when the
+    connection goes back to the pool.
+    """
     async with engine.connect() as conn:
+        if autocommit:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
         driver = await driver_of(conn)
         try:
-            yield driver
+            yield conn, driver
         except BaseException:
             # A broken or half-used connection (a timeout mid-statement) must not go back to the pool.
             if driver.is_closed() or driver.is_in_transaction():

@@ -24,25 +24,29 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
-from sqlalchemy import delete, insert, text
+from sqlalchemy import delete, insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from crm.common.v1 import dead_letter_pb2, envelope_pb2
 from crm_platform import metrics, telemetry
 from crm_platform.bus import Bus
-from crm_platform.outbox import Outbox, make_envelope, utcnow
+from crm_platform.db import is_postgres
+from crm_platform.driver import pooled_connection
+from crm_platform.outbox import DEFER_AFTER_COMMIT, Outbox, make_envelope, utcnow
 from crm_platform.schema import inbox as inbox_table
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
-_RECORD_PG = text(
+# The batch's inbox rows in one statement for any batch size; RETURNING names the events not handled before.
+_RECORD_SQL = (
     "INSERT INTO inbox (consumer, event_id, outcome, handled_at)"
-    " SELECT :consumer, unnest(CAST(:ids AS VARCHAR[])), 'handled', :at"
+    " SELECT $1, unnest($2::varchar[]), 'handled', $3"
     " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
 )
+_FORGET_SQL = "DELETE FROM inbox WHERE consumer = $1 AND event_id = $2"
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,15 @@ def to_event(envelope: envelope_pb2.EventEnvelope) -> Event:
     )
 
 
+Outcome = str | Exception
+
+
 class _RollBack(Exception):
-    """Roll the batch's transaction back (its only event failed)."""
+    """Roll the batch's transaction back (its only event failed); carries the batch's outcomes."""
+
+    def __init__(self, outcomes: list[Outcome]) -> None:
+        super().__init__("roll the batch back")
+        self.outcomes = outcomes
 
 
 class ConsumerRunner:
@@ -132,6 +143,8 @@ class ConsumerRunner:
         self._pull_subscriptions: list[Any] = []
         self._idle: set[asyncio.Task[None]] = set()  # tasks waiting on the broker, safe to cancel at once
         self._stopping = asyncio.Event()
+        bind = sessions.kw.get("bind")
+        self._engine = bind if isinstance(bind, AsyncEngine) and is_postgres(bind) else None
 
     async def start(self) -> None:
         """Create or bind each durable consumer and start fetching."""
@@ -221,28 +234,11 @@ class ConsumerRunner:
                 await self._dead_letter(sub, msg, f"unparseable event: {exc!r}", delivery, event_id=None)
         if not parsed:
             return
-        outcomes: list[str | Exception] = []
-        solo = len(parsed) == 1
         try:
-            async with self._sessions() as session, session.begin():
-                new = await self._record(session, sub.durable, [event.id for _, event, _ in parsed])
-                for msg, event, _ in parsed:
-                    if event.id not in new:
-                        outcomes.append("duplicate")
-                        continue
-                    new.discard(event.id)  # a second copy of it in this batch is a duplicate
-                    outcome = await self._apply_one(session, sub, msg, event, savepoint=not solo)
-                    outcomes.append(outcome)
-                    if isinstance(outcome, Exception):
-                        if solo:
-                            raise _RollBack
-                        await session.execute(
-                            delete(inbox_table).where(
-                                inbox_table.c.consumer == sub.durable, inbox_table.c.event_id == event.id
-                            )
-                        )
-        except _RollBack:
-            pass
+            if self._engine is not None:
+                outcomes = await self._apply_batch_postgres(sub, parsed)
+            else:
+                outcomes = await self._apply_batch_sqlalchemy(sub, parsed)
         except Exception as exc:  # noqa: BLE001 - the commit failed (database down): retry every event
             log.warning("consumer batch did not commit", extra={"consumer": sub.durable, "error": repr(exc)})
             for msg, _, delivery in parsed:
@@ -257,22 +253,93 @@ class ConsumerRunner:
             if outcome == "handled":
                 metrics.EVENT_LATENCY.labels(sub.durable).observe((utcnow() - event.occurred_at).total_seconds())
 
-    @staticmethod
-    async def _record(session: AsyncSession, consumer: str, event_ids: list[str]) -> set[str]:
-        """Record the events in the inbox as handled; return the ids that were not recorded before."""
-        now = utcnow()
-        if session.get_bind().dialect.name == "postgresql":
-            # One statement for any batch size (one prepared statement), the ids as an array.
-            result = await session.execute(_RECORD_PG, {"consumer": consumer, "ids": event_ids, "at": now})
-        else:
-            rows = [{"consumer": consumer, "event_id": i, "outcome": "handled", "handled_at": now} for i in event_ids]
-            result = await session.execute(
-                sqlite_insert(inbox_table)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
-                .returning(inbox_table.c.event_id)
-            )
-        return set(result.scalars())
+    async def _apply_batch_postgres(self, sub: Subscription, parsed: list[tuple[Msg, Event, int]]) -> list[Outcome]:
+        """The batch's transaction on PostgreSQL: begun, committed and bookkept through the driver.
+
+        Measured here: an SQLAlchemy transaction of one statement costs about three times the CPU of the same
+        round trips through asyncpg, and a consumer at a steady trickle pays it per event. The handlers still
+        get an SQLAlchemy session, bound to the same connection in autocommit mode so that it runs inside
+        this transaction (its savepoints included) and begins or commits nothing itself. Its after-commit
+        hand-overs (events the handlers added to the outbox) wait until this transaction has committed.
+        """
+        assert self._engine is not None
+        deferred: list[Callable[[], None]] = []
+        async with pooled_connection(self._engine, autocommit=True) as (conn, driver):
+            try:
+                async with driver.transaction():
+                    rows = await driver.fetch(_RECORD_SQL, sub.durable, [e.id for _, e, _ in parsed], utcnow())
+                    new = {row[0] for row in rows}
+
+                    async def forget(event_id: str) -> None:
+                        await driver.execute(_FORGET_SQL, sub.durable, event_id)
+
+                    session = self._sessions(bind=conn)
+                    session.info[DEFER_AFTER_COMMIT] = deferred
+                    try:
+                        async with session.begin():
+                            outcomes = await self._apply_all(session, sub, parsed, new, forget)
+                    finally:
+                        await session.close()
+            except _RollBack as rollback:
+                return rollback.outcomes
+        for hand_over in deferred:
+            hand_over()
+        return outcomes
+
+    async def _apply_batch_sqlalchemy(self, sub: Subscription, parsed: list[tuple[Msg, Event, int]]) -> list[Outcome]:
+        """The batch's transaction through an SQLAlchemy session (SQLite)."""
+        try:
+            async with self._sessions() as session, session.begin():
+                now = utcnow()
+                rows = [
+                    {"consumer": sub.durable, "event_id": e.id, "outcome": "handled", "handled_at": now}
+                    for _, e, _ in parsed
+                ]
+                result = await session.execute(
+                    sqlite_insert(inbox_table)
+                    .values(rows)
+                    .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+                    .returning(inbox_table.c.event_id)
+                )
+                new = set(result.scalars())
+
+                async def forget(event_id: str) -> None:
+                    await session.execute(
+                        delete(inbox_table).where(
+                            inbox_table.c.consumer == sub.durable, inbox_table.c.event_id == event_id
+                        )
+                    )
+
+                return await self._apply_all(session, sub, parsed, new, forget)
+        except _RollBack as rollback:
+            return rollback.outcomes
+
+    async def _apply_all(
+        self,
+        session: AsyncSession,
+        sub: Subscription,
+        parsed: list[tuple[Msg, Event, int]],
+        new: set[str],
+        forget: Callable[[str], Awaitable[None]],
+    ) -> list[Outcome]:
+        """Run the handler of each event ``new`` in the inbox; a failed one's inbox row is forgotten again.
+
+        A lone event runs without a savepoint: its failure raises :class:`_RollBack` to undo the whole batch.
+        """
+        outcomes: list[Outcome] = []
+        solo = len(parsed) == 1
+        for msg, event, _ in parsed:
+            if event.id not in new:
+                outcomes.append("duplicate")  # handled before (a redelivery, or another replica got there first)
+                continue
+            new.discard(event.id)  # a second copy of it in this batch is a duplicate
+            outcome = await self._apply_one(session, sub, msg, event, savepoint=not solo)
+            outcomes.append(outcome)
+            if isinstance(outcome, Exception):
+                if solo:
+                    raise _RollBack(outcomes)
+                await forget(event.id)
+        return outcomes
 
     async def _apply_one(
         self, session: AsyncSession, sub: Subscription, msg: Msg, event: Event, *, savepoint: bool

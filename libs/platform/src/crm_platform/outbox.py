@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -72,14 +73,25 @@ class PendingEvent(NamedTuple):
 Notify = Callable[[Sequence[PendingEvent]], None]
 
 
+DEFER_AFTER_COMMIT = "crm_defer_after_commit"
+"""``session.info`` key: a list to which the session's after-commit hand-overs are appended instead of being
+run, for a session whose commit is not the database's (it runs inside a transaction its owner commits
+later, through the driver); the owner runs them once that commit succeeded."""
+
+
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint was released: nothing is committed until the outermost transaction is
     session.info.pop(_DRIVER, None)
     committed: list[PendingEvent] = session.info.pop(_PENDING, [])
-    for callback in session.info.pop(_AFTER_COMMIT, ()):
-        callback(committed)
+    callbacks = session.info.pop(_AFTER_COMMIT, ())
+    deferred: list[Callable[[], None]] | None = session.info.get(DEFER_AFTER_COMMIT)
+    for callback in callbacks:
+        if deferred is not None:
+            deferred.append(functools.partial(callback, committed))
+        else:
+            callback(committed)
 
 
 @event.listens_for(Session, "after_rollback")
