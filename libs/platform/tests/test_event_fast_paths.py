@@ -8,7 +8,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase
 
 from crm.common.v1 import envelope_pb2, paging_pb2
 from crm_platform.bus import PublishError, StreamSpec
@@ -360,3 +362,48 @@ async def test_event_a_handler_adds_is_not_published_when_the_batch_commit_fails
         await bus.close()
         await delete_stream(nats_url, env.stream)
         await env.engine.dispose()
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Note(_Base):
+    __table__ = notes
+
+
+async def test_orm_objects_a_handler_adds_are_flushed_into_its_batch(outbox_env: OutboxEnv, nats_url: str) -> None:
+    env = outbox_env
+    bus = await connect_bus(nats_url, env.stream)
+    durable = f"test-{uuid.uuid4().hex[:8]}"
+
+    async def on_note(session: AsyncSession, event: Event) -> None:
+        session.add(_Note(id=event.subject_id, text="from the ORM"))  # flushed by the batch's commit, not here
+        if event.subject_id == "bad":
+            await session.flush()
+            raise RuntimeError("its row goes with its savepoint")
+
+    for subject_id in ("a", "bad", "b"):
+        envelope = _envelope(env, subject_id)
+        await bus.js.publish(envelope.type, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+    runner = ConsumerRunner(
+        bus,
+        env.sessions,
+        Outbox("test"),
+        [Subscription(durable, env.stream.name, f"{env.root}.>", {f"{env.root}.note.created": on_note})],
+        max_deliveries=1,
+    )
+    await runner.start()
+    try:
+
+        async def all_recorded() -> bool:
+            return await env.count(inbox_table, inbox_table.c.consumer == durable) >= 3
+
+        await _until(all_recorded)
+        async with env.engine.connect() as conn:
+            texts = dict((await conn.execute(select(notes.c.id, notes.c.text))).all())
+        assert texts == {"a": "from the ORM", "b": "from the ORM"}
+    finally:
+        await runner.stop()
+        await bus.close()
+        await delete_stream(nats_url, env.stream)
