@@ -37,6 +37,7 @@ from crm_platform.runtime import Context
 from crm_platform.scope import in_scope
 
 PERMISSION = "customer:import"
+MAX_KEPT_SHOWN = 1000
 _FORMATS = {pb.IMPORT_FORMAT_CSV: ImportFormat.CSV, pb.IMPORT_FORMAT_XLSX: ImportFormat.XLSX}
 _FORMAT_TO_PROTO = {v: k for k, v in _FORMATS.items()}
 _DISTRIBUTIONS = {
@@ -221,7 +222,9 @@ class CustomerImportServicer(import_service_pb2_grpc.CustomerImportServiceServic
         if len(reason) > 500:
             raise InvalidArgument([FieldViolation("reason", "must be at most 500 characters")])
         job, kept = await self._store.rollback(identity, request.import_id, reason, utcnow())
-        return pb.RollbackImportResponse(job=job_to_proto(job), kept=[row_to_proto(r) for r in kept])
+        # The first kept rows (the job counts them all; the report lists every one with status "kept").
+        shown = kept[:MAX_KEPT_SHOWN]
+        return pb.RollbackImportResponse(job=job_to_proto(job), kept=[row_to_proto(r) for r in shown])
 
 
 def wire_imports(server: grpc.aio.Server, ctx: Context, customers: CustomerStore) -> str:
