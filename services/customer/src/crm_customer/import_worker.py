@@ -43,13 +43,23 @@ class ImportWorker:
         while True:
             self._wake.clear()
             try:
+                failed = 0
                 for job_id in await self._store.unfinished():
-                    await self.process(job_id)
+                    try:
+                        await self.process(job_id)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        # One job's failure must not hold up the others; it is retried after the backoff.
+                        failed += 1
+                        log.exception("import job failed", extra={"import_id": job_id})
+                if failed:
+                    raise RuntimeError(f"{failed} import job(s) failed")
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("import worker failed; retrying", extra={"retry_in": backoff})
+                log.warning("import worker retrying", extra={"retry_in": backoff}, exc_info=True)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
