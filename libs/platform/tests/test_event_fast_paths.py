@@ -407,3 +407,46 @@ async def test_orm_objects_a_handler_adds_are_flushed_into_its_batch(outbox_env:
         await runner.stop()
         await bus.close()
         await delete_stream(nats_url, env.stream)
+
+
+@pytest.mark.postgres
+async def test_consumer_recovers_when_its_database_connection_is_killed(postgres_url: str, nats_url: str) -> None:
+    name, root = unique_streams()
+    env = await make_outbox_env(postgres_url, StreamSpec(name, (f"{root}.>",)), root)
+    bus = await connect_bus(nats_url, env.stream)
+    durable = f"test-{uuid.uuid4().hex[:8]}"
+
+    async def on_note(session: AsyncSession, event: Event) -> None:
+        await session.execute(insert(notes).values(id=event.subject_id, text="x"))
+
+    runner = ConsumerRunner(
+        bus,
+        env.sessions,
+        Outbox("test"),
+        [Subscription(durable, name, f"{root}.>", {f"{root}.note.created": on_note})],
+        backoff_base=0.05,
+    )
+    await runner.start()
+    try:
+        for subject_id in ("before", "after"):
+            envelope = _envelope(env, subject_id)
+            await bus.js.publish(envelope.type, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+
+            async def applied(expected: int = 1 if subject_id == "before" else 2) -> bool:
+                return await env.count(notes) == expected
+
+            await _until(applied)
+            if subject_id == "before":  # as a database restart would: the consumer's kept connection dies
+                async with env.engine.connect() as conn:
+                    await conn.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    )
+        assert await env.count(inbox_table, inbox_table.c.consumer == durable) == 2
+    finally:
+        await runner.stop()
+        await bus.close()
+        await delete_stream(nats_url, env.stream)
+        await env.engine.dispose()

@@ -68,3 +68,50 @@ async def pooled_connection(
             if driver.is_closed() or driver.is_in_transaction():
                 await conn.invalidate()
             raise
+
+
+class HeldConnection:
+    """A pooled connection (autocommit, as :func:`pooled_connection`) that a sequential loop keeps between its
+    transactions, instead of checking one out and in, and setting its isolation level, every time (measured:
+    about a quarter of a consumer's CPU per batch at a steady trickle). It holds one slot of the pool until
+    :meth:`close`; a connection that breaks is invalidated and replaced on the next use. A second user while
+    it is in use gets a connection of its own from the pool.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+        self._busy = False
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[tuple[AsyncConnection, Any]]:
+        """The held connection and its driver for one transaction run by the caller on the driver."""
+        if self._busy:
+            async with pooled_connection(self._engine, autocommit=True) as pair:
+                yield pair
+            return
+        self._busy = True
+        try:
+            if self._conn is None or self._driver.is_closed():
+                await self.close()
+                conn = await self._engine.connect()
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                self._conn, self._driver = conn, await driver_of(conn)
+            try:
+                yield self._conn, self._driver
+            except BaseException:
+                if self._driver.is_closed() or self._driver.is_in_transaction():
+                    with contextlib.suppress(Exception):
+                        await self._conn.invalidate()
+                    await self.close()
+                raise
+        finally:
+            self._busy = False
+
+    async def close(self) -> None:
+        """Give the connection back to the pool (or drop it, when it was invalidated)."""
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection is best effort
+                await conn.close()

@@ -33,7 +33,7 @@ from crm.common.v1 import dead_letter_pb2, envelope_pb2
 from crm_platform import metrics, telemetry
 from crm_platform.bus import Bus
 from crm_platform.db import is_postgres
-from crm_platform.driver import pooled_connection
+from crm_platform.driver import HeldConnection
 from crm_platform.outbox import DEFER_AFTER_COMMIT, Outbox, make_envelope, utcnow
 from crm_platform.schema import inbox as inbox_table
 
@@ -145,6 +145,7 @@ class ConsumerRunner:
         self._stopping = asyncio.Event()
         bind = sessions.kw.get("bind")
         self._engine = bind if isinstance(bind, AsyncEngine) and is_postgres(bind) else None
+        self._held: dict[str, HeldConnection] = {}  # per durable consumer: its fetch loop's connection
 
     async def start(self) -> None:
         """Create or bind each durable consumer and start fetching."""
@@ -177,6 +178,9 @@ class ConsumerRunner:
             with contextlib.suppress(Exception):  # the connection may already be closing
                 await psub.unsubscribe()
         self._pull_subscriptions.clear()
+        for held in self._held.values():
+            await held.close()
+        self._held.clear()
 
     def backoff(self, delivery: int) -> float:
         """Delay before redelivery number ``delivery + 1``: base × 2^(delivery-1), capped."""
@@ -264,7 +268,10 @@ class ConsumerRunner:
         """
         assert self._engine is not None
         deferred: list[Callable[[], None]] = []
-        async with pooled_connection(self._engine, autocommit=True) as (conn, driver):
+        held = self._held.get(sub.durable)
+        if held is None:
+            held = self._held[sub.durable] = HeldConnection(self._engine)
+        async with held.use() as (conn, driver):
             try:
                 async with driver.transaction():
                     rows = await driver.fetch(_RECORD_SQL, sub.durable, [e.id for _, e, _ in parsed], utcnow())
