@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from sqlalchemy import delete, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -294,7 +295,7 @@ class ConsumerRunner:
         return outcomes
 
     async def _apply_batch_sqlalchemy(self, sub: Subscription, parsed: list[tuple[Msg, Event, int]]) -> list[Outcome]:
-        """The batch's transaction through an SQLAlchemy session (SQLite)."""
+        """The batch's transaction through an SQLAlchemy session (SQLite, or sessions not bound to one engine)."""
         try:
             async with self._sessions() as session, session.begin():
                 now = utcnow()
@@ -302,8 +303,9 @@ class ConsumerRunner:
                     {"consumer": sub.durable, "event_id": e.id, "outcome": "handled", "handled_at": now}
                     for _, e, _ in parsed
                 ]
+                insert_ = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
                 result = await session.execute(
-                    sqlite_insert(inbox_table)
+                    insert_(inbox_table)
                     .values(rows)
                     .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
                     .returning(inbox_table.c.event_id)
