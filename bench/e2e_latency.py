@@ -366,8 +366,9 @@ def section(figures: dict[str, Any], bare_rtt_p99_ms: float) -> Section:
             f"{achieved:,.0f}/s through the platform's `Outbox` (an SQLAlchemy `AsyncSession` per event: BEGIN, two "
             f"INSERTs, COMMIT) at {target_writer.get('cpu_ms_per_event', math.nan):.2f} ms CPU per event in one "
             "event loop, sharing 2 cores with PostgreSQL, NATS, the consumer and the suite; past that its "
-            "transactions queue behind one another and the latency at the target rate measures that queue, not "
-            "the event path."
+            "transactions queue behind one another. That wait comes before the commit, so the commit-based figure "
+            "leaves it out, but the saturated event loop also delays its own relay's publishes and the machine's "
+            "other processes: at the target rate the latency measures a CPU-bound machine, not the event path."
         )
     sustained = [low["rate"] for low in figures["low"] if _sustained(low)]
     if sustained:
