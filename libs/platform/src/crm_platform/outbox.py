@@ -2,7 +2,8 @@
 
 A state change and its event are written in one transaction (:meth:`Outbox.add`). When that transaction
 commits, the session hands the committed events to this process's relay, which publishes them at once
-from memory (no read back: the latency of an event is its publish round trip) and then marks them sent.
+from memory (no read back: the latency of an event is its publish round trip); a background task marks
+them sent, all that were acknowledged within ``mark_interval`` in one statement.
 The table stays the source of truth: every poll interval the relay also claims unpublished rows older
 than a short grace period (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas share the work) — the
 events of a replica that crashed, or of a publish that failed — publishes them and marks them sent.
@@ -12,8 +13,8 @@ consumers' inboxes drop any that arrive later.
 
 On PostgreSQL the hot statements (the outbox insert once the transaction has begun, the claim, the mark)
 go straight through the asyncpg connection of the same pooled connection (:mod:`crm_platform.driver`); on
-SQLite everything goes through SQLAlchemy. Sent rows are kept (``published_at`` set) for ``retention``, then
-purged: they are the record of what was published when a consumer's owner asks.
+SQLite everything goes through SQLAlchemy. Sent rows are marked (``published_at``), not deleted, and purged
+after ``retention`` by the relay's housekeeping: a day of what was published, for diagnosis.
 """
 
 from __future__ import annotations
