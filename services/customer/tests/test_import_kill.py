@@ -64,10 +64,10 @@ async def service_process(
 
 
 async def test_killed_mid_import_resumes_and_neither_loses_nor_duplicates(
-    postgres_url: str, private_nats: NatsServer, tmp_path: Path
+    postgres_url: str, module_nats: NatsServer, tmp_path: Path
 ) -> None:
     plain_url = postgres_url.replace("postgresql+asyncpg", "postgresql")
-    async with service_process(postgres_url, private_nats.url, tmp_path) as (svc, process):
+    async with service_process(postgres_url, module_nats.url, tmp_path) as (svc, process):
         existing = await precreate(svc, 100)
         content, expected = exact_file(list(existing))
         job = (await Importer(svc).upload(RM1, content)).job
@@ -91,7 +91,7 @@ async def test_killed_mid_import_resumes_and_neither_loses_nor_duplicates(
         finally:
             await db.close()
 
-    async with service_process(postgres_url, private_nats.url, tmp_path) as (svc, _):
+    async with service_process(postgres_url, module_nats.url, tmp_path) as (svc, _):
         imports = Importer(svc)
         finished = await imports.finished(RM1, job.id, timeout=120)
         assert (finished.processed, finished.imported, finished.failed, finished.duplicates) == (

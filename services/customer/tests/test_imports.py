@@ -54,9 +54,9 @@ STAFF = [
 
 @pytest.mark.postgres
 async def test_ten_thousand_rows_give_the_exact_report(
-    postgres_url: str, private_nats: NatsServer, tmp_path: Path
+    postgres_url: str, module_nats: NatsServer, tmp_path: Path
 ) -> None:
-    async with running_service(SPEC, database_url=postgres_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+    async with running_service(SPEC, database_url=postgres_url, nats_url=module_nats.url, data_dir=tmp_path) as svc:
         existing = await precreate(svc, 100)
         content, expected = exact_file(list(existing))
         imports = Importer(svc)
@@ -74,10 +74,10 @@ async def test_ten_thousand_rows_give_the_exact_report(
 
 
 async def test_import_events_history_scope_and_masking(
-    sqlite_url: str, private_nats: NatsServer, tmp_path: Path
+    sqlite_url: str, module_nats: NatsServer, tmp_path: Path
 ) -> None:
     started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    async with running_service(SPEC, database_url=sqlite_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+    async with running_service(SPEC, database_url=sqlite_url, nats_url=module_nats.url, data_dir=tmp_path) as svc:
         imports = Importer(svc)
         content = to_csv([good_row(i) for i in range(3)])
         job = await imports.finished(RM1, (await imports.upload(RM1, content)).job.id)
@@ -97,7 +97,7 @@ async def test_import_events_history_scope_and_masking(
         assert {c.field: c.after for c in entry.changes}["mobile"] == "139****0000"
 
         # The events reach JetStream: customer.created per customer (other services' directories) and imported.
-        nc = await nats.connect(private_nats.url)
+        nc = await nats.connect(module_nats.url)
         try:
             seen: dict[str, set[str]] = {}
             # The session's NATS holds other tests' events: read from this test's start on.
@@ -141,9 +141,9 @@ async def test_import_events_history_scope_and_masking(
 
 
 async def test_dry_run_validates_and_reports_without_writing(
-    sqlite_url: str, private_nats: NatsServer, tmp_path: Path
+    sqlite_url: str, module_nats: NatsServer, tmp_path: Path
 ) -> None:
-    async with running_service(SPEC, database_url=sqlite_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+    async with running_service(SPEC, database_url=sqlite_url, nats_url=module_nats.url, data_dir=tmp_path) as svc:
         imports = Importer(svc)
         rows = [good_row(i) for i in range(5)] + [good_row(9, mobile="1"), good_row(10, id_number=resident_id(0))]
         job = await imports.finished(RM1, (await imports.upload(RM1, to_csv(rows), dry_run=True)).job.id)
@@ -161,9 +161,9 @@ async def test_dry_run_validates_and_reports_without_writing(
 
 
 async def test_reupload_of_the_same_file_imports_nothing_twice(
-    sqlite_url: str, private_nats: NatsServer, tmp_path: Path
+    sqlite_url: str, module_nats: NatsServer, tmp_path: Path
 ) -> None:
-    async with running_service(SPEC, database_url=sqlite_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+    async with running_service(SPEC, database_url=sqlite_url, nats_url=module_nats.url, data_dir=tmp_path) as svc:
         imports = Importer(svc)
         content = to_csv([good_row(i) for i in range(20)])
         first = await imports.upload(RM1, content)
@@ -182,9 +182,9 @@ async def test_reupload_of_the_same_file_imports_nothing_twice(
 
 
 async def test_rollback_removes_untouched_customers_and_keeps_changed_ones(
-    sqlite_url: str, private_nats: NatsServer, tmp_path: Path
+    sqlite_url: str, module_nats: NatsServer, tmp_path: Path
 ) -> None:
-    async with running_service(SPEC, database_url=sqlite_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+    async with running_service(SPEC, database_url=sqlite_url, nats_url=module_nats.url, data_dir=tmp_path) as svc:
         imports = Importer(svc)
         content = to_csv([good_row(i) for i in range(6)])
         job = await imports.finished(RM1, (await imports.upload(RM1, content)).job.id)
@@ -225,9 +225,9 @@ async def test_rollback_removes_untouched_customers_and_keeps_changed_ones(
 
 
 async def test_distribution_round_robin_within_a_team_and_by_column(
-    sqlite_url: str, private_nats: NatsServer, tmp_path: Path
+    sqlite_url: str, module_nats: NatsServer, tmp_path: Path
 ) -> None:
-    async with running_service(SPEC, database_url=sqlite_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+    async with running_service(SPEC, database_url=sqlite_url, nats_url=module_nats.url, data_dir=tmp_path) as svc:
         imports = Importer(svc)
         rows = [good_row(i) for i in range(7)] + [good_row(7, mobile="x")]
         robin = ipb.DISTRIBUTION_ROUND_ROBIN
@@ -277,9 +277,9 @@ def _xlsx(rows: list[list[object]]) -> bytes:
 
 
 async def test_files_refused_whole_and_encodings_accepted(
-    sqlite_url: str, private_nats: NatsServer, tmp_path: Path
+    sqlite_url: str, module_nats: NatsServer, tmp_path: Path
 ) -> None:
-    async with running_service(SPEC, database_url=sqlite_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+    async with running_service(SPEC, database_url=sqlite_url, nats_url=module_nats.url, data_dir=tmp_path) as svc:
         imports = Importer(svc)
         rows = [good_row(i) for i in range(3)]
         xlsx_format = ipb.IMPORT_FORMAT_XLSX

@@ -46,6 +46,16 @@ def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServe
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A nats-server of the test module's own, for modules that publish tens of thousands of events: in the
+    session's shared server those would sit in the domain streams, and every service started later (whose
+    durable consumers begin at the start of a stream, as in production) would first have to read them all."""
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The machine's NATS when present, else a private one."""
