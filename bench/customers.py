@@ -29,7 +29,6 @@ import datetime as dt
 import multiprocessing
 import os
 import random
-import secrets
 import shutil
 import tempfile
 import time
@@ -37,8 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from bench.common import Row, Section, child_env, pg_dsn, progress, scratch_database
-from bench.gateway import LUA, _cpu_seconds, _request, _started, _until, _wrk
+from bench.common import Row, Section, pg_dsn, progress, scratch_database
+from bench.gateway import LUA, _cpu_seconds, _request, _started, _until, _wrk, stack_env
 
 CREATE_ARGS = ["-t2", "-c32"]
 CREATE_SECONDS = 20
@@ -299,34 +298,17 @@ def _measure(database: str, gateway_database: str) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="crm-bench-cust-") as tmp:
         root = Path(tmp)
-        common = {
-            **child_env(),
-            "CRM_NATS_URL": os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222"),
-            "CRM_INTERNAL_SECRET": secrets.token_hex(24),
-            "CRM_LOG_LEVEL": "WARNING",
-        }
-        customer_env = {
-            **common,
-            "CUSTOMER_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
-            "CRM_CUSTOMER_GRPC_PORT": str(grpc_port),
-            "CRM_CUSTOMER_METRICS_PORT": str(metrics_port),
-            "CRM_DATA_DIR": str(root / "customer"),
-            "CRM_PII_MASTER_KEYS": key_spec,
-            "CRM_PII_ACTIVE_KEY_ID": "bench",
-        }
-        gateway_env = {
-            **common,
-            # The gateway on PostgreSQL too, as deployed: its audit trail takes a record per create.
-            "GATEWAY_DATABASE_URL": pg_dsn(gateway_database).replace("postgresql://", "postgresql+asyncpg://", 1),
-            "CRM_DEMO": "1",
-            "CRM_GATEWAY_PORT": str(http_port),
-            "CRM_GATEWAY_WORKERS": "1",
-            "CRM_CUSTOMER_ADDR": f"127.0.0.1:{grpc_port}",
-            "CRM_GATEWAY_API_RATE_PER_SECOND": "1000000",
-            "CRM_GATEWAY_LOGIN_RATE_PER_MINUTE": "1000",
-            "CRM_GATEWAY_JWT_SECRET": secrets.token_urlsafe(36)[:48],
-            "CRM_DATA_DIR": str(root / "gateway"),
-        }
+        # The gateway on PostgreSQL too, as deployed: its audit trail takes a record per create.
+        customer_env, gateway_env = stack_env(
+            root,
+            database,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            http_port=http_port,
+            gateway_database=gateway_database,
+        )
+        customer_env.update(CRM_PII_MASTER_KEYS=key_spec, CRM_PII_ACTIVE_KEY_ID="bench")
+        gateway_env["CRM_GATEWAY_LOGIN_RATE_PER_MINUTE"] = "1000"
         warm_script, create_script = root / "warm.lua", root / "create.lua"
         warm_script.write_text(CREATE_LUA.replace("__BASE__", "5000000") + LUA)  # other birth days than the run
         create_script.write_text(CREATE_LUA.replace("__BASE__", "0") + LUA)

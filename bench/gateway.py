@@ -116,6 +116,53 @@ def _until(what: str, check: Any, processes: list[subprocess.Popen[bytes]], time
     raise TimeoutError(f"{what} not done in {timeout:.0f} s (last: {last!r})")
 
 
+def stack_env(
+    root: Path,
+    customer_database: str,
+    *,
+    grpc_port: int,
+    metrics_port: int,
+    http_port: int,
+    internal_secret: str | None = None,
+    jwt_secret: str | None = None,
+    gateway_database: str | None = None,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The environments of a customer service on ``customer_database`` and of a gateway in front of it (demo
+    users seeded, one worker, API rate limit out of the way), as the benchmarks that drive the pair start them.
+    The gateway keeps its own database in SQLite under ``root`` unless ``gateway_database`` names one."""
+    common = {
+        **child_env(),
+        "CRM_NATS_URL": os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222"),
+        "CRM_INTERNAL_SECRET": internal_secret or secrets.token_hex(24),
+        "CRM_LOG_LEVEL": "WARNING",
+    }
+    customer_env = {
+        **common,
+        "CUSTOMER_DATABASE_URL": _asyncpg_url(customer_database),
+        "CRM_CUSTOMER_GRPC_PORT": str(grpc_port),
+        "CRM_CUSTOMER_METRICS_PORT": str(metrics_port),
+        "CRM_DATA_DIR": str(root / "customer"),
+    }
+    gateway_env = {
+        **common,
+        "GATEWAY_DATABASE_URL": _asyncpg_url(gateway_database)
+        if gateway_database
+        else f"sqlite+aiosqlite:///{root / 'gateway.db'}",
+        "CRM_DEMO": "1",
+        "CRM_GATEWAY_PORT": str(http_port),
+        "CRM_GATEWAY_WORKERS": "1",
+        "CRM_CUSTOMER_ADDR": f"127.0.0.1:{grpc_port}",
+        "CRM_GATEWAY_API_RATE_PER_SECOND": "1000000",
+        "CRM_GATEWAY_JWT_SECRET": jwt_secret or secrets.token_urlsafe(36)[:48],
+        "CRM_DATA_DIR": str(root / "gateway"),
+    }
+    return customer_env, gateway_env
+
+
+def _asyncpg_url(database: str) -> str:
+    return pg_dsn(database).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
 def _command(module: str) -> list[str]:
     profile_dir = os.environ.get("BENCH_PROFILE_DIR", "")
     if not profile_dir:
@@ -213,30 +260,15 @@ def _measure(database: str) -> dict[str, Any]:
     base = f"http://127.0.0.1:{http_port}"
     with tempfile.TemporaryDirectory(prefix="crm-bench-gw-") as tmp:
         root = Path(tmp)
-        common = {
-            **child_env(),
-            "CRM_NATS_URL": os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222"),
-            "CRM_INTERNAL_SECRET": internal_secret,
-            "CRM_LOG_LEVEL": "WARNING",
-        }
-        customer_env = {
-            **common,
-            "CUSTOMER_DATABASE_URL": pg_dsn(database).replace("postgresql://", "postgresql+asyncpg://", 1),
-            "CRM_CUSTOMER_GRPC_PORT": str(grpc_port),
-            "CRM_CUSTOMER_METRICS_PORT": str(metrics_port),
-            "CRM_DATA_DIR": str(root / "customer"),
-        }
-        gateway_env = {
-            **common,
-            "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'gateway.db'}",
-            "CRM_DEMO": "1",
-            "CRM_GATEWAY_PORT": str(http_port),
-            "CRM_GATEWAY_WORKERS": "1",
-            "CRM_CUSTOMER_ADDR": f"127.0.0.1:{grpc_port}",
-            "CRM_GATEWAY_API_RATE_PER_SECOND": "1000000",
-            "CRM_GATEWAY_JWT_SECRET": jwt_secret,
-            "CRM_DATA_DIR": str(root / "gateway"),
-        }
+        customer_env, gateway_env = stack_env(
+            root,
+            database,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            http_port=http_port,
+            internal_secret=internal_secret,
+            jwt_secret=jwt_secret,
+        )
         script = root / "percentiles.lua"
         script.write_text(LUA)
         with (

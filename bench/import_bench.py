@@ -22,15 +22,13 @@ import csv
 import datetime as dt
 import http.client
 import json
-import os
-import secrets
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import Row, Section, child_env, pg_dsn, progress, scratch_database
+from bench.common import Row, Section, pg_dsn, progress, scratch_database
 
 ROWS = 100_000
 WARM_UP_ROWS = 10_000
@@ -138,7 +136,7 @@ def _import(base: str, port: int, token: str, path: Path, database: str) -> dict
 
 
 def _measure(database: str) -> dict[str, Any]:
-    from bench.gateway import _request, _started, _until
+    from bench.gateway import _request, _started, _until, stack_env
     from crm_testing.nats_server import free_port
 
     grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
@@ -147,30 +145,9 @@ def _measure(database: str) -> dict[str, Any]:
         root = Path(tmp)
         warm_up, big = root / "warm-up.csv", root / "customers-100k.csv"
         sizes = {"warm_up": write_file(warm_up, WARM_UP_ROWS, 0), "file": write_file(big, ROWS, WARM_UP_ROWS)}
-        common = {
-            **child_env(),
-            "CRM_NATS_URL": os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222"),
-            "CRM_INTERNAL_SECRET": secrets.token_hex(24),
-            "CRM_LOG_LEVEL": "WARNING",
-        }
-        customer_env = {
-            **common,
-            "CUSTOMER_DATABASE_URL": pg_dsn(database).replace("postgresql://", "postgresql+asyncpg://", 1),
-            "CRM_CUSTOMER_GRPC_PORT": str(grpc_port),
-            "CRM_CUSTOMER_METRICS_PORT": str(metrics_port),
-            "CRM_DATA_DIR": str(root / "customer"),
-        }
-        gateway_env = {
-            **common,
-            "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'gateway.db'}",
-            "CRM_DEMO": "1",
-            "CRM_GATEWAY_PORT": str(http_port),
-            "CRM_GATEWAY_WORKERS": "1",
-            "CRM_CUSTOMER_ADDR": f"127.0.0.1:{grpc_port}",
-            "CRM_GATEWAY_API_RATE_PER_SECOND": "1000000",
-            "CRM_GATEWAY_JWT_SECRET": secrets.token_urlsafe(36)[:48],
-            "CRM_DATA_DIR": str(root / "gateway"),
-        }
+        customer_env, gateway_env = stack_env(
+            root, database, grpc_port=grpc_port, metrics_port=metrics_port, http_port=http_port
+        )
         with (
             _started("crm_customer", customer_env, root / "customer.log") as customer,
             _started("crm_gateway", gateway_env, root / "gateway.log") as gateway,
