@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from bench.common import Row, Section, pg_dsn, progress, scratch_database
-from bench.gateway import LUA, _cpu_seconds, _request, _started, _until, _wrk, stack_env
+from bench.gateway import LUA, _cpu_seconds, _request, _started, _until, _wrk, login, stack_env
 
 CREATE_ARGS = ["-t2", "-c32"]
 CREATE_SECONDS = 20
@@ -321,14 +321,7 @@ def _measure(database: str, gateway_database: str) -> dict[str, Any]:
             processes = [customer, gateway]
             try:
                 _until("gateway ready", lambda: _request("GET", f"{base}/readyz")[0] == 200, processes)
-                tokens = {}
-                for user in ("rm1", "lead1", "head", "exec"):
-                    status, login = _request(
-                        "POST", f"{base}/api/v1/auth/login", {"username": user, "password": "Demo-Passw0rd!"}
-                    )
-                    if status != 200:
-                        raise RuntimeError(f"login of {user} answered {status}: {login}")
-                    tokens[user] = login["access_token"]
+                tokens = {user: login(base, user) for user in ("rm1", "lead1", "head", "exec")}
                 _until(
                     "customer service serving",
                     lambda: _request("GET", f"{base}/api/v1/customers?limit=1", token=tokens["rm1"])[0] == 200,

@@ -159,6 +159,14 @@ def stack_env(
     return customer_env, gateway_env
 
 
+def login(base: str, username: str) -> str:
+    """An access token of demo user ``username`` from the gateway at ``base``."""
+    status, answer = _request("POST", f"{base}/api/v1/auth/login", {"username": username, "password": "Demo-Passw0rd!"})
+    if status != 200:
+        raise RuntimeError(f"login of {username} answered {status}: {answer}")
+    return str(answer["access_token"])
+
+
 def _asyncpg_url(database: str) -> str:
     return pg_dsn(database).replace("postgresql://", "postgresql+asyncpg://", 1)
 
@@ -278,12 +286,7 @@ def _measure(database: str) -> dict[str, Any]:
             processes = [customer, gateway]
             try:
                 _until("gateway ready", lambda: _request("GET", f"{base}/readyz")[0] == 200, processes)
-                status, login = _request(
-                    "POST", f"{base}/api/v1/auth/login", {"username": "rm1", "password": "Demo-Passw0rd!"}
-                )
-                if status != 200:
-                    raise RuntimeError(f"login answered {status}: {login}")
-                token = login["access_token"]
+                token = login(base, "rm1")
                 birth = dt.date(1990, 1, 1)
                 body = {
                     "kind": "individual",

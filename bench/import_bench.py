@@ -136,7 +136,7 @@ def _import(base: str, port: int, token: str, path: Path, database: str) -> dict
 
 
 def _measure(database: str) -> dict[str, Any]:
-    from bench.gateway import _request, _started, _until, stack_env
+    from bench.gateway import _request, _started, _until, login, stack_env
     from crm_testing.nats_server import free_port
 
     grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
@@ -155,12 +155,7 @@ def _measure(database: str) -> dict[str, Any]:
             processes = [customer, gateway]
             try:
                 _until("gateway ready", lambda: _request("GET", f"{base}/readyz")[0] == 200, processes)
-                status, login = _request(
-                    "POST", f"{base}/api/v1/auth/login", {"username": "rm1", "password": "Demo-Passw0rd!"}
-                )
-                if status != 200:
-                    raise RuntimeError(f"login answered {status}: {login}")
-                token = login["access_token"]
+                token = login(base, "rm1")
                 _until(
                     "customer service serving",
                     lambda: _request("GET", f"{base}/api/v1/customers?limit=1", token=token)[0] == 200,
