@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from crm_testing.nats_server import free_port
+
 from .support import DEPLOY, tool
 
 pytestmark = pytest.mark.slow
@@ -20,12 +22,6 @@ pytestmark = pytest.mark.slow
 EVENTS = [
     ("crm.customer.customer.created", {"Nats-Msg-Id": f"0190-{i:04d}"}, f"payload-{i}".encode()) for i in range(25)
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def publish(url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,11 +22,40 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a server started a moment later.
+
+    The port comes from below the kernel's ephemeral range: a port the kernel picked for ``bind(0)`` is one
+    it also gives outgoing connections, so between our check and the server's bind a client socket could
+    take it ("Failed to bind"). No port is handed out twice in one process; the start is random, so
+    parallel processes rarely meet."""
+    low, _ = _ephemeral_range()
+    first, last = 20000, min(low, 32768) - 1
+    span = last - first + 1
+    start = random.randrange(span)
+    for step in range(span):
+        port = first + (start + step) % span
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in {first}-{last}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
