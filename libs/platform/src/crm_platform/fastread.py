@@ -65,11 +65,12 @@ def asyncpg_dsn(url: URL) -> str | None:
 
 
 class ReadPool:
-    """A fixed set of asyncpg connections for hot, read-only statements, in autocommit.
+    """A fixed set of asyncpg connections for hot single statements, in autocommit.
 
     Not ``asyncpg.Pool``: its acquire/release bookkeeping and the reset query it sends on every release
     (``RESET ALL``, ``UNLISTEN *``, … — one more round trip per call) measured at two to three times the cost
-    of the query itself on a primary-key read. These connections only ever run single read-only statements, so
+    of the query itself on a primary-key read. These connections only ever run single statements — reads, or a
+    data-modifying ``WITH`` statement that PostgreSQL runs atomically on its own (the customer create) — so
     there is no session state to reset: a connection is handed out, runs one statement, and is handed back.
     A connection that failed or whose call was cancelled mid-statement is closed and replaced in the
     background (reconnecting with back-off while the database is down); calls wait for a free connection,
@@ -133,14 +134,22 @@ class ReadPool:
 
     async def fetchrow(self, sql: str, args: Sequence[Any], timeout: float | None = None) -> Any:
         """The first row of ``sql`` with ``args`` (an ``asyncpg.Record``: ``row["column"]``), or ``None``."""
+        return await self._run("fetchrow", sql, args, timeout)
+
+    async def fetch(self, sql: str, args: Sequence[Any], timeout: float | None = None) -> list[Any]:
+        """Every row of ``sql`` with ``args`` (``asyncpg.Record`` objects)."""
+        rows: list[Any] = await self._run("fetch", sql, args, timeout)
+        return rows
+
+    async def _run(self, method: str, sql: str, args: Sequence[Any], timeout: float | None) -> Any:
         connection = self._idle.pop() if self._idle else await self._wait()
         self._busy.add(connection)
         DB_POOL_IN_USE.inc()
         healthy = False
         try:
-            row = await connection.fetchrow(sql, *args, timeout=timeout)
+            answer = await getattr(connection, method)(sql, *args, timeout=timeout)
             healthy = True
-            return row
+            return answer
         except Exception as exc:
             # A query error (e.g. a statement the server rejects) leaves the connection usable; anything else
             # (network, timeout, protocol) does not, as far as we can tell.

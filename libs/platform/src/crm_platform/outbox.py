@@ -143,6 +143,19 @@ class Outbox:
         await self.add_envelope(session, envelope)
         return envelope.id
 
+    def prepare(self, subject: str, message: Message, *, subject_id: str, actor: str) -> PendingEvent:
+        """An event for a caller that writes the outbox row itself, in a statement of its own making (its
+        ``id``, ``subject`` and ``envelope`` are the row's columns); hand it over once that committed."""
+        envelope = make_envelope(subject, self.source, message, subject_id=subject_id, actor=actor)
+        return PendingEvent(envelope.id, envelope.type, envelope.SerializeToString())
+
+    def handed_over(self, committed: Sequence[PendingEvent]) -> None:
+        """Events the caller has committed to the outbox table (see :meth:`prepare`): publish them now, as
+        :meth:`add` does after the session's commit. Were the process to stop first, the relay's table scan
+        would publish them later."""
+        if self._notify is not None and committed:
+            self._notify(committed)
+
     async def add_envelope(self, session: AsyncSession, envelope: envelope_pb2.EventEnvelope) -> None:
         """Add a ready envelope to the session's transaction."""
         data = envelope.SerializeToString()

@@ -23,6 +23,7 @@ from crm_platform.bus import DOMAIN_STREAMS, Bus
 from crm_platform.config import CommonSettings, SettingsError
 from crm_platform.db import create_engine, ensure_database, resolve_database_url, session_factory
 from crm_platform.grpc_server import add_health_and_reflection, create_server, set_serving
+from crm_platform.heap import freeze_startup_heap
 from crm_platform.inbox import ConsumerRunner, Subscription
 from crm_platform.logging import configure_logging
 from crm_platform.metrics import serve_metrics
@@ -94,6 +95,7 @@ async def run_service(spec: ServiceSpec, settings: CommonSettings, stop: asyncio
     await consumers.start()
     await server.start()
     await set_serving(health, names, True)
+    freeze_startup_heap()
     log.info("serving", extra={"grpc": f"{host}:{port}", "metrics_port": settings.metrics_port})
 
     await stop.wait()
