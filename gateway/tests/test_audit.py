@@ -107,3 +107,34 @@ async def test_a_failed_write_is_reported_to_its_callers_and_later_appends_still
     await log.append(AuditEntry("u-1", "rm", "POST", "/x", 201, "req-after", "127.0.0.1", {}))
     await log.close()
     assert await verify(audit_engine) == (2, None)
+
+
+async def test_replicas_appending_at_once_keep_one_chain(audit_engine: AsyncEngine) -> None:
+    """Several gateway replicas (an AuditLog each, each remembering the head it last wrote) append at once: on
+    PostgreSQL without a lock, so a replica with a stale head must be refused and chain again; no fork, no
+    record lost, every caller told its own record."""
+    replicas = [AuditLog(audit_engine) for _ in range(3)]
+    for n, log in enumerate(replicas):  # each knows a head, which the others' appends then make stale
+        await log.append(AuditEntry("u-0", "rm", "POST", "/warm", 201, f"warm-{n}", "127.0.0.1", {}))
+
+    async def burst(n: int, log: AuditLog) -> list[int]:
+        out = []
+        for round_ in range(10):
+            entries = [
+                AuditEntry("u-1", "rm", "POST", "/x", 201, f"r{n}-{round_}-{i}", "10.0.0.1", {"i": i}) for i in range(5)
+            ]
+            out.extend(await asyncio.gather(*(log.append(e) for e in entries)))
+        return out
+
+    results = await asyncio.gather(*(burst(n, log) for n, log in enumerate(replicas)))
+    seqs = [seq for result in results for seq in result]
+    assert len(seqs) == len(set(seqs)) == 150
+    async with audit_engine.connect() as conn:
+        count = (await conn.execute(text("SELECT count(*) FROM audit_log"))).scalar()
+        forks = (
+            await conn.execute(
+                text("SELECT count(*) FROM (SELECT prev_hash FROM audit_log GROUP BY prev_hash HAVING count(*) > 1) f")
+            )
+        ).scalar()
+    assert count == 153 and forks == 0
+    assert await verify(audit_engine) == (153, None)

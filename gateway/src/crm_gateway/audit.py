@@ -2,7 +2,8 @@
 
 Each record's hash covers its fields and the previous record's hash, so editing, deleting or inserting a
 row anywhere breaks the chain from that point; :func:`verify` finds the first broken record. The database
-refuses UPDATE and DELETE on the table (triggers), and appends are serialised so the chain never forks.
+refuses UPDATE and DELETE on the table (triggers), and a unique index on ``prev_hash`` keeps the chain from
+forking when several gateway replicas append.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select, text
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crm_platform.db import is_postgres
+from crm_platform.driver import pooled_driver
 from crm_platform.outbox import utcnow
 
 GENESIS = "0" * 64
@@ -48,6 +51,28 @@ def record_hash(prev_hash: str, fields: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _chained(prev: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` with their ``prev_hash`` and ``hash``, the first following ``prev``."""
+    rows = []
+    for fields in records:
+        digest = record_hash(prev, fields)
+        rows.append({**fields, "prev_hash": prev, "hash": digest})
+        prev = digest
+    return rows
+
+
+_INSERTED = (*_HASHED, "prev_hash", "hash")
+_HEAD_SQL = "SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+# One statement for a whole batch: a column array per field, rows inserted (and numbered) in the chain's order.
+_INSERT_SQL = (
+    f"INSERT INTO audit_log ({', '.join(_INSERTED)}) SELECT {', '.join(_INSERTED)} FROM unnest("
+    + ", ".join(f"${i}::{'integer' if name == 'outcome' else 'text'}[]" for i, name in enumerate(_INSERTED, 1))
+    + f") WITH ORDINALITY AS r({', '.join(_INSERTED)}, ord) ORDER BY ord RETURNING seq, hash"
+)
+_UNIQUE_VIOLATION = "23505"
+_CONTENDED_ATTEMPTS = 20
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """What happened, by whom, with what outcome."""
@@ -75,6 +100,7 @@ class AuditLog:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._head: str | None = None  # PostgreSQL: the chain's last hash as this process last saw it
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -118,19 +144,48 @@ class AuditLog:
                     done.set_result(seq)
 
     async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[int]]]) -> list[int]:
-        async with self._engine.begin() as conn:
-            if is_postgres(self._engine):
-                # Serialise the chain's head across gateway replicas.
-                await conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
-            last = (await conn.execute(select(audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1))).scalar()
-            prev = last or GENESIS
-            rows = []
-            for fields, _ in batch:
-                digest = record_hash(prev, fields)
-                rows.append({**fields, "prev_hash": prev, "hash": digest})
-                prev = digest
-            result = await conn.execute(insert(audit_log).returning(audit_log.c.seq, audit_log.c.hash), rows)
-            by_hash = {row.hash: int(row.seq) for row in result}
+        records = [fields for fields, _ in batch]
+        append = self._append_postgres if is_postgres(self._engine) else self._append_sqlalchemy
+        for _ in range(_CONTENDED_ATTEMPTS):
+            seqs = await append(records)
+            if seqs is not None:
+                return seqs
+        raise RuntimeError(f"audit chain still contended after {_CONTENDED_ATTEMPTS} attempts")
+
+    async def _append_sqlalchemy(self, records: list[dict[str, Any]]) -> list[int] | None:
+        """The batch chained to the head read in its transaction; ``None`` when another writer on the same
+        database followed that head first (the unique index on ``prev_hash``)."""
+        try:
+            async with self._engine.begin() as conn:
+                head = select(audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
+                rows = _chained((await conn.execute(head)).scalar() or GENESIS, records)
+                result = await conn.execute(insert(audit_log).returning(audit_log.c.seq, audit_log.c.hash), rows)
+                by_hash = {row.hash: int(row.seq) for row in result}
+        except IntegrityError:
+            return None
+        return [by_hash[row["hash"]] for row in rows]
+
+    async def _append_postgres(self, records: list[dict[str, Any]]) -> list[int] | None:
+        """The batch chained to the head this process last wrote or read, in one autocommit statement;
+        ``None`` when that head was stale.
+
+        Replicas append without a lock: the unique index on ``prev_hash`` refuses a record that follows a head
+        another replica has already followed (ours was stale), and then we read the head and chain again.
+        Five round trips per batch (``BEGIN``, a lock, the head, the insert, ``COMMIT``) became one.
+        """
+        async with pooled_driver(self._engine) as driver:
+            if self._head is None:
+                self._head = await driver.fetchval(_HEAD_SQL) or GENESIS
+            rows = _chained(self._head, records)
+            try:
+                result = await driver.fetch(_INSERT_SQL, *([row[name] for row in rows] for name in _INSERTED))
+            except Exception as exc:
+                self._head = None  # stale (another replica appended) or, on any other error, unknown
+                if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+                    return None
+                raise
+        self._head = rows[-1]["hash"]
+        by_hash = {r["hash"]: int(r["seq"]) for r in result}
         return [by_hash[row["hash"]] for row in rows]
 
     async def query(
