@@ -156,6 +156,7 @@ PER_CUSTOMER_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/holdings", None),
     ("PUT", "/holdings", {"holdings": []}),
     ("POST", "/reveal", {"fields": ["mobile"], "purpose": "客户来电核实身份"}),
+    ("POST", "/merge", {"duplicate_id": "unknown", "reason": "重复建档"}),
 ]
 
 
@@ -180,8 +181,8 @@ async def test_another_rms_customer_is_unreachable_by_any_route_or_filter(gatewa
         for method, suffix, body in PER_CUSTOMER_ROUTES:
             headers = {**h[who], "If-Match": '"1"'}
             reply = await c.request(method, f"/api/v1/customers/{hidden['id']}{suffix}", json=body, headers=headers)
-            # An RM holds no customer:assign: the guard refuses before any lookup, for any id alike.
-            expected = 403 if who == "rm1" and suffix in ("/assign", "/reclaim") else 404
+            # An RM holds no customer:assign nor customer:merge: the guard refuses before any lookup, for any id.
+            expected = 403 if who == "rm1" and suffix in ("/assign", "/reclaim", "/merge") else 404
             assert reply.status_code == expected, (who, method, suffix, reply.status_code, reply.text)
             assert "赵敏" not in reply.text
         one = {"customer_ids": [hidden["id"]], "owner_id": "u-rm1"}

@@ -139,6 +139,10 @@ async def test_lists_search_scope_and_ownership(gateway: Gateway) -> None:
     assert set(await ids("lead1")) == set(await ids("rm1")) | {theirs["id"]}
     assert pooled["id"] in await ids("head", unassigned="true") and pooled["id"] not in await ids("lead1")
     assert len(await ids("exec", tier=["gold", "diamond"])) == 3
+    # An age band: born 1990-01-01, so between 30 and 40 until 2030 (the others have no birth date).
+    assert await ids("rm1", age_min=30, age_max=40) == [mine["id"]]
+    assert await ids("rm1", age_max=25) == [] and await ids("rm1", age_min=50) == []
+    assert (await c.get("/api/v1/customers", params={"age_min": 151}, headers=h["rm1"])).status_code == 422
     assert (await c.get("/api/v1/customers", headers=h["lobby"])).status_code == 403
 
     # Pagination with a cursor, sorted; limit bounds.

@@ -41,6 +41,10 @@ ROUTE_CALLS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/api/v1/customers/{customer_id:str}/assign"): ("/api/v1/customers/{customer}/assign", {"owner_id": "u"}),
     ("POST", "/api/v1/customers/{customer_id:str}/reclaim"): ("/api/v1/customers/unknown/reclaim", {"reason": "m"}),
     ("POST", "/api/v1/customers/{customer_id:str}/tags"): ("/api/v1/customers/{customer}/tags", {"add": ["矩阵"]}),
+    ("POST", "/api/v1/customers/{customer_id:str}/merge"): (
+        "/api/v1/customers/{customer}/merge",
+        {"duplicate_id": "unknown", "reason": "matrix"},
+    ),
     ("POST", "/api/v1/segments"): ("/api/v1/segments", {"name": "矩阵"}),
     ("GET", "/api/v1/segments"): ("/api/v1/segments", None),
     ("GET", "/api/v1/segments/{segment_id:str}/members"): ("/api/v1/segments/unknown/members", None),

@@ -42,6 +42,7 @@ from crm_gateway.seed import seed_demo
 from crm_platform.bus import DOMAIN_STREAMS, Bus
 from crm_platform.config import load
 from crm_platform.db import create_engine, ensure_database, resolve_database_url, session_factory
+from crm_platform.heap import freeze_startup_heap
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, OutboxRelay
 
@@ -65,6 +66,7 @@ ROUTES = [
     customers.customer_history,
     customers.assign_customer,
     customers.reclaim_customer,
+    customers.merge_customers,
     customers.tag_customer,
     customers.create_segment,
     customers.list_segments,
@@ -156,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         authenticator: Authenticator = app.state.authenticator
         revocation_feed = RevocationFeed(authenticator.revocations, bus.nc, store.revoked_sessions_since)
         await revocation_feed.start()
+        freeze_startup_heap()
         try:
             yield
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from sqlalchemy import Column, MetaData, String, Table, insert, select
 
 from crm.common.v1 import envelope_pb2
 from crm.customer.v1 import events_pb2
@@ -83,5 +84,69 @@ async def test_directory_follows_assignments_in_any_order(db_url: str) -> None:
         assert await owner() == ("", "")
         async with sessions() as session:
             await require_customer_in_scope(session, head, "c1")
+    finally:
+        await engine.dispose()
+
+
+async def test_a_merged_customers_records_move_to_the_survivor(db_url: str) -> None:
+    records_metadata = MetaData()
+    records = Table(
+        "records",
+        records_metadata,
+        Column("id", String(36), primary_key=True),
+        Column("customer_id", String(36), nullable=False),
+    )
+    engine = create_engine(normalise_url(db_url))
+    async with engine.begin() as conn:
+        await conn.run_sync(directory_metadata.create_all)
+        await conn.run_sync(records_metadata.create_all)
+    sessions = session_factory(engine)
+    try:
+        async with sessions() as session, session.begin():
+            await session.execute(
+                insert(records), [{"id": "r1", "customer_id": "dup"}, {"id": "r2", "customer_id": "other"}]
+            )
+        without = directory_subscription("test").handlers
+        assert "crm.customer.customer.merged" not in without  # a service with no records to move ignores it
+        handlers = directory_subscription("test", merged_records=(records.c.customer_id,)).handlers
+        merged = _event(
+            "crm.customer.customer.merged",
+            events_pb2.CustomerMerged(survivor_id="kept", duplicate_id="dup", filled_fields=["mobile"], actor="head"),
+            T0,
+        )
+        for _ in range(2):  # applying it again changes nothing
+            async with sessions() as session, session.begin():
+                await handlers[merged.type](session, merged)
+            async with sessions() as session:
+                rows = dict((await session.execute(select(records.c.id, records.c.customer_id))).all())
+            assert rows == {"r1": "kept", "r2": "other"}
+    finally:
+        await engine.dispose()
+
+
+async def test_an_erased_customer_leaves_the_directory(db_url: str) -> None:
+    engine = create_engine(normalise_url(db_url))
+    async with engine.begin() as conn:
+        await conn.run_sync(directory_metadata.create_all)
+    sessions = session_factory(engine)
+    handlers = directory_subscription("test").handlers
+    rm1 = identity("rm1")
+    try:
+        for customer_id in ("c1", "c2"):
+            created = _event(
+                "crm.customer.customer.created",
+                events_pb2.CustomerCreated(customer_id=customer_id, owner_id="rm1", team_id="T1", branch_id="BJ001"),
+                T0,
+            )
+            async with sessions() as session, session.begin():
+                await handlers[created.type](session, created)
+        erased = _event("crm.customer.customer.erased", events_pb2.CustomerErased(customer_id="c1"), T0)
+        for _ in range(2):  # a second delivery changes nothing
+            async with sessions() as session, session.begin():
+                await handlers[erased.type](session, erased)
+        async with sessions() as session:
+            with pytest.raises(NotFound):
+                await require_customer_in_scope(session, rm1, "c1")
+            await require_customer_in_scope(session, rm1, "c2")  # only the erased one left
     finally:
         await engine.dispose()

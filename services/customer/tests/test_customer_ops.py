@@ -270,17 +270,22 @@ async def test_managed_tag_catalog_and_who_may_apply(db_url: str, private_nats: 
         assert (payload.name, payload.branch_id) == ("代发工资", "BJ001")
 
 
-async def _log_contact(url: str, customer_id: str, at: dt.datetime) -> None:
-    """Publish an ``interaction.logged`` event as the interaction service's relay would."""
+async def _log_contact(url: str, customer_id: str, at: dt.datetime, *, legacy: bool = False) -> None:
+    """Publish an ``interaction.logged`` event as the interaction service's relay would: a contact that took
+    place at ``at``, logged now. ``legacy``: as published before the payload carried the contact time (the
+    envelope's time, when it was logged, is then ``at``)."""
     message = interaction_events.InteractionLogged(
         interaction_id=f"i-{customer_id}-{at.timestamp():.0f}",
         customer_id=customer_id,
         channel=interaction_pb2.CHANNEL_PHONE,
         logged_by="rm1",
     )
+    if not legacy:
+        message.occurred_at.FromDatetime(at)
     subject = "crm.interaction.interaction.logged"
     envelope = make_envelope(subject, "interaction", message, subject_id=message.interaction_id, actor="rm1")
-    envelope.occurred_at.FromDatetime(at)
+    if legacy:
+        envelope.occurred_at.FromDatetime(at)
     nc = await nats.connect(url)
     try:
         await nc.jetstream().publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
@@ -309,7 +314,7 @@ async def test_last_contact_from_interaction_events_filters_lists_and_segments(
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         week_ago = now - dt.timedelta(days=7)
         await _log_contact(private_nats.url, called.id, week_ago)
-        await _log_contact(private_nats.url, theirs.id, now - dt.timedelta(days=60))
+        await _log_contact(private_nats.url, theirs.id, now - dt.timedelta(days=60), legacy=True)
 
         async def last_contact(customer_id: str, expected: dt.datetime) -> customer_pb2.Customer:
             for _ in range(200):  # the durable consumer applies the event shortly after it is stored

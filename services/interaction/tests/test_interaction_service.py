@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 
 import grpc
@@ -65,9 +66,11 @@ async def test_log_and_list_within_scope(
         )
         customer_id = created.customer.id
         stub = interaction_service_pb2_grpc.InteractionServiceStub(svc.channel)
+        contacted = (utcnow() - dt.timedelta(days=2)).replace(microsecond=0)  # a visit logged two days later
         request = interaction_service_pb2.LogInteractionRequest(
             customer_id=customer_id, channel=interaction_pb2.CHANNEL_PHONE, summary="asked about CDs", request_id="r1"
         )
+        request.occurred_at.FromDatetime(contacted)
         # The customer directory fills from the customer.created event; until then the customer is unknown here.
         for _ in range(200):
             try:
@@ -89,6 +92,16 @@ async def test_log_and_list_within_scope(
             interaction_service_pb2.ListInteractionsRequest(customer_id=customer_id), metadata=svc.md(HEAD), timeout=5
         )
         assert [i.id for i in listing.interactions] == [logged.interaction.id]
+        # The customer service's last contact follows the event: the contact's own time, not when it was logged.
+        customers = customer_service_pb2_grpc.CustomerServiceStub(cust.channel)
+        for _ in range(200):
+            got = await customers.GetCustomer(
+                customer_service_pb2.GetCustomerRequest(customer_id=customer_id), metadata=cust.md(RM1), timeout=5
+            )
+            if got.customer.HasField("last_contact_at"):
+                break
+            await asyncio.sleep(0.05)
+        assert got.customer.last_contact_at.ToDatetime(tzinfo=dt.UTC) == contacted
 
         no_read = identity(
             "head", roles=("branch_head",), scope=Scope.BRANCH, team_id="", permissions=("customer:read",)

@@ -8,12 +8,16 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select, update
 
+from crm.common.v1 import envelope_pb2
+from crm.customer.v1 import events_pb2 as customer_events
+from crm_opportunity import events
 from crm_opportunity.domain import open_opportunity
 from crm_opportunity.store import OpportunityStore, opportunities
 from crm_platform.auth_context import Scope
 from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.directory import upsert
 from crm_platform.errors import NotFound
+from crm_platform.inbox import Event
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, utcnow
 from crm_platform.schema import outbox
@@ -79,3 +83,19 @@ async def test_list_open_only_pages_and_scope(store: OpportunityStore) -> None:
     for outsider in (RM2, OTHER_HEAD):
         with pytest.raises(NotFound):
             await store.list_for_customer(outsider, "c1", open_only=False, limit=50, after_id="")
+
+
+async def test_a_merged_customers_opportunities_move_to_the_survivor(store: OpportunityStore) -> None:
+    stored = await store.create(RM1, open_opportunity(RM1, "c1", "CD", "1", "CNY", utcnow()), "")
+    # The directory consumer re-points them when the customer service announces the merge.
+    handler = events.subscriptions()[0].handlers["crm.customer.customer.merged"]
+    payload = customer_events.CustomerMerged(survivor_id="c2", duplicate_id="c1", actor="head")
+    event = Event(
+        "e1", "crm.customer.customer.merged", "customer", "c2", "head", utcnow(), payload, envelope_pb2.EventEnvelope()
+    )
+    async with store._sessions() as session, session.begin():
+        await handler(session, event)
+    moved = await store.get(HEAD, stored.id)
+    assert moved.customer_id == "c2"
+    with pytest.raises(NotFound):  # it follows the survivor's owner now
+        await store.get(RM1, stored.id)

@@ -60,6 +60,15 @@ class Reporting:
                 return count
             await asyncio.sleep(0.05)
 
+    async def publish(self, subject: str, payload: object, subject_id: str) -> None:
+        """Publish one customer event as the customer service's relay would."""
+        envelope = make_envelope(subject, "customer", payload, subject_id=subject_id, actor="head")  # type: ignore[arg-type]
+        nc = await nats.connect(self.nats_url)
+        try:
+            await nc.jetstream().publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+        finally:
+            await nc.close()
+
     async def publish_customer_created(self, branch_id: str, region: str, *, copies: int = 1) -> None:
         """Publish one ``customer.created`` event (``copies`` times, as redeliveries)."""
         customer_id = str(uuid.uuid4())
@@ -130,6 +139,29 @@ async def test_a_redelivered_event_counts_once(reporting: Reporting) -> None:
     await reporting.publish_customer_created(witness, region)
     assert await reporting.wait_for_count(witness, 1) == 1
     assert (await reporting.counts(ADMIN))[branch] == 1
+
+
+async def test_merged_and_removed_customers_leave_the_count_and_erased_ones_stay(reporting: Reporting) -> None:
+    region, branch, witness = unique("R"), unique("B"), unique("B")
+    for _ in range(4):
+        await reporting.publish_customer_created(branch, region)
+    assert await reporting.wait_for_count(branch, 4) == 4
+    merged = customer_events.CustomerMerged(
+        survivor_id="s1", duplicate_id="d1", branch_id=branch, duplicate_branch_id=branch
+    )
+    await reporting.publish("crm.customer.customer.merged", merged, "s1")
+    await reporting.publish(  # a rolled-back import's customer: the record is gone
+        "crm.customer.customer.erased",
+        customer_events.CustomerErased(customer_id="r1", removed=True, branch_id=branch),
+        "r1",
+    )
+    await reporting.publish(  # a lawful erasure: the non-personal facts stay, and so does the count
+        "crm.customer.customer.erased", customer_events.CustomerErased(customer_id="e1", branch_id=branch), "e1"
+    )
+    # The consumer handles events in stream order: once the witness is counted, all of the above were handled.
+    await reporting.publish_customer_created(witness, region)
+    assert await reporting.wait_for_count(witness, 1) == 1
+    assert (await reporting.counts(ADMIN))[branch] == 2
 
 
 @pytest.mark.parametrize("scope", [Scope.TEAM, Scope.OWN])

@@ -8,14 +8,18 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import select, update
 
+from crm.common.v1 import envelope_pb2
+from crm.customer.v1 import events_pb2 as customer_events
 from crm_platform.auth_context import Scope
 from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.directory import upsert
 from crm_platform.errors import NotFound
+from crm_platform.inbox import Event
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, utcnow
 from crm_platform.schema import outbox
 from crm_testing.services import identity
+from crm_ticket import events
 from crm_ticket.domain import open_ticket
 from crm_ticket.store import TicketStore, tickets
 
@@ -73,3 +77,20 @@ async def test_list_open_only_pages_and_scope(store: TicketStore) -> None:
     for outsider in (RM2, OTHER_HEAD):
         with pytest.raises(NotFound):
             await store.list_for_customer(outsider, "c1", open_only=False, limit=50, after_id="")
+
+
+async def test_a_merged_customers_tickets_move_to_the_survivor(store: TicketStore) -> None:
+    async with store._sessions() as session, session.begin():
+        await upsert(session, customer_id="c9", owner_id="rm2", team_id="T1", branch_id="BJ001", region="north")
+    stored = await store.open(RM1, open_ticket(RM1, "c1", "complaint", "high", "卡被吞了", utcnow()), "")
+    # The directory consumer re-points them when the customer service announces the merge.
+    handler = events.subscriptions()[0].handlers["crm.customer.customer.merged"]
+    payload = customer_events.CustomerMerged(survivor_id="c9", duplicate_id="c1", actor="head")
+    event = Event(
+        "e1", "crm.customer.customer.merged", "customer", "c9", "head", utcnow(), payload, envelope_pb2.EventEnvelope()
+    )
+    async with store._sessions() as session, session.begin():
+        await handler(session, event)
+    assert (await store.get(RM2, stored.id)).customer_id == "c9"  # it follows the survivor's owner now
+    with pytest.raises(NotFound):
+        await store.get(RM1, stored.id)

@@ -34,6 +34,8 @@ from crm_gateway.schemas.customers import (
     ManagedTagIn,
     ManagedTagOut,
     ManagedTags,
+    MergeIn,
+    MergeOut,
     Money,
     ReclaimIn,
     RiskAppetite,
@@ -62,6 +64,16 @@ def _identity(request: Request[Any, Any, Any]) -> Any:
 
 async def _call(request: Request[Any, Any, Any], method: str, message: Any) -> Any:
     return await request.app.state.services.call("customer", method, message, _identity(request))
+
+
+async def _call_versioned(request: Request[Any, Any, Any], method: str, message: Any, stale: str) -> Any:
+    """:func:`_call` for a change guarded by an expected version: a stale one answers 412 with ``stale``."""
+    try:
+        return await _call(request, method, message)
+    except ServiceFailure as exc:
+        if exc.failure.reason == "VERSION_CONFLICT":
+            raise HTTPException(status_code=412, detail=stale) from None
+        raise
 
 
 def _answer(customer: Any, status_code: int = 200, **headers: str) -> Response[CustomerOut]:
@@ -118,14 +130,9 @@ async def update_customer(
         update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)),
         note=data.note or "",
     )
-    try:
-        reply = await _call(request, "UpdateCustomer", message)
-    except ServiceFailure as exc:
-        if exc.failure.reason == "VERSION_CONFLICT":
-            raise HTTPException(
-                status_code=412, detail="the customer changed since it was read; read it again"
-            ) from None
-        raise
+    reply = await _call_versioned(
+        request, "UpdateCustomer", message, "the customer changed since it was read; read it again"
+    )
     return _answer(reply.customer)
 
 
@@ -163,6 +170,12 @@ async def list_customers(
         dt.datetime | None,
         Parameter(required=False, description="customers last contacted before it, or never contacted"),
     ] = None,
+    age_min: Annotated[
+        int | None, Parameter(required=False, ge=0, le=150, description="individuals at least this old (years)")
+    ] = None,
+    age_max: Annotated[
+        int | None, Parameter(required=False, ge=0, le=150, description="individuals at most this old (years)")
+    ] = None,
     sort: Annotated[
         str,
         Parameter(pattern=r"^-?(created_at|updated_at|name|customer_no)$", description="e.g. -created_at (default)"),
@@ -190,6 +203,8 @@ async def list_customers(
         created_from=_timestamp(created_from, "created_from"),
         created_to=_timestamp(created_to, "created_to"),
         last_contact_before=_timestamp(last_contact_before, "last_contact_before"),
+        age_min=age_min or 0,
+        age_max=age_max or 0,
         order_by=sort,
     )
     reply = await _call(request, "ListCustomers", message)
@@ -237,6 +252,41 @@ async def reclaim_customer(request: Request[Any, Any, Any], customer_id: _ID, da
         request, "ReclaimCustomer", pb.ReclaimCustomerRequest(customer_id=customer_id, reason=data.reason)
     )
     return _answer(reply.customer)
+
+
+@post("/api/v1/customers/{customer_id:str}/merge", opt={"permission": "customer:merge"}, status_code=200)
+async def merge_customers(
+    request: Request[Any, Any, Any], customer_id: _ID, data: MergeIn, if_match: _IF_MATCH = None
+) -> Response[MergeOut]:
+    """Merge the duplicate file ``duplicate_id`` into this customer (the survivor): the survivor keeps its values
+    and owner and takes the duplicate's values for its empty fields, its tags and the holdings of products it does
+    not hold; the duplicate stays readable by id with ``status: merged`` and ``merged_into``, and leaves lists,
+    searches and duplicate detection. Both must be in the caller's scope (404 otherwise). 409 when they cannot be
+    the same customer (different kinds, different ID numbers of one type, contradicting files) or one is erased
+    or merged already. ``If-Match`` (optional) with the survivor's ETag, ``duplicate_version`` with the
+    duplicate's: 412 when either changed since."""
+    data.violations().raise_if_any()
+    expected = 0
+    if if_match:
+        try:
+            expected = int(if_match.strip().removeprefix("W/").strip('"'))
+        except ValueError:
+            raise HTTPException(status_code=412, detail="If-Match does not match the customer's ETag") from None
+    # The path names the survivor only: the audit record names the duplicate and the reason too.
+    request.scope["state"]["audit_detail"] = {"duplicate_id": data.duplicate_id, "reason": data.reason.strip()}
+    message = pb.MergeCustomersRequest(
+        survivor_id=customer_id,
+        duplicate_id=data.duplicate_id,
+        reason=data.reason,
+        expected_survivor_version=expected,
+        expected_duplicate_version=data.duplicate_version or 0,
+    )
+    reply = await _call_versioned(
+        request, "MergeCustomers", message, "a customer changed since it was read; read both again"
+    )
+    out = MergeOut.from_proto(reply.survivor)
+    out.filled_fields = list(reply.filled_fields)
+    return Response(out, headers={"ETag": f'"{out.version}"'})
 
 
 @post("/api/v1/customers/{customer_id:str}/tags", opt={"permission": "customer:write"}, status_code=200)

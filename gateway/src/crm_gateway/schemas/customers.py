@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -51,10 +52,15 @@ def _prefix(descriptor: EnumDescriptor) -> str:
     return descriptor.values_by_number[0].name.removesuffix("UNSPECIFIED")
 
 
+@functools.cache
+def _texts(descriptor: EnumDescriptor) -> dict[int, str]:
+    prefix = _prefix(descriptor)
+    return {v.number: v.name.removeprefix(prefix).lower() for v in descriptor.values if v.number != 0}
+
+
 def enum_text(descriptor: EnumDescriptor, number: int) -> str | None:
-    """``TIER_GOLD`` → ``gold``; unspecified → ``None``."""
-    value = descriptor.values_by_number.get(number)
-    return None if number == 0 or value is None else value.name.removeprefix(_prefix(descriptor)).lower()
+    """``TIER_GOLD`` → ``gold``; unspecified (or unknown) → ``None``."""
+    return _texts(descriptor).get(number)
 
 
 def enum_number(descriptor: EnumDescriptor, text: str | None) -> int:
@@ -282,6 +288,9 @@ class CustomerOut(msgspec.Struct):
     familiar: bool = False
     value_first: bool = False
     last_contact_at: str | None = None
+    status: Literal["active", "merged", "erased"] = "active"
+    merged_into: str | None = None
+    merged_at: str | None = None
 
     @classmethod
     def from_proto(cls, c: customer_pb2.Customer) -> CustomerOut:
@@ -310,6 +319,9 @@ class CustomerOut(msgspec.Struct):
             familiar=c.familiar,
             value_first=c.value_first,
             last_contact_at=rfc3339(c.last_contact_at) if c.HasField("last_contact_at") else None,
+            status="merged" if c.merged_into else "erased" if c.erased else "active",
+            merged_into=c.merged_into or None,
+            merged_at=rfc3339(c.merged_at) if c.HasField("merged_at") else None,
             **{name: getattr(p, name) or None for name in PROFILE_TEXT},
             **{name: enum_text(d, getattr(p, name)) for name, d in ENUMS.items() if name != "tier"},
         )
@@ -357,6 +369,28 @@ class ReclaimIn(msgspec.Struct, forbid_unknown_fields=True):
     """Return the customer to the branch pool."""
 
     reason: _text(500) = ""
+
+
+class MergeIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Merge the customer ``duplicate_id`` into this one (the survivor). ``duplicate_version``, when given, is the
+    duplicate's version (its ETag) the caller reviewed; the survivor's goes in ``If-Match``."""
+
+    duplicate_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+    reason: _text(500) = ""  # required: checked in violations() so a missing one is named like a blank one
+    duplicate_version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+    def violations(self) -> Violations:
+        """Rules past the field types: a reason that is not only blanks."""
+        v = Violations()
+        if not self.reason.strip():
+            v.add("reason", "is required (why the two files are the same customer)")
+        return v
+
+
+class MergeOut(CustomerOut):
+    """The survivor after a merge, and the names of its fields filled from the duplicate."""
+
+    filled_fields: list[str] = msgspec.field(default_factory=list)
 
 
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=20, pattern=r"^[^,]+$")]

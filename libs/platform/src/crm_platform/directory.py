@@ -1,13 +1,15 @@
 """The local copy of ``customer_id → owner, team, branch, region`` that services other than customer keep,
 fed by customer events, so they apply data scope in their own queries without calling the customer service.
+The same durable consumer re-points a service's records from a merged duplicate customer to its survivor.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm.customer.v1 import events_pb2 as customer_events
 from crm_platform.auth_context import Identity
 from crm_platform.errors import NotFound
-from crm_platform.inbox import Event, Subscription
+from crm_platform.inbox import Event, Handler, Subscription
 from crm_platform.outbox import utcnow
 from crm_platform.scope import scope_condition
 
@@ -34,6 +36,8 @@ customer_directory = Table(
 
 CUSTOMER_CREATED = "crm.customer.customer.created"
 CUSTOMER_ASSIGNED = "crm.customer.customer.assigned"
+CUSTOMER_MERGED = "crm.customer.customer.merged"
+CUSTOMER_ERASED = "crm.customer.customer.erased"
 
 
 def create_directory_table(op: Any) -> None:
@@ -100,13 +104,48 @@ async def on_customer_assigned(session: AsyncSession, event: Event) -> None:
     )
 
 
-def directory_subscription(service: str) -> Subscription:
-    """The durable consumer ``<service>-customer-directory`` that keeps the directory current."""
+async def on_customer_erased(session: AsyncSession, event: Event) -> None:
+    """An erased customer (a lawful erasure, or a rolled-back import's customer that never should have existed)
+    leaves the directory: nothing new can be attached to it here, and its records are no longer reachable
+    through it. Applying it again changes nothing."""
+    payload = event.payload
+    assert isinstance(payload, customer_events.CustomerErased)
+    await session.execute(delete(customer_directory).where(customer_directory.c.customer_id == payload.customer_id))
+
+
+def repoint_on_merge(columns: Sequence[Column[str]]) -> Handler:
+    """A ``customer.merged`` handler that moves a service's records from the duplicate to the survivor: every
+    row whose ``column`` names the duplicate names the survivor afterwards (so it follows the survivor's owner
+    in the directory). Applying it again changes nothing; the inbox makes a redelivery a no-op anyway."""
+
+    async def on_customer_merged(session: AsyncSession, event: Event) -> None:
+        payload = event.payload
+        assert isinstance(payload, customer_events.CustomerMerged)
+        if not payload.duplicate_id or not payload.survivor_id:
+            return
+        for column in columns:
+            await session.execute(
+                update(column.table).where(column == payload.duplicate_id).values({column.name: payload.survivor_id})
+            )
+
+    return on_customer_merged
+
+
+def directory_subscription(service: str, merged_records: Sequence[Column[str]] = ()) -> Subscription:
+    """The durable consumer ``<service>-customer-directory`` that keeps the directory current, and re-points the
+    ``merged_records`` columns (a service's ``customer_id`` columns) when a duplicate customer is merged."""
+    handlers: dict[str, Handler] = {
+        CUSTOMER_CREATED: on_customer_created,
+        CUSTOMER_ASSIGNED: on_customer_assigned,
+        CUSTOMER_ERASED: on_customer_erased,
+    }
+    if merged_records:
+        handlers[CUSTOMER_MERGED] = repoint_on_merge(merged_records)
     return Subscription(
         durable=f"{service}-customer-directory",
         stream="CRM_CUSTOMER",
         subject="crm.customer.customer.>",
-        handlers={CUSTOMER_CREATED: on_customer_created, CUSTOMER_ASSIGNED: on_customer_assigned},
+        handlers=handlers,
     )
 
 

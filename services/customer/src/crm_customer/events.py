@@ -3,6 +3,7 @@ personal values."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING
 
 from google.protobuf.descriptor import EnumDescriptor
@@ -15,7 +16,7 @@ from crm_platform.inbox import Subscription
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from crm_customer.domain import Customer, HoldingsChange, ManagedTag
+    from crm_customer.domain import Customer, HoldingsChange, ManagedTag, MergePlan
     from crm_platform.inbox import Event
 
 CUSTOMER_CREATED = "crm.customer.customer.created"
@@ -25,6 +26,7 @@ CUSTOMER_TIER_CHANGED = "crm.customer.customer.tier_changed"
 CUSTOMER_ERASED = "crm.customer.customer.erased"
 CUSTOMER_TAGGED = "crm.customer.customer.tagged"
 CUSTOMER_HOLDINGS_CHANGED = "crm.customer.customer.holdings_changed"
+CUSTOMER_MERGED = "crm.customer.customer.merged"
 MANAGED_TAG_DEFINED = "crm.customer.managed_tag.defined"
 
 # Consumed: a logged contact moves the customer's last contact forward.
@@ -101,9 +103,9 @@ def tier_changed(customer: Customer, previous_tier: str) -> events_pb2.CustomerT
     )
 
 
-def customer_erased(customer: Customer) -> events_pb2.CustomerErased:
-    """The ``customer.erased`` payload."""
-    return events_pb2.CustomerErased(customer_id=customer.id)
+def customer_erased(customer: Customer, *, removed: bool = False) -> events_pb2.CustomerErased:
+    """The ``customer.erased`` payload (``removed``: the whole record was deleted, as by an import's rollback)."""
+    return events_pb2.CustomerErased(customer_id=customer.id, removed=removed, branch_id=customer.branch_id)
 
 
 def customer_tagged(
@@ -134,17 +136,29 @@ def holdings_changed(customer: Customer, change: HoldingsChange) -> events_pb2.C
     )
 
 
-async def on_interaction_logged(session: AsyncSession, event: Event) -> None:
-    """A contact was logged: the customer's last contact moves forward to when it was logged.
+def customer_merged(plan: MergePlan, moved_product_codes: list[str], actor: str) -> events_pb2.CustomerMerged:
+    """The ``customer.merged`` payload: which file went into which, the names of the filled fields (never their
+    values), the products that moved and who merged."""
+    return events_pb2.CustomerMerged(
+        survivor_id=plan.survivor.id,
+        duplicate_id=plan.duplicate.id,
+        filled_fields=plan.filled_fields,
+        actor=actor,
+        branch_id=plan.survivor.branch_id,
+        moved_product_codes=moved_product_codes,
+        duplicate_branch_id=plan.duplicate.branch_id,
+    )
 
-    The payload carries no contact time, so the envelope's ``occurred_at`` (when the contact was logged) stands
-    for it; contacts are logged the same day as a rule.
-    """
+
+async def on_interaction_logged(session: AsyncSession, event: Event) -> None:
+    """A contact was logged: the customer's last contact moves forward to when the contact took place (the
+    payload's ``occurred_at``; for an event published before it carried one, when it was logged)."""
     from crm_customer.store.contacts import record_contact  # here: the store package imports this module
 
     payload = event.payload
     assert isinstance(payload, interaction_events.InteractionLogged)
-    await record_contact(session, payload.customer_id, event.occurred_at)
+    contacted = payload.occurred_at.ToDatetime(tzinfo=dt.UTC) if payload.HasField("occurred_at") else None
+    await record_contact(session, payload.customer_id, contacted or event.occurred_at)
 
 
 def subscriptions() -> list[Subscription]:

@@ -14,6 +14,7 @@ from crm_customer.import_servicer import wire_imports
 from crm_customer.servicer import CustomerServicer
 from crm_customer.store import CustomerStore
 from crm_customer.store.fastread import CustomerReads
+from crm_customer.store.fastwrite import CustomerWrites
 from crm_platform.fastread import read_pool_for
 from crm_platform.runtime import Context, ServiceSpec
 
@@ -27,7 +28,12 @@ def wire(server: grpc.aio.Server, ctx: Context) -> Sequence[str]:
     pool = read_pool_for(ctx.engine, size=4, name="crm-customer-reads")
     if pool is not None:
         ctx.background.append(asyncio.create_task(pool.serve(), name="customer-read-pool"))
-    servicer = CustomerServicer(store, CustomerReads(store, pool))
+    # A create is one statement (store/fastwrite.py) on connections of its own, so reads never queue behind
+    # writes.
+    write_pool = read_pool_for(ctx.engine, size=4, name="crm-customer-writes")
+    if write_pool is not None:
+        ctx.background.append(asyncio.create_task(write_pool.serve(), name="customer-write-pool"))
+    servicer = CustomerServicer(store, CustomerReads(store, pool), CustomerWrites(store, write_pool))
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(servicer, server)
     names = [customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name]
     return [*names, wire_imports(server, ctx, store)]

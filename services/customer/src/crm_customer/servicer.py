@@ -8,10 +8,11 @@ from typing import Any
 from crm.common.v1 import money_pb2, paging_pb2
 from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
 from crm_customer import domain
-from crm_customer.domain import Customer, FieldChange, masked, register_customer, require, revise_profile
+from crm_customer.domain import Customer, FieldChange, register_customer, require, revise_profile
 from crm_customer.events import KIND_TO_PROTO, enum_number, enum_text
 from crm_customer.store import CustomerFilter, CustomerStore
 from crm_customer.store.fastread import CustomerReads
+from crm_customer.store.fastwrite import CustomerWrites
 from crm_platform import identifiers
 from crm_platform.auth_context import current_identity
 from crm_platform.errors import Conflict, FailedPrecondition, FieldViolation, InvalidArgument
@@ -51,13 +52,22 @@ def profile_to_raw(profile: customer_pb2.CustomerProfile, fields: set[str] | Non
     return {k: v for k, v in raw.items() if k in wanted}
 
 
-def profile_to_proto(profile: domain.Profile) -> customer_pb2.CustomerProfile:
-    """The wire form of a (masked) profile."""
+# enum_number's answers, as one dict look-up per field ("" is 0; an unknown text a KeyError, as there).
+_ENUM_NUMBERS = {name: {enum_text(d, v.number): v.number for v in d.values} for name, d in _ENUMS.items()}
+
+
+def profile_to_proto(profile: domain.Profile, *, mask: bool = False) -> customer_pb2.CustomerProfile:
+    """The wire form of a profile; with ``mask``, every sensitive field masked as :func:`domain.masked` masks it
+    (what an answer carries), without building a masked copy of the profile first (a list maps 50 at a time)."""
+    text = {name: _text(getattr(profile, name)) for name in _TEXT}
+    if mask:
+        for name, hide in domain.SENSITIVE_FIELDS.items():
+            text[name] = hide(getattr(profile, name))
     message = customer_pb2.CustomerProfile(
         interests=list(profile.interests),
         do_not_disturb=profile.do_not_disturb,
-        **{name: _text(getattr(profile, name)) for name in _TEXT},
-        **{name: enum_number(d, getattr(profile, name)) for name, d in _ENUMS.items()},  # type: ignore[arg-type]
+        **text,
+        **{name: numbers[getattr(profile, name)] for name, numbers in _ENUM_NUMBERS.items()},
     )
     if profile.annual_income:
         message.annual_income.CopyFrom(
@@ -67,6 +77,8 @@ def profile_to_proto(profile: domain.Profile) -> customer_pb2.CustomerProfile:
 
 
 def _text(value: object) -> str:
+    if value.__class__ is str:
+        return value  # type: ignore[return-value]
     if value is None:
         return ""
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
@@ -86,7 +98,7 @@ def to_proto(customer: Customer) -> customer_pb2.Customer:
         version=customer.version,
         created_at=timestamp(customer.created_at),
         updated_at=timestamp(customer.updated_at),
-        profile=profile_to_proto(masked(customer.profile)),
+        profile=profile_to_proto(customer.profile, mask=True),
         erased=customer.erased_at is not None,
         tags=list(customer.tags),
         aum=money_pb2.Money(amount=f"{customer.aum:.2f}", currency="CNY"),
@@ -94,6 +106,8 @@ def to_proto(customer: Customer) -> customer_pb2.Customer:
         familiar=domain.is_familiar(customer.product_count, customer.aum),
         value_first=domain.is_value_first(customer.profile.tier, customer.aum),
         last_contact_at=timestamp(customer.last_contact_at) if customer.last_contact_at else None,
+        merged_into=customer.merged_into,
+        merged_at=timestamp(customer.merged_at) if customer.merged_at else None,
     )
 
 
@@ -223,13 +237,26 @@ def _members_filter(criteria: domain.SegmentCriteria) -> CustomerFilter:
     )
 
 
+def _not_merged(customer: Customer) -> None:
+    """A merged duplicate takes no more changes (its values would re-enter searches, counts and duplicate
+    detection): they go to its survivor."""
+    if customer.merged_into:
+        raise FailedPrecondition(
+            f"a merged customer cannot be changed; change the survivor {customer.merged_into}", reason="MERGED"
+        )
+
+
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     """Translates CustomerService calls; errors map to status codes in the shared interceptor."""
 
-    def __init__(self, store: CustomerStore, reads: CustomerReads | None = None) -> None:
+    def __init__(
+        self, store: CustomerStore, reads: CustomerReads | None = None, writes: CustomerWrites | None = None
+    ) -> None:
         self._store = store
-        # GetCustomer, the hottest call, reads through asyncpg on PostgreSQL (store/fastread.py).
+        # GetCustomer, the hottest call, reads through asyncpg on PostgreSQL (store/fastread.py); a create
+        # is one statement there (store/fastwrite.py).
         self._reads = reads or CustomerReads(store, None)
+        self._writes = writes or CustomerWrites(store, None)
 
     async def GetCustomer(self, request: Any, context: Any) -> customer_service_pb2.GetCustomerResponse:  # noqa: N802
         """See the proto."""
@@ -241,13 +268,10 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     async def CreateCustomer(self, request: Any, context: Any) -> customer_service_pb2.CreateCustomerResponse:  # noqa: N802
         """See the proto."""
         identity = current_identity()
-        if request.request_id:
-            earlier = await self._store.find_by_request(identity, request.request_id)
-            if earlier is not None:
-                return customer_service_pb2.CreateCustomerResponse(customer=to_proto(earlier))
         raw = {**profile_to_raw(request.profile), "name": request.name}
         customer = register_customer(identity, _PROTO_TO_KIND.get(request.kind), raw, utcnow())
-        created = await self._store.create(identity, customer, request.request_id)
+        # An earlier call with the same request id answers its customer (checked by the write itself).
+        created = await self._writes.create(identity, customer, request.request_id)
         return customer_service_pb2.CreateCustomerResponse(customer=to_proto(created))
 
     async def UpdateCustomer(self, request: Any, context: Any) -> customer_service_pb2.UpdateCustomerResponse:  # noqa: N802
@@ -262,6 +286,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         current = await self._store.get(identity, request.customer_id)
         if current.erased_at is not None:
             raise FailedPrecondition("an erased customer cannot be changed", reason="ERASED")
+        _not_merged(current)
         updates = profile_to_raw(request.profile, paths)
         if "name" in paths:
             updates["name"] = request.name
@@ -277,7 +302,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         """See the proto."""
         identity = current_identity()
         require(identity, "customer:read")
-        page, cursor = await self._store.list(
+        page, cursor = await self._reads.list(
             identity, _filter(request), page_limit(request.page), request.page.page_token
         )
         return customer_service_pb2.ListCustomersResponse(
@@ -313,6 +338,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         identity = current_identity()
         require(identity, "customer:assign")
         current = await self._store.get(identity, request.customer_id)
+        _not_merged(current)
         reason = request.reason.strip()
         ownership = domain.plan_assignment(
             identity,
@@ -331,6 +357,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         identity = current_identity()
         require(identity, "customer:assign")
         current = await self._store.get(identity, request.customer_id)
+        _not_merged(current)
         reason = request.reason.strip()
         ownership = domain.plan_reclaim(identity, current, reason)
         saved = await self._store.save_ownership(identity, current, ownership, "reclaimed", reason, utcnow())
@@ -354,6 +381,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         identity = current_identity()
         require(identity, "customer:write")
         current = await self._store.get(identity, request.customer_id)
+        _not_merged(current)
         catalog = await self._store.managed_catalog(identity)
         plan = domain.plan_tagging(
             identity,
@@ -391,7 +419,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         require(identity, "customer:read")
         segment = await self._store.get_segment(identity, request.segment_id)
         where = _members_filter(segment.criteria)
-        page, cursor = await self._store.list(identity, where, page_limit(request.page), request.page.page_token)
+        page, cursor = await self._reads.list(identity, where, page_limit(request.page), request.page.page_token)
         total = await self._store.count(identity, where)
         return customer_service_pb2.ListSegmentMembersResponse(
             customers=[to_proto(c) for c in page], page=paging_pb2.PageInfo(next_page_token=cursor), total=total
@@ -403,6 +431,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         require(identity, "customer:write")
         holdings = domain.validate_holdings([holding_to_raw(h) for h in request.holdings])
         current = await self._store.get(identity, request.customer_id)
+        _not_merged(current)
         now = utcnow()
         change = domain.assess_holdings(current.aum, holdings, current.profile.tier, now.date())
         saved = await self._store.replace_holdings(identity, current, holdings, change, now)
@@ -459,6 +488,11 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
                 violations=[customer_service_pb2.ItemViolation(field=f, description=d) for f, d in item.violations],
             )
             if item.ownership is not None and item.customer is not None:
+                if item.customer.merged_into:
+                    result.outcome = "merged"
+                    result.message = f"merged into {item.customer.merged_into}; assign the survivor"
+                    results.append(result)
+                    continue
                 try:
                     saved = await self._store.save_ownership(
                         identity, item.customer, item.ownership, "assigned", reason, utcnow()
@@ -484,6 +518,10 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             current = visible.get(snapshot.customer_id)
             if current is None:
                 result.outcome, result.message = "not_found", "no such customer in your scope"
+                continue
+            if current.merged_into:
+                result.outcome = "merged"
+                result.message = f"merged into {current.merged_into}; its holdings belong to the survivor"
                 continue
             try:
                 holdings = domain.validate_holdings([holding_to_raw(h) for h in snapshot.holdings])
@@ -511,6 +549,22 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         )
         saved = await self._store.define_managed_tag(tag)
         return customer_service_pb2.DefineManagedTagResponse(tag=managed_tag_to_proto(saved))
+
+    async def MergeCustomers(self, request: Any, context: Any) -> customer_service_pb2.MergeCustomersResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        require(identity, domain.MERGE_PERMISSION)
+        reason = request.reason.strip()
+        domain.check_merge_request(request.survivor_id, request.duplicate_id, reason)
+        # Each read applies the caller's scope: a file outside it answers NOT_FOUND, like one that does not exist.
+        survivor = await self._store.get(identity, request.survivor_id.strip())
+        duplicate = await self._store.get(identity, request.duplicate_id.strip())
+        now = utcnow()
+        plan = domain.plan_merge(
+            identity, survivor, duplicate, request.expected_survivor_version, request.expected_duplicate_version, now
+        )
+        saved = await self._store.save_merge(identity, survivor, duplicate, plan, reason, now)
+        return customer_service_pb2.MergeCustomersResponse(survivor=to_proto(saved), filled_fields=plan.filled_fields)
 
     async def ListManagedTags(self, request: Any, context: Any) -> customer_service_pb2.ListManagedTagsResponse:  # noqa: N802
         """See the proto."""

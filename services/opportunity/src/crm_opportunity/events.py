@@ -36,5 +36,8 @@ def opportunity_created(opportunity: Opportunity) -> events_pb2.OpportunityCreat
 
 
 def subscriptions() -> list[Subscription]:
-    """Customer events keep the local customer directory (for data scope) current."""
-    return [directory_subscription("opportunity")]
+    """Customer events keep the local customer directory (for data scope) current; a merged duplicate
+    customer's opportunities move to its survivor."""
+    from crm_opportunity.store import opportunities  # here: the store imports this module
+
+    return [directory_subscription("opportunity", merged_records=(opportunities.c.customer_id,))]

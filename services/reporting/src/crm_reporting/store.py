@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, select
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -31,6 +31,17 @@ async def count_customer(session: AsyncSession, *, branch_id: str, region: str) 
             index_elements=["branch_id"],
             set_={"customers": branch_customer_counts.c.customers + 1, "region": stmt.excluded.region},
         )
+    )
+
+
+async def uncount_customer(session: AsyncSession, *, branch_id: str) -> None:
+    """Take one customer off its branch's count (a merged duplicate, a rolled-back import's customer); never
+    below zero."""
+    c = branch_customer_counts.c
+    await session.execute(
+        update(branch_customer_counts)
+        .where(c.branch_id == branch_id, c.customers > 0)
+        .values(customers=c.customers - 1)
     )
 
 

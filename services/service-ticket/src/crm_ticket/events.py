@@ -39,5 +39,8 @@ def ticket_opened(ticket: Ticket) -> events_pb2.TicketOpened:
 
 
 def subscriptions() -> list[Subscription]:
-    """Customer events keep the local customer directory (for data scope) current."""
-    return [directory_subscription("ticket")]
+    """Customer events keep the local customer directory (for data scope) current; a merged duplicate
+    customer's tickets move to its survivor."""
+    from crm_ticket.store import tickets  # here: the store imports this module
+
+    return [directory_subscription("ticket", merged_records=(tickets.c.customer_id,))]

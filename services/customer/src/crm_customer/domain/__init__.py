@@ -1,4 +1,4 @@
-"""Customer rules: what a valid customer file is, who owns it, what changed, tags, segments and holdings.
+"""Customer rules: what a valid customer file is, who owns it, what changed, tags, segments, holdings, merges.
 No gRPC, SQL or NATS here. One module per concern; this package re-exports the names the service uses."""
 
 from crm_customer.domain.customer import (
@@ -44,6 +44,13 @@ from crm_customer.domain.holdings import (
     is_value_first,
     validate_holdings,
 )
+from crm_customer.domain.merge import (
+    MERGE_PERMISSION,
+    MergePlan,
+    check_merge_request,
+    holdings_to_move,
+    plan_merge,
+)
 from crm_customer.domain.ownership import (
     ERASED_NAME,
     MAX_BULK,
@@ -78,6 +85,7 @@ __all__ = [
     "MAX_BULK",
     "MAX_SNAPSHOTS",
     "MAX_TAGS",
+    "MERGE_PERMISSION",
     "PRODUCT_TYPES",
     "PROFILE_FIELDS",
     "RISK_APPETITES",
@@ -95,6 +103,7 @@ __all__ = [
     "Holding",
     "HoldingsChange",
     "ManagedTag",
+    "MergePlan",
     "Ownership",
     "Profile",
     "Segment",
@@ -106,6 +115,7 @@ __all__ = [
     "birth_date_bounds",
     "changes",
     "check_bulk_ids",
+    "check_merge_request",
     "check_profile",
     "check_snapshot_ids",
     "define_managed_tag",
@@ -113,12 +123,14 @@ __all__ = [
     "display_value",
     "eligible_tier",
     "erased_profile",
+    "holdings_to_move",
     "is_familiar",
     "is_value_first",
     "masked",
     "new_customer_no",
     "plan_assignment",
     "plan_bulk_assignment",
+    "plan_merge",
     "plan_reclaim",
     "plan_tagging",
     "profile_as_raw",

@@ -129,6 +129,8 @@ class Customer:
     aum: decimal.Decimal = decimal.Decimal(0)
     product_count: int = 0
     last_contact_at: dt.datetime | None = None
+    merged_into: str = ""  # the survivor a merged duplicate went into
+    merged_at: dt.datetime | None = None
 
     @property
     def name(self) -> str:

@@ -13,20 +13,21 @@ import dataclasses
 import datetime as dt
 import decimal
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    and_,
     bindparam,
     delete,
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Row
@@ -45,6 +46,7 @@ from crm_customer.domain import (
     erased_profile,
 )
 from crm_customer.store.holdings import HoldingQueries
+from crm_customer.store.merge import MergeQueries
 from crm_customer.store.ownership import OwnershipQueries
 from crm_customer.store.segments import SegmentQueries
 from crm_customer.store.tables import (
@@ -91,6 +93,13 @@ _DUPLICATE_OF = {
     "credit_code": _duplicate_query(customers.c.credit_code == bindparam("value")),
 }
 _COLUMNS = [c for c in customers.c if c.name != "request_id"]
+DUPLICATE_FIELDS = ("id_number", "mobile", "credit_code")  # what a duplicate shares, in the order reported
+# Every customer column's value when a create gives none: what SQLAlchemy's insert() would fill in from the column
+# defaults (the one-statement create and the import's COPY name every column).
+_CUSTOMER_DEFAULTS = {
+    c.name: c.default.arg if c.default is not None and c.default.is_scalar else None  # type: ignore[attr-defined]
+    for c in customers.c
+}
 _SORTS = {"created_at", "updated_at", "name", "customer_no"}
 
 
@@ -134,7 +143,7 @@ class HistoryEntry:
     changes: list[FieldChange]
 
 
-class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries):
+class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries, MergeQueries):
     """Reads and writes customer files; writes put their events in the outbox in the same transaction."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, keyring: Keyring) -> None:
@@ -155,11 +164,12 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
             customers.outerjoin(customer_keys, k.customer_id == customers.c.id)
         )
 
-    def _to_customer(self, row: Row[Any]) -> Customer:
+    def _to_customer(self, row: Row[Any], tags: tuple[str, ...] = ()) -> Customer:
         m = row._mapping
         values: dict[str, Any] = {name: m[name] for name in _PLAIN}
         values["birth_date"] = m["birth_date"]
-        values["interests"] = tuple(json.loads(m["interests"] or "[]"))
+        interests = m["interests"]
+        values["interests"] = () if not interests or interests == "[]" else tuple(json.loads(interests))
         values["annual_income"] = "" if m["annual_income"] is None else f"{decimal.Decimal(m['annual_income']):.2f}"
         values["credit_code"] = m["credit_code"] or ""
         if m["wrapped"] is not None:
@@ -184,6 +194,9 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
             aum=decimal.Decimal(m["aum"] or 0).quantize(decimal.Decimal("0.01")),
             product_count=m["product_count"] or 0,
             last_contact_at=as_utc(m["last_contact_at"]) if m["last_contact_at"] is not None else None,
+            merged_into=m["merged_into"] or "",
+            merged_at=as_utc(m["merged_at"]) if m["merged_at"] is not None else None,
+            tags=tags,
         )
 
     async def get(self, identity: Identity, customer_id: str) -> Customer:
@@ -219,7 +232,8 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
 
     def _conditions(self, identity: Identity, where: CustomerFilter) -> list[ColumnElement[bool]]:
         c = customers.c
-        conditions: list[ColumnElement[bool]] = [self._scoped(identity)]
+        # A merged duplicate is read by id only (links resolve); lists and searches answer its survivor.
+        conditions: list[ColumnElement[bool]] = [self._scoped(identity), c.merged_into.is_(None)]
         if where.name:
             conditions.append(c.name == where.name)
         if where.name_prefix:
@@ -290,9 +304,11 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
         sort_col = c[sort_name]
         if cursor:
             last_value, last_id = _decode_cursor(cursor, sort_name)
-            after = (sort_col < last_value) if descending else (sort_col > last_value)
-            same = and_(sort_col == last_value, (c.id < last_id) if descending else (c.id > last_id))
-            conditions.append(or_(after, same))
+            # A row comparison, (sort, id) < (last sort, last id): a range of the (scope, sort, id) indexes where
+            # "sort < x OR (sort = x AND id < y)" is a filter over every row of the pages before.
+            key = tuple_(sort_col, c.id)
+            last = tuple_(literal(last_value, sort_col.type), literal(last_id, c.id.type))
+            conditions.append(key < last if descending else key > last)
         order = (sort_col.desc(), c.id.desc()) if descending else (sort_col.asc(), c.id.asc())
         query = self._select().where(*conditions).order_by(*order).limit(limit + 1)
         async with self._sessions() as session:
@@ -335,40 +351,12 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
         try:
             async with self._sessions() as session, session.begin():
                 await self._reject_duplicates(session, identity, customer.profile, exclude_id=None)
-                data_key, wrapped = self._keyring.new_data_key(customer.id)
+                rows = self.create_rows(customer, request_id)
                 # Prepared statements with parameters, not .values(...): building and caching a statement
                 # per call was most of a create's CPU in the service (profile in bench/customers.py).
-                await session.execute(
-                    _INSERT_KEY,
-                    {
-                        "customer_id": customer.id,
-                        "kid": wrapped.kid,
-                        "wrapped": wrapped.wrapped,
-                        "created_at": customer.created_at,
-                    },
-                )
-                await session.execute(
-                    _INSERT_CUSTOMER,
-                    {
-                        "id": customer.id,
-                        "customer_no": customer.customer_no,
-                        "kind": customer.kind.value,
-                        "owner_id": customer.owner_id,
-                        "team_id": customer.team_id,
-                        "branch_id": customer.branch_id,
-                        "region": customer.region,
-                        "request_id": request_id or None,
-                        "version": customer.version,
-                        "created_by": customer.created_by,
-                        "created_at": customer.created_at,
-                        "updated_at": customer.updated_at,
-                        **self._profile_columns(customer.id, data_key, customer.profile),
-                    },
-                )
-                created = changes(Profile(name=""), customer.profile)
-                await self._record(
-                    session, customer.id, "created", customer.created_by, customer.created_at, "", created
-                )
+                await session.execute(_INSERT_KEY, rows[customer_keys.name])
+                await session.execute(_INSERT_CUSTOMER, rows[customers.name])
+                await session.execute(_INSERT_HISTORY, rows[customer_history.name])
                 await self._outbox.add(
                     session,
                     events.CUSTOMER_CREATED,
@@ -380,10 +368,44 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
             # A concurrent create won the race: answer as if we had seen it first.
             if request_id and (earlier := await self.find_by_request(identity, request_id)) is not None:
                 return earlier
-            async with self._sessions() as session:
-                await self._reject_duplicates(session, identity, customer.profile, exclude_id=None)
+            await self.reject_duplicates(identity, customer.profile)
             raise
         return customer
+
+    # The one-statement create of ``store.fastwrite`` (PostgreSQL) writes the same rows as ``create``.
+
+    @property
+    def outbox(self) -> Outbox:
+        """The outbox this store's writes add their events to."""
+        return self._outbox
+
+    def create_rows(self, customer: Customer, request_id: str) -> dict[str, dict[str, Any]]:
+        """The rows a create inserts besides its event, by table name, every column given a value."""
+        data_key, wrapped = self._keyring.new_data_key(customer.id)
+        columns = self._profile_columns(customer.id, data_key, customer.profile)
+        created = _changes_json(changes(Profile(name=""), customer.profile))
+        return {
+            customer_keys.name: key_row(customer.id, wrapped, customer.created_at),
+            customers.name: customer_row(customer, request_id, columns),
+            customer_history.name: history_row(
+                customer.id, "created", customer.created_by, customer.created_at, "", created
+            ),
+        }
+
+    def duplicate_keys(self, profile: Profile) -> tuple[list[str], list[str], str | None]:
+        """The lookup hashes (under every key id) of ID number and mobile, and the credit code: what a
+        duplicate would share."""
+        return (
+            self._keyring.lookup_hashes("id_number", profile.id_number) if profile.id_number else [],
+            self._keyring.lookup_hashes("mobile", profile.mobile) if profile.mobile else [],
+            profile.credit_code or None,
+        )
+
+    async def reject_duplicates(self, identity: Identity, profile: Profile) -> None:
+        """:class:`AlreadyExists` naming the (in-scope) customer that already holds ``profile``'s ID number,
+        mobile or credit code, if any."""
+        async with self._sessions() as session:
+            await self._reject_duplicates(session, identity, profile, exclude_id=None)
 
     async def save_revision(
         self,
@@ -517,14 +539,8 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
             row = (
                 await session.execute(_DUPLICATE_OF[field], {"value": value, "exclude_id": exclude_id or ""})
             ).first()
-            if row is None:
-                continue
-            visible = in_scope(identity, owner=row.owner_id, team=row.team_id, branch=row.branch_id, region=row.region)
-            raise AlreadyExists(
-                f"a customer with this {field} already exists",
-                existing_id=row.id if visible else "",
-                reason=f"DUPLICATE_{field.upper()}",
-            )
+            if row is not None:
+                raise duplicate_error(identity, field, row._mapping)
 
     async def _record(
         self,
@@ -536,18 +552,69 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
         note: str,
         diff: Sequence[FieldChange],
     ) -> None:
-        await session.execute(
-            _INSERT_HISTORY,
-            {
-                "id": new_id(),
-                "customer_id": customer_id,
-                "action": action,
-                "actor": actor,
-                "occurred_at": at,
-                "note": note,
-                "changes": json.dumps([dataclasses.asdict(d) for d in diff], ensure_ascii=False),
-            },
-        )
+        await session.execute(_INSERT_HISTORY, history_row(customer_id, action, actor, at, note, _changes_json(diff)))
+
+
+def duplicate_error(identity: Identity, field: str, existing: Mapping[str, Any]) -> AlreadyExists:
+    """409 for a customer whose ``field`` an ``existing`` one (its id and scope columns) holds already, naming
+    it only when the caller may see it."""
+    visible = in_scope(
+        identity,
+        owner=existing["owner_id"],
+        team=existing["team_id"],
+        branch=existing["branch_id"],
+        region=existing["region"],
+    )
+    return AlreadyExists(
+        f"a customer with this {field} already exists",
+        existing_id=existing["id"] if visible else "",
+        reason=f"DUPLICATE_{field.upper()}",
+    )
+
+
+def customer_row(customer: Customer, request_id: str, columns: dict[str, Any]) -> dict[str, Any]:
+    """A new customer's row, every column given a value: its facts, its (encrypted) profile ``columns`` and the
+    column defaults for the rest."""
+    return {
+        **_CUSTOMER_DEFAULTS,
+        "id": customer.id,
+        "customer_no": customer.customer_no,
+        "kind": customer.kind.value,
+        "owner_id": customer.owner_id,
+        "team_id": customer.team_id,
+        "branch_id": customer.branch_id,
+        "region": customer.region,
+        "request_id": request_id or None,
+        "version": customer.version,
+        "created_by": customer.created_by,
+        "created_at": customer.created_at,
+        "updated_at": customer.updated_at,
+        **columns,
+    }
+
+
+def key_row(customer_id: str, wrapped: WrappedKey, at: dt.datetime) -> dict[str, Any]:
+    """A customer's ``customer_keys`` row: its data key, wrapped."""
+    return {"customer_id": customer_id, "kid": wrapped.kid, "wrapped": wrapped.wrapped, "created_at": at}
+
+
+def history_row(
+    customer_id: str, action: str, actor: str, at: dt.datetime, note: str, changes_json: str
+) -> dict[str, Any]:
+    """A ``customer_history`` row; ``changes_json`` is its field changes as JSON (sensitive values masked)."""
+    return {
+        "id": new_id(),
+        "customer_id": customer_id,
+        "action": action,
+        "actor": actor,
+        "occurred_at": at,
+        "note": note,
+        "changes": changes_json,
+    }
+
+
+def _changes_json(diff: Sequence[FieldChange]) -> str:
+    return json.dumps([dataclasses.asdict(d) for d in diff], ensure_ascii=False)
 
 
 def _encode_cursor(value: Any, last_id: str) -> str:

@@ -63,13 +63,14 @@ from crm_customer.domain.imports import (
     untouched,
     validate_row,
 )
-from crm_customer.store import CustomerStore
+from crm_customer.store import CustomerStore, customer_row, history_row, key_row
 from crm_customer.store.tables import customer_history, customer_holdings, customer_keys, customer_tags, customers
 from crm_platform.auth_context import Identity, Scope
 from crm_platform.db import as_utc, is_postgres
-from crm_platform.errors import Conflict, FailedPrecondition, NotFound
+from crm_platform.errors import Conflict, FailedPrecondition, FieldViolation, NotFound
 from crm_platform.ids import new_id
-from crm_platform.outbox import Outbox, make_envelope
+from crm_platform.outbox import Outbox, PendingEvent, make_envelope
+from crm_platform.pii import WrappedKey
 from crm_platform.schema import outbox as outbox_table
 from crm_platform.scope import in_scope, scope_condition
 
@@ -199,6 +200,29 @@ class ImportJob:
     def facts(self) -> FileFacts:
         """What inspecting the file found."""
         return FileFacts(self.encoding, self.columns, self.total)
+
+
+@dataclass(frozen=True)
+class PreparedRow:
+    """A row of a batch after the work that needs no database (:meth:`ImportStore.prepare_batch`)."""
+
+    source: SourceRow
+    outcome: ValidRow | list[FieldViolation]
+    facts: tuple[tuple[str, str], ...] = ()  # (field, value) a duplicate would share; empty when invalid
+    file_keys: tuple[str, ...] = ()  # per fact, the key the file's earlier rows are matched on
+    lookups: dict[tuple[str, str], list[str]] = dataclasses.field(default_factory=dict)  # hashes, every key
+    customer_id: str = ""  # the id it gets if imported (not in a dry run)
+    wrapped: WrappedKey | None = None  # its data key, wrapped
+    columns: dict[str, Any] | None = None  # its profile columns, personal ones encrypted under that key
+    changes: str = ""  # its history entry's changes
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch's rows and their prepared forms, in file order."""
+
+    rows: Sequence[SourceRow]
+    items: list[PreparedRow]
 
 
 @dataclass(frozen=True)
@@ -530,25 +554,59 @@ class ImportStore:
 
     # The hot path
 
+    async def prepare_batch(self, job: ImportJob, rows: Sequence[SourceRow], now: dt.datetime) -> PreparedBatch:
+        """The CPU work of a batch that needs no database: validation, lookup hashes and, for each valid row,
+        its data key, encrypted columns and history entry. The worker prepares the next batch while the
+        previous one is written (:meth:`apply_batch` only decides duplicates and owners, and writes)."""
+        today = now.date()
+        items: list[PreparedRow] = []
+        for start in range(0, len(rows), _SLICE):
+            items.extend(self._prepare_row(job, source, today) for source in rows[start : start + _SLICE])
+            await asyncio.sleep(0)  # CPU work: let the batch being written (and progress reads) run between slices
+        return PreparedBatch(rows, items)
+
+    def _prepare_row(self, job: ImportJob, source: SourceRow, today: dt.date) -> PreparedRow:
+        outcome = validate_row(source, today)
+        if not isinstance(outcome, ValidRow):
+            return PreparedRow(source, outcome)
+        keyring = self._keyring
+        facts = tuple(duplicate_keys(outcome.profile))
+        lookups: dict[tuple[str, str], list[str]] = {}
+        file_keys = []
+        for field, value in facts:
+            if field == "credit_code":  # stored in the clear (not personal data): matched as it is
+                file_keys.append(f"{field}:{keyring.lookup_hash(field, value)}")
+                continue
+            hashes = lookups[(field, value)] = keyring.lookup_hashes(field, value)
+            active = next(h for h in hashes if h.startswith(f"{keyring.active_kid}:"))
+            file_keys.append(f"{field}:{active}")
+        if job.dry_run:
+            return PreparedRow(source, outcome, facts, tuple(file_keys), lookups)
+        customer_id = new_id()
+        data_key, wrapped = keyring.new_data_key(customer_id)
+        return PreparedRow(
+            source,
+            outcome,
+            facts,
+            tuple(file_keys),
+            lookups,
+            customer_id=customer_id,
+            wrapped=wrapped,
+            columns=self._customers._profile_columns(customer_id, data_key, outcome.profile),
+            changes=created_changes_json(outcome.profile),
+        )
+
     async def apply_batch(
-        self, job: ImportJob, rows: Sequence[SourceRow], plan: DistributionPlan, now: dt.datetime
+        self, job: ImportJob, batch: PreparedBatch, plan: DistributionPlan, now: dt.datetime
     ) -> ImportJob:
-        """Validate, de-duplicate, distribute and write one batch of rows with the job's new checkpoint.
+        """De-duplicate, distribute and write one prepared batch of rows with the job's new checkpoint.
 
         Raises :class:`Conflict` when the job's checkpoint moved meanwhile (another worker did this batch).
         """
         if self._postgres and job.processed >= self._analyze_at.get(job.id, ANALYZE_FIRST):
             await self._analyze()
             self._analyze_at[job.id] = job.processed * ANALYZE_GROWTH
-        today = now.date()
-        checked = []
-        for start in range(0, len(rows), _SLICE):
-            checked.extend((r, validate_row(r, today)) for r in rows[start : start + _SLICE])
-            await asyncio.sleep(0)  # a batch is CPU work: let calls in flight (progress reads) run between slices
-        candidates: list[tuple[ValidRow, list[tuple[str, str]]]] = []
-        for _, outcome in checked:
-            if isinstance(outcome, ValidRow):
-                candidates.append((outcome, duplicate_keys(outcome.profile)))
+        valid = [item for item in batch.items if item.facts]
         async with self.sessions() as session, session.begin():
             j = jobs.c
             guarded = await session.execute(
@@ -558,18 +616,20 @@ class ImportStore:
             )
             if guarded.rowcount != 1:  # type: ignore[attr-defined]
                 raise Conflict(f"import {job.id} moved on meanwhile")
-            key_of = {(f, v): f"{f}:{self._keyring.lookup_hash(f, v)}" for _, ks in candidates for f, v in ks}
-            in_file = await self._in_file(session, job.id, list(key_of.values()))
-            existing = await self._existing(session, {fv for _, ks in candidates for fv in ks})
-            numbers = await self._customer_numbers(session, now, sum(1 for _ in candidates))
+            in_file = await self._in_file(session, job.id, list({k for item in valid for k in item.file_keys}))
+            lookups = {fv: hashes for item in valid for fv, hashes in item.lookups.items()}
+            codes = {v for item in valid for f, v in item.facts if f == "credit_code"}
+            existing = await self._existing(session, lookups, codes)
+            numbers = await self._customer_numbers(session, now, len(valid))
 
             out_rows: list[dict[str, Any]] = []
             new_keys: list[dict[str, Any]] = []
-            creates: list[tuple[Customer, str]] = []
+            creates: list[tuple[Customer, PreparedRow]] = []
             seen: dict[str, tuple[int, str]] = {}
             counts = {IMPORTED: 0, FAILED: 0, DUPLICATE: 0}
             imported_before = job.imported
-            for source, outcome in checked:
+            for item in batch.items:
+                source, outcome = item.source, item.outcome
                 entry = {
                     "job_id": job.id,
                     "row_no": source.row,
@@ -586,8 +646,7 @@ class ImportStore:
                     entry["errors"] = _errors([(v.field, v.description) for v in outcome])
                     counts[FAILED] += 1
                     continue
-                row_keys = [key_of[fv] for fv in duplicate_keys(outcome.profile)]
-                duplicate = self._duplicate(job, outcome, row_keys, seen, in_file, existing)
+                duplicate = self._duplicate(job, item, seen, in_file, existing)
                 if duplicate is not None:
                     entry.update(status=DUPLICATE, **duplicate)
                     counts[DUPLICATE] += 1
@@ -599,27 +658,21 @@ class ImportStore:
                     continue
                 imported_before += 1
                 counts[IMPORTED] += 1
-                customer_id = new_id()
                 entry.update(status=WOULD_IMPORT if job.dry_run else IMPORTED, owner_id=owner[0])
                 if not job.dry_run:
-                    entry["customer_id"] = customer_id
-                    creates.append(
-                        (self._customer(job, outcome, customer_id, owner, numbers.pop(), now), outcome.owner)
-                    )
-                for key in row_keys:
-                    seen[key] = (source.row, "" if job.dry_run else customer_id)
+                    entry["customer_id"] = item.customer_id
+                    creates.append((self._customer(job, outcome, item.customer_id, owner, numbers.pop(), now), item))
+                for key in item.file_keys:
+                    seen[key] = (source.row, item.customer_id)
                     new_keys.append(
-                        {
-                            "job_id": job.id,
-                            "key": key,
-                            "row_no": source.row,
-                            "customer_id": "" if job.dry_run else customer_id,
-                        }
+                        {"job_id": job.id, "key": key, "row_no": source.row, "customer_id": item.customer_id}
                     )
+            created: list[PendingEvent] = []
             if creates:
-                await self._write_customers(session, job, creates, now)
+                created = await self._write_customers(session, job, creates, now)
             await self._bulk(session, report, out_rows)
             await self._bulk(session, keys, new_keys)
+            rows = batch.rows
             last_row = rows[-1].row if rows else job.checkpoint_row
             values = {
                 "checkpoint_row": last_row,
@@ -630,19 +683,19 @@ class ImportStore:
                 "updated_at": now,
             }
             await session.execute(update(jobs).where(j.id == job.id).values(**values))
+        self._outbox.handed_over(created)  # committed: publish now rather than at the relay's next table scan
         return dataclasses.replace(job, **values)
 
     def _duplicate(
         self,
         job: ImportJob,
-        row: ValidRow,
-        row_keys: list[str],
+        item: PreparedRow,
         seen: dict[str, tuple[int, str]],
         in_file: dict[str, tuple[int, str]],
         existing: dict[tuple[str, str], Any],
     ) -> dict[str, Any] | None:
         """The duplicate facts of a valid row, or ``None``: an earlier row of the file first, then the database."""
-        for key in row_keys:
+        for key in item.file_keys:
             earlier = seen.get(key) or in_file.get(key)
             if earlier is not None:
                 field = key.split(":", 1)[0]
@@ -651,7 +704,7 @@ class ImportStore:
                     "duplicate_of": earlier[1],
                     "note": f"same {field} as row {earlier[0]}",
                 }
-        for field, value in duplicate_keys(row.profile):
+        for field, value in item.facts:
             match = existing.get((field, value))
             if match is not None:
                 visible = in_scope(
@@ -685,19 +738,15 @@ class ImportStore:
             found.update({r.key: (r.row_no, r.customer_id) for r in (await session.execute(query)).all()})
         return found
 
-    async def _existing(self, session: AsyncSession, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
-        """Live customers holding any of the (field, value) facts, by fact."""
-        if not wanted:
+    async def _existing(
+        self, session: AsyncSession, lookups: dict[tuple[str, str], list[str]], codes: set[str]
+    ) -> dict[tuple[str, str], Any]:
+        """Live customers holding any of the facts — ID numbers and mobiles by their lookup hashes under every
+        key, credit codes as they are — by fact."""
+        if not lookups and not codes:
             return {}
         c = customers.c
-        by_hash: dict[str, tuple[str, str]] = {}
-        codes = []
-        for field, value in wanted:
-            if field == "credit_code":
-                codes.append(value)
-            else:
-                for h in self._keyring.lookup_hashes(field, value):
-                    by_hash[h] = (field, value)
+        by_hash = {h: fact for fact, hashes in lookups.items() for h in hashes}
         ids = [h for h, (f, _) in by_hash.items() if f == "id_number"]
         mobiles = [h for h, (f, _) in by_hash.items() if f == "mobile"]
         columns = (c.id, c.owner_id, c.team_id, c.branch_id, c.region, c.id_number_hash, c.mobile_hash, c.credit_code)
@@ -705,7 +754,7 @@ class ImportStore:
         # One query per fact and per LOOKUP_PART values, each on its fact's unique index: for an OR of the three,
         # or an array of a whole batch's values, PostgreSQL costs a sequential scan of the table as cheaper — a
         # batch's check then grows with the table (0.1 s to 4 s over 60,000 customers).
-        for column, values in ((c.id_number_hash, ids), (c.mobile_hash, mobiles), (c.credit_code, codes)):
+        for column, values in ((c.id_number_hash, ids), (c.mobile_hash, mobiles), (c.credit_code, sorted(codes))):
             rows = []
             for part in _parts(values):
                 query = select(*columns).where(self._among(column, part), c.erased_at.is_(None))
@@ -714,7 +763,7 @@ class ImportStore:
                 for h in (r.id_number_hash, r.mobile_hash):
                     if h in by_hash:
                         found.setdefault(by_hash[h], r)
-                if r.credit_code and ("credit_code", r.credit_code) in wanted:
+                if r.credit_code and r.credit_code in codes:
                     found.setdefault(("credit_code", r.credit_code), r)
         return found
 
@@ -750,57 +799,27 @@ class ImportStore:
         )
 
     async def _write_customers(
-        self, session: AsyncSession, job: ImportJob, creates: list[tuple[Customer, str]], now: dt.datetime
-    ) -> None:
-        """Customers, data keys, history rows and ``customer.created`` events of a batch, in bulk."""
-        keyring = self._keyring
+        self, session: AsyncSession, job: ImportJob, creates: list[tuple[Customer, PreparedRow]], now: dt.datetime
+    ) -> list[PendingEvent]:
+        """Customers, data keys, history rows and ``customer.created`` events of a batch, in bulk; the events,
+        to hand to the relay once the batch committed."""
         customer_rows, key_rows, history_rows, event_rows = [], [], [], []
         envelopes = _Envelopes(events.CUSTOMER_CREATED, self._outbox.source, job.created_by, now)
         note = f"import {job.id}"
-        for index, (customer, _) in enumerate(creates):
+        for index, (customer, item) in enumerate(creates):
             if index and index % _SLICE == 0:
                 await asyncio.sleep(0)
-            data_key, wrapped = keyring.new_data_key(customer.id)
-            key_rows.append(
-                {"customer_id": customer.id, "kid": wrapped.kid, "wrapped": wrapped.wrapped, "created_at": now}
-            )
-            customer_rows.append(
-                {
-                    "id": customer.id,
-                    "customer_no": customer.customer_no,
-                    "kind": customer.kind.value,
-                    "owner_id": customer.owner_id,
-                    "team_id": customer.team_id,
-                    "branch_id": customer.branch_id,
-                    "region": customer.region,
-                    "request_id": None,
-                    "version": 1,
-                    "created_by": customer.created_by,
-                    "created_at": now,
-                    "updated_at": now,
-                    "erased_at": None,
-                    "aum": 0,
-                    "product_count": 0,
-                    **self._customers._profile_columns(customer.id, data_key, customer.profile),
-                }
-            )
-            history_rows.append(
-                {
-                    "id": new_id(),
-                    "customer_id": customer.id,
-                    "action": "created",
-                    "actor": job.created_by,
-                    "occurred_at": now,
-                    "note": note,
-                    "changes": created_changes_json(customer.profile),
-                }
-            )
+            assert item.wrapped is not None and item.columns is not None
+            key_rows.append(key_row(customer.id, item.wrapped, now))
+            customer_rows.append(customer_row(customer, "", item.columns))
+            history_rows.append(history_row(customer.id, "created", job.created_by, now, note, item.changes))
             event_rows.append(envelopes.row(customer.id, events.customer_created(customer)))
         await self._bulk(session, customer_keys, key_rows)
         await self._bulk(session, customers, customer_rows)
         await self._bulk(session, customer_history, history_rows)
-        # Straight into the outbox table: the relay's scan publishes them (a per-event Outbox.add is too slow here).
+        # Straight into the outbox table (a per-event Outbox.add is too slow here); handed to the relay after commit.
         await self._bulk(session, outbox_table, event_rows)
+        return _pending(event_rows)
 
     async def _bulk(self, session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` (same keys each) into ``table`` in the session's transaction: COPY on PostgreSQL."""
@@ -866,6 +885,7 @@ class ImportStore:
         r, c = report.c, customers.c
         kept: list[ReportRow] = []
         removed_ids: list[str] = []
+        erasures: list[PendingEvent] = []
         touched_columns = [c.version, c.created_at, c.updated_at, c.erased_at, c.aum, c.product_count]
         if "last_contact_at" in c:
             touched_columns.append(c["last_contact_at"])
@@ -929,8 +949,11 @@ class ImportStore:
                         .values(status=REMOVED, note="rolled back")
                     )
                     erased = _Envelopes(events.CUSTOMER_ERASED, self._outbox.source, identity.user_id, now)
-                    event_rows = [erased.row(x, events.customer_erased(_stub(x))) for x in deleted]
+                    event_rows = [
+                        erased.row(x, events.customer_erased(_stub(x, job.branch_id), removed=True)) for x in deleted
+                    ]
                     await self._bulk(session, outbox_table, event_rows)
+                    erasures.extend(_pending(event_rows))
             for row in kept:
                 await session.execute(
                     update(report)
@@ -953,6 +976,7 @@ class ImportStore:
                 subject_id=job.id,
                 actor=identity.user_id,
             )
+        self._outbox.handed_over(erasures)  # committed: publish now rather than at the relay's next table scan
         log.info(
             "import rolled back",
             extra={"import_id": job.id, "removed": len(removed_ids), "kept": len(kept), "reason": reason},
@@ -1031,11 +1055,18 @@ def _parts(values: Sequence[str]) -> list[Sequence[str]]:
     return [values[i : i + LOOKUP_PART] for i in range(0, len(values), LOOKUP_PART)]
 
 
+def _pending(event_rows: list[dict[str, Any]]) -> list[PendingEvent]:
+    """The outbox rows of :class:`_Envelopes`, as the relay takes them once their transaction committed."""
+    return [PendingEvent(row["id"], row["subject"], row["envelope"]) for row in event_rows]
+
+
 def _errors(items: list[tuple[str, str]]) -> str:
     return json.dumps([{"field": f, "reason": reason} for f, reason in items], ensure_ascii=False)
 
 
-def _stub(customer_id: str) -> Customer:
-    """A customer carrying only its id (what the ``customer.erased`` payload needs)."""
+def _stub(customer_id: str, branch_id: str) -> Customer:
+    """A customer carrying only its id and branch (what the ``customer.erased`` payload needs)."""
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    return Customer(customer_id, "", CustomerKind.INDIVIDUAL, Profile(name=""), "", "", "", "", 0, "", epoch, epoch)
+    return Customer(
+        customer_id, "", CustomerKind.INDIVIDUAL, Profile(name=""), "", "", branch_id, "", 0, "", epoch, epoch
+    )

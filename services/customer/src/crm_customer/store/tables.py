@@ -67,6 +67,8 @@ customers = Table(
     Column("aum", Numeric(17, 2), nullable=False, default=0),
     Column("product_count", Integer, nullable=False, default=0),
     Column("last_contact_at", DateTime(timezone=True), nullable=True),
+    Column("merged_into", String(36), nullable=True),
+    Column("merged_at", DateTime(timezone=True), nullable=True),
 )
 
 customer_holdings = Table(
