@@ -2,9 +2,11 @@
 
 Two processes besides this one, as in production:
 
-* the **writer** commits one event per transaction through :class:`crm_platform.outbox.Outbox` (a row in a
-  business table plus the outbox row), paced at ``RATE`` per second, with an
-  :class:`crm_platform.outbox.OutboxRelay` running in the same process and woken on commit;
+* the **writer** commits one event per transaction (a row in a business table plus the outbox row), paced at
+  ``RATE`` per second, with an :class:`crm_platform.outbox.OutboxRelay` running in the same process and woken
+  on commit. At the target rate it writes as the customer service's create does: both rows in one autocommit
+  statement, then :meth:`crm_platform.outbox.Outbox.handed_over`; a second run at that rate writes through an
+  SQLAlchemy session per event and ``Outbox.add``, as the other writes do;
 * the **consumer** runs :class:`crm_platform.inbox.ConsumerRunner` on a durable pull consumer with a trivial
   handler, in its own database. A subclass of it records, for every event of a fetched batch, the time right
   after ``handle_batch`` returns (the batch's transaction — inbox rows + handlers — committed, the messages
@@ -17,8 +19,9 @@ trips, and before any wait for them on a busy machine); latency measured from it
 the upper bound a consumer could observe from the envelope alone.
 
 The first ``WARMUP_FRACTION`` of the events are excluded (connection pools and caches warming up). The
-target rate runs first; then a short run at ``LOW_RATE``, a rate the consumer sustains on this machine,
-shows the latency of the path itself without a backlog.
+target rate runs ``TARGET_RUNS`` times and is judged by its worst p99 (one lucky run must not pass it); then
+the session writer at the same rate, and short runs at ``LOW_RATES`` show the latency of the path itself
+without a backlog.
 ``python -m bench.e2e_latency writer|consumer ...`` are the two halves. With ``BENCH_PROFILE_DIR`` set, each
 half runs under cProfile and writes ``<dir>/<half>-<rate or pid>.prof`` (a diagnostic; it slows the halves down).
 """
@@ -59,23 +62,37 @@ LOW_RATES = (300, 100)  # rates below the target, to find the highest this machi
 LOW_SECONDS = 12.0
 WARMUP_FRACTION = 0.1
 TARGET_P99_MS = 10.0
+TARGET_RUNS = 3  # the target rate runs this many times; the worst p99 is the one reported and judged
 DURABLE = "bench-e2e"
 DRAIN_SECONDS = 15.0  # after the writer is done, how long the consumer may take to catch up
 WRITER_TIME_LIMIT_FACTOR = 2.0
 WRITER_CONCURRENCY = 8  # transactions in flight at most, as concurrent requests of a service would be
 
 
+SESSION, STATEMENT = "session", "statement"  # how the writer commits (see writer())
+_ONE_STATEMENT = (
+    "WITH note AS (INSERT INTO notes (id, text) VALUES ($1, $2))"
+    " INSERT INTO outbox (id, subject, envelope, created_at) VALUES ($3, $4, $5, $6)"
+)
+
+
 def _subject(root: str) -> str:
     return f"{root}.customer.customer.created"
 
 
-async def writer(dsn: str, root: str, rate: int, seconds: float) -> dict[str, Any]:
+async def writer(dsn: str, root: str, rate: int, seconds: float, mode: str = SESSION) -> dict[str, Any]:
     """Commit ``rate × seconds`` events, one per transaction, each started on schedule (up to
-    ``WRITER_CONCURRENCY`` transactions in flight); the in-process relay publishes them."""
+    ``WRITER_CONCURRENCY`` transactions in flight); the in-process relay publishes them.
+
+    ``mode`` :data:`SESSION`: an SQLAlchemy session per event (``BEGIN``, the business ``INSERT``,
+    ``Outbox.add``'s ``INSERT``, ``COMMIT``). :data:`STATEMENT`: the business row and the outbox row in one
+    autocommit statement on asyncpg, then ``Outbox.handed_over`` — how the customer service's create writes
+    (``crm_customer.store.fastwrite``)."""
     from crm.customer.v1 import customer_pb2, events_pb2
     from crm_platform.bus import Bus
     from crm_platform.db import create_engine, normalise_url, session_factory
-    from crm_platform.outbox import Outbox, OutboxRelay
+    from crm_platform.fastread import ReadPool, asyncpg_dsn
+    from crm_platform.outbox import Outbox, OutboxRelay, utcnow
     from crm_testing.outbox_env import notes
 
     engine = create_engine(normalise_url(dsn))
@@ -85,6 +102,10 @@ async def writer(dsn: str, root: str, rate: int, seconds: float) -> dict[str, An
     relay = OutboxRelay(engine, bus)
     outbox = Outbox("bench", notify=relay.wake)
     relay.start()
+    pool = None
+    if mode == STATEMENT:
+        pool = ReadPool(asyncpg_dsn(engine.url) or "", size=WRITER_CONCURRENCY, name="crm-bench-writer")
+        await pool.open()
     subject = _subject(root)
     total = int(rate * seconds)
     loop = asyncio.get_running_loop()
@@ -100,6 +121,13 @@ async def writer(dsn: str, root: str, rate: int, seconds: float) -> dict[str, An
             message = events_pb2.CustomerCreated(
                 customer_id=f"cus-{i}", kind=customer_pb2.CUSTOMER_KIND_INDIVIDUAL, owner_id="u-rm1", branch_id="br-1"
             )
+            if pool is not None:
+                event = outbox.prepare(subject, message, subject_id=str(i), actor="u-rm1")
+                args = [f"{run}-{i}", "bench", event.id, event.subject, event.envelope, utcnow()]
+                await pool.fetch(_ONE_STATEMENT, args)
+                committed_at[i] = time.time()  # the statement (its own transaction) has committed
+                outbox.handed_over([event])
+                return
             async with sessions() as session:
                 async with session.begin():
                     await session.execute(notes.insert().values(id=f"{run}-{i}", text="bench"))
@@ -128,8 +156,11 @@ async def writer(dsn: str, root: str, rate: int, seconds: float) -> dict[str, An
     cpu = time.process_time() - cpu
     await relay.stop(flush_timeout=10)
     await bus.close()
+    if pool is not None:
+        await pool.close()
     await engine.dispose()
     return {
+        "mode": mode,
         "written": written,
         "planned": total,
         "seconds": elapsed,
@@ -213,7 +244,7 @@ async def consumer(dsn: str, stream: str, root: str, total: int, warmup: int, ti
     }
 
 
-async def measure(rate: int = RATE, seconds: float = SECONDS) -> dict[str, Any]:
+async def measure(rate: int = RATE, seconds: float = SECONDS, mode: str = SESSION) -> dict[str, Any]:
     """Run writer and consumer processes at ``rate`` for ``seconds`` on scratch databases and a scratch stream."""
     from crm_platform.db import create_engine, normalise_url
     from crm_platform.schema import platform_metadata
@@ -241,7 +272,9 @@ async def measure(rate: int = RATE, seconds: float = SECONDS) -> dict[str, Any]:
         with child_process(consumer_cmd, "ready") as process:
             progress(f"  writer: {total:,} events at {rate}/s")
             written = run_json(
-                python_child("bench.e2e_latency", "writer", pg_dsn(writer_db), stream.root, str(rate), str(seconds)),
+                python_child(
+                    "bench.e2e_latency", "writer", pg_dsn(writer_db), stream.root, str(rate), str(seconds), mode
+                ),
                 timeout=seconds * WRITER_TIME_LIMIT_FACTOR + 60,
             )
             try:
@@ -270,11 +303,22 @@ async def measure(rate: int = RATE, seconds: float = SECONDS) -> dict[str, Any]:
 
 
 async def measure_both() -> dict[str, Any]:
-    """The target rate, then the lower rates."""
+    """The target rate with the one-statement writer (how the hot write path commits), the same rate with a
+    session per event (how the other writes commit), then the lower rates."""
+    runs = [await measure(RATE, SECONDS, STATEMENT) for _ in range(TARGET_RUNS)]
+    worst = max(runs, key=lambda run: run["measured"]["p99"])
+    worst["target_run_p99s"] = [run["measured"]["p99"] for run in runs]
     return {
-        "target": await measure(RATE, SECONDS),
-        "low": [await measure(rate, LOW_SECONDS) for rate in LOW_RATES],
+        "target": worst,  # judged by its worst run: one lucky run must not pass the target
+        "session": await measure(RATE, LOW_SECONDS, SESSION),
+        "low": [await measure(rate, LOW_SECONDS, STATEMENT) for rate in LOW_RATES],
     }
+
+
+_WRITES = {
+    STATEMENT: "a `notes` row and its outbox row in one autocommit statement, then `Outbox.handed_over`",
+    SESSION: "an SQLAlchemy session per event: a `notes` row plus `Outbox.add`, BEGIN … COMMIT",
+}
 
 
 def _one(figures: dict[str, Any], bare_rtt_p99_ms: float, with_target: bool) -> tuple[list[Row], str]:
@@ -299,7 +343,11 @@ def _one(figures: dict[str, Any], bare_rtt_p99_ms: float, with_target: bool) -> 
             if _sustained(figures)
             else f"diagnostic, no target: not sustained (writer reached {achieved:,.0f}/s)"
         )
-    name = f"End-to-end event latency at {figures['rate']}/s"
+    if with_target and figures.get("target_run_p99s"):
+        each = ", ".join(f"{p99:.2f}" for p99 in figures["target_run_p99s"])
+        note = (note + "; " if note else "") + f"worst of {len(figures['target_run_p99s'])} runs (p99 {each} ms)"
+    mode = figures["writer"].get("mode", SESSION)
+    name = f"End-to-end event latency at {figures['rate']}/s" + (", session writer" if mode == SESSION else "")
     rows = [
         Row(
             name,
@@ -319,7 +367,7 @@ def _one(figures: dict[str, Any], bare_rtt_p99_ms: float, with_target: bool) -> 
         rows += [Row(name, "p95", summary["p95"], "ms"), Row(name, "max", summary["max"], "ms")]
     detail = (
         f"At {figures['rate']}/s: the writer process committed {writer_info['written']:,} of "
-        f"{writer_info['planned']:,} planned events, one per transaction (a `notes` row plus `Outbox.add`), each "
+        f"{writer_info['planned']:,} planned events, one per transaction ({_WRITES[mode]}), each "
         f"started on schedule with up to {WRITER_CONCURRENCY} transactions in flight, in "
         f"{writer_info['seconds']:.1f} s "
         f"({achieved:,.0f}/s achieved; worst start behind schedule {writer_info['behind_max_ms']:.1f} ms); the relay "
@@ -354,6 +402,10 @@ def section(figures: dict[str, Any], bare_rtt_p99_ms: float) -> Section:
     """Rows for the target rate (p99 against the bare publish round-trip p99) and the lower rates."""
     rows, detail = _one(figures["target"], bare_rtt_p99_ms, with_target=True)
     paragraphs = [detail]
+    if figures.get("session"):
+        session_rows, session_detail = _one(figures["session"], bare_rtt_p99_ms, with_target=False)
+        rows += session_rows
+        paragraphs.append(session_detail)
     for low in figures["low"]:
         low_rows, low_detail = _one(low, bare_rtt_p99_ms, with_target=False)
         rows += low_rows
@@ -363,8 +415,8 @@ def section(figures: dict[str, Any], bare_rtt_p99_ms: float) -> Section:
     if achieved < 0.95 * figures["target"]["rate"]:
         paragraphs.append(
             f"The writer process itself does not reach {figures['target']['rate']}/s on this machine: it commits "
-            f"{achieved:,.0f}/s through the platform's `Outbox` (an SQLAlchemy `AsyncSession` per event: BEGIN, two "
-            f"INSERTs, COMMIT) at {target_writer.get('cpu_ms_per_event', math.nan):.2f} ms CPU per event in one "
+            f"{achieved:,.0f}/s ({_WRITES[target_writer.get('mode', SESSION)]}) at "
+            f"{target_writer.get('cpu_ms_per_event', math.nan):.2f} ms CPU per event in one "
             "event loop, sharing 2 cores with PostgreSQL, NATS, the consumer and the suite; past that its "
             "transactions queue behind one another. That wait comes before the commit, so the commit-based figure "
             "leaves it out, but the saturated event loop also delays its own relay's publishes and the machine's "
@@ -401,12 +453,12 @@ def _run_profiled(name: str, coro: Any) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    """``writer DSN ROOT RATE SECONDS`` or ``consumer DSN STREAM ROOT TOTAL WARMUP TIMEOUT``."""
+    """``writer DSN ROOT RATE SECONDS MODE`` or ``consumer DSN STREAM ROOT TOTAL WARMUP TIMEOUT``."""
     import logging
 
     logging.getLogger("crm_platform.bus").setLevel(logging.ERROR)
-    if argv[:1] == ["writer"] and len(argv) == 5:
-        emit_json(_run_profiled(f"writer-{argv[3]}", writer(argv[1], argv[2], int(argv[3]), float(argv[4]))))
+    if argv[:1] == ["writer"] and len(argv) == 6:
+        emit_json(_run_profiled(f"writer-{argv[3]}", writer(argv[1], argv[2], int(argv[3]), float(argv[4]), argv[5])))
         return 0
     if argv[:1] == ["consumer"] and len(argv) == 7:
         result = _run_profiled(
