@@ -3,6 +3,7 @@ services (and their events reach the others), and SIGTERM stops every process cl
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -60,3 +61,17 @@ def test_sigterm_stops_every_process_within_10_s_with_code_0(stack: Stack) -> No
     log = stack.log.read_text(errors="replace")
     assert code == 0, log[-4000:]
     assert "stopped cleanly" in log and "killing it" not in log
+    # Every part logs JSON lines from start to stop (the supervisor's own lines aside): nothing, such as a web
+    # framework's default logging set-up, switches a process to another format on the way.
+    parts = [line for line in log.splitlines() if line and not line.startswith(("[crm]", "CRM gateway ready"))]
+    not_json = [line for line in parts if not _json_record(line)]
+    assert not not_json, not_json[:5]
+    assert {"gateway", *(name.lower() for name in SERVICES)} <= {json.loads(line)["service"] for line in parts}
+
+
+def _json_record(line: str) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and {"ts", "level", "service", "msg"} <= record.keys()

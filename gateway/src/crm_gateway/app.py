@@ -192,6 +192,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             security=[{"bearer": []}],
         ),
         debug=False,
+        # Our JSON-lines logging (crm_platform.logging) stays in charge: Litestar's default logging config would
+        # replace the root handler with its plain-text format once the app starts.
+        logging_config=None,
     )
     check_permissions_declared(app, policy)
     return app
