@@ -215,6 +215,49 @@ async def test_merge_fills_unions_moves_and_retires_the_duplicate(
             assert secret.encode() not in found[0].SerializeToString()
 
 
+async def test_erasing_a_survivor_erases_every_file_merged_into_it(
+    db_url: str, private_nats: NatsServer, tmp_path: Path
+) -> None:
+    """A merged file keeps the person's data under its own data key: erasing the person must shred it too,
+    through a chain of merges, with a history entry and an event for each."""
+    async with running_service(SPEC, database_url=db_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+        stub = customer_service_pb2_grpc.CustomerServiceStub(svc.channel)
+
+        def call(method: str, request: Any, who: Identity) -> Any:
+            return getattr(stub, method)(request, metadata=svc.md(who), timeout=10)
+
+        first = (await call("CreateCustomer", individual(address="北京市朝阳区建国路88号"), RM2)).customer
+        middle = (await call("CreateCustomer", person("13600136000", email="li@example.com"), RM1)).customer
+        last = (await call("CreateCustomer", person("13500135000"), RM1)).customer
+        # first → middle, then middle → last: last is the person's file now.
+        await call("MergeCustomers", _merge(middle.id, first.id), HEAD)
+        await call("MergeCustomers", _merge(last.id, middle.id), HEAD)
+        unrelated = (await call("CreateCustomer", person("13300133000"), RM1)).customer
+
+        erased = await call("EraseCustomer", pb.EraseCustomerRequest(customer_id=last.id, reason="PIPL art. 47"), HEAD)
+        assert erased.customer.erased
+        for merged in (first, middle):
+            got = (await call("GetCustomer", pb.GetCustomerRequest(customer_id=merged.id), HEAD)).customer
+            assert got.erased and got.name == "[erased]", merged.id
+            assert got.profile.id_number == got.profile.mobile == got.profile.address == got.profile.email == ""
+            reveal = pb.RevealCustomerRequest(
+                customer_id=merged.id, fields=["mobile", "address", "email"], purpose="核对"
+            )
+            assert dict((await call("RevealCustomer", reveal, HEAD)).values) == {}  # nothing left to reveal
+            history = (
+                await call("ListCustomerHistory", pb.ListCustomerHistoryRequest(customer_id=merged.id), HEAD)
+            ).changes
+            entry = next(h for h in history if h.action != "revealed")
+            assert (entry.action, entry.actor) == ("erased", "head")
+            assert last.id in entry.note and "PIPL art. 47" in entry.note
+            assert all(c.before == c.after == "" for h in history for c in h.changes)
+            found, _ = await published(private_nats.url, "crm.customer.customer.erased", merged.id, 1)
+            assert len(found) == 1
+        # A file that was never merged into it keeps its data.
+        kept = (await call("GetCustomer", pb.GetCustomerRequest(customer_id=unrelated.id), RM1)).customer
+        assert not kept.erased and kept.profile.mobile == "133****3000"
+
+
 async def test_merge_refusals(db_url: str, private_nats: NatsServer, tmp_path: Path) -> None:
     async with running_service(SPEC, database_url=db_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
         stub = customer_service_pb2_grpc.CustomerServiceStub(svc.channel)

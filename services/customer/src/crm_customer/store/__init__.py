@@ -448,39 +448,64 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
         return after
 
     async def erase(self, identity: Identity, before: Customer, reason: str, now: dt.datetime) -> Customer:
-        """Crypto-shred: destroy the data key, drop the lookup hashes and personal plain fields, scrub history."""
+        """Crypto-shred: destroy the data key, drop the lookup hashes and personal plain fields, scrub history.
+
+        Files merged into this one (and into those, and so on) hold the same person's data under data keys of
+        their own: they are erased with it, in the same transaction, whoever's scope they lie in, each with its
+        own history entry and ``customer.erased`` event."""
+        async with self._sessions() as session, session.begin():
+            after = await self._erase_one(session, identity, before, reason, now)
+            for merged in await self._merged_into(session, before.id):
+                if merged.erased_at is None:
+                    note = f"{reason} (erased with {before.id}, into which it was merged)"[:500]
+                    await self._erase_one(session, identity, merged, note, now)
+        return after
+
+    async def _merged_into(self, session: AsyncSession, survivor_id: str) -> list[Customer]:
+        """Every file merged into ``survivor_id``, directly or through files merged into those."""
+        found: list[Customer] = []
+        seen = {survivor_id}
+        frontier = [survivor_id]
+        while frontier:
+            query = self._select().where(customers.c.merged_into.in_(frontier))
+            batch = [c for c in await self._load(session, (await session.execute(query)).all()) if c.id not in seen]
+            seen.update(c.id for c in batch)
+            found.extend(batch)
+            frontier = [c.id for c in batch]
+        return found
+
+    async def _erase_one(
+        self, session: AsyncSession, identity: Identity, before: Customer, reason: str, now: dt.datetime
+    ) -> Customer:
         remaining = erased_profile(before.profile)
         after = dataclasses.replace(
             before, profile=remaining, version=before.version + 1, updated_at=now, erased_at=now
         )
         h = customer_history.c
-        async with self._sessions() as session, session.begin():
-            await session.execute(delete(customer_keys).where(customer_keys.c.customer_id == before.id))
-            plain = self._plain_columns(remaining)
-            await self._update_versioned(
-                session,
-                before,
-                version=after.version,
-                updated_at=now,
-                erased_at=now,
-                id_number_hash=None,
-                mobile_hash=None,
-                **plain,
-            )
-            # Earlier history may hold masked fragments and plain names: keep only which fields changed.
-            for row in (await session.execute(select(h.id, h.changes).where(h.customer_id == before.id))).all():
-                scrubbed = [{**c, "before": "", "after": ""} for c in json.loads(row.changes)]
-                await session.execute(
-                    update(customer_history).where(h.id == row.id).values(changes=json.dumps(scrubbed))
-                )
-            await self._record(session, before.id, "erased", identity.user_id, now, reason, [])
-            await self._outbox.add(
-                session,
-                events.CUSTOMER_ERASED,
-                events.customer_erased(after),
-                subject_id=before.id,
-                actor=identity.user_id,
-            )
+        await session.execute(delete(customer_keys).where(customer_keys.c.customer_id == before.id))
+        plain = self._plain_columns(remaining)
+        await self._update_versioned(
+            session,
+            before,
+            version=after.version,
+            updated_at=now,
+            erased_at=now,
+            id_number_hash=None,
+            mobile_hash=None,
+            **plain,
+        )
+        # Earlier history may hold masked fragments and plain names: keep only which fields changed.
+        for row in (await session.execute(select(h.id, h.changes).where(h.customer_id == before.id))).all():
+            scrubbed = [{**c, "before": "", "after": ""} for c in json.loads(row.changes)]
+            await session.execute(update(customer_history).where(h.id == row.id).values(changes=json.dumps(scrubbed)))
+        await self._record(session, before.id, "erased", identity.user_id, now, reason, [])
+        await self._outbox.add(
+            session,
+            events.CUSTOMER_ERASED,
+            events.customer_erased(after),
+            subject_id=before.id,
+            actor=identity.user_id,
+        )
         return after
 
     async def record_reveal(self, identity: Identity, customer_id: str, fields: list[str], purpose: str) -> None:
