@@ -233,6 +233,10 @@ async def test_erasing_a_survivor_erases_every_file_merged_into_it(
         await call("MergeCustomers", _merge(middle.id, first.id), HEAD)
         await call("MergeCustomers", _merge(last.id, middle.id), HEAD)
         unrelated = (await call("CreateCustomer", person("13300133000"), RM1)).customer
+        # A merged file alone cannot be erased: the person's data lives on in the file it went into.
+        alone = await failure(call("EraseCustomer", pb.EraseCustomerRequest(customer_id=first.id, reason="PIPL"), HEAD))
+        assert (alone.code, alone.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MERGED")
+        assert middle.id in alone.message
 
         erased = await call("EraseCustomer", pb.EraseCustomerRequest(customer_id=last.id, reason="PIPL art. 47"), HEAD)
         assert erased.customer.erased

@@ -370,6 +370,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         current = await self._store.get(identity, request.customer_id)
         if current.erased_at is not None:
             return customer_service_pb2.EraseCustomerResponse(customer=to_proto(current))
+        _not_merged(current)  # the person's data lives on in the survivor: erasing it erases this file too
         reason = request.reason.strip()
         if not reason or len(reason) > 500:
             raise InvalidArgument([FieldViolation("reason", "is required (the lawful basis), at most 500 characters")])
