@@ -211,6 +211,8 @@ async def test_merge_fills_unions_moves_and_retires_the_duplicate(
         assert (payload.survivor_id, payload.duplicate_id, payload.actor) == (survivor.id, duplicate.id, "head")
         assert list(payload.filled_fields) == list(reply.filled_fields)
         assert list(payload.moved_product_codes) == ["F1"] and payload.branch_id == "BJ001"
+        assert (payload.survivor_owner_id, payload.duplicate_owner_id) == (survivor.owner_id, duplicate.owner_id)
+        assert survivor.owner_id and duplicate.owner_id and survivor.owner_id != duplicate.owner_id
         for secret in (MOBILE, "建国路", ID_NUMBER):
             assert secret.encode() not in found[0].SerializeToString()
 

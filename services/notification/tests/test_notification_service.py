@@ -17,6 +17,7 @@ import grpc
 import nats
 import pytest
 import pytest_asyncio
+from google.protobuf.message import Message
 
 from crm.common.v1 import envelope_pb2, paging_pb2
 from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
@@ -72,19 +73,23 @@ class Notifications:
         payload = customer_events.CustomerCreated(
             customer_id=customer_id, owner_id=owner_id, team_id="T1", branch_id="BJ001", region="north"
         )
-        envelope = make_envelope(CUSTOMER_CREATED, "customer", payload, subject_id=customer_id, actor="head")
+        await self.publish(CUSTOMER_CREATED, payload, customer_id, "head", copies=copies)
+        return customer_id
+
+    async def publish(self, subject: str, payload: Message, subject_id: str, actor: str, *, copies: int = 1) -> None:
+        """Publish one customer event as the customer service would (``copies`` times, as redeliveries)."""
+        envelope = make_envelope(subject, "customer", payload, subject_id=subject_id, actor=actor)
         nc = await nats.connect(self.nats_url)
         try:
             js = nc.jetstream()
             for copy in range(copies):
                 # A distinct Nats-Msg-Id gets past JetStream's de-duplication: only the inbox stands in the way.
                 ack = await js.publish(
-                    CUSTOMER_CREATED, envelope.SerializeToString(), headers={"Nats-Msg-Id": f"{envelope.id}/{copy}"}
+                    subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": f"{envelope.id}/{copy}"}
                 )
                 assert not ack.duplicate, "JetStream must store every copy for the test to mean anything"
         finally:
             await nc.close()
-        return customer_id
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -163,6 +168,42 @@ async def test_a_redelivered_event_changes_nothing(notifications: Notifications)
     assert len(await notifications.wait_for_inbox(witness, 1)) == 1
     messages = list((await notifications.inbox(owner)).messages)
     assert len(messages) == 1
+
+
+async def test_a_merge_tells_both_owners_once_and_a_reassignment_tells_the_new_owner(
+    notifications: Notifications,
+) -> None:
+    survivor_owner, duplicate_owner, head, witness = new_user(), new_user(), new_user(), new_user()
+    survivor, duplicate = str(uuid.uuid4()), str(uuid.uuid4())
+    merged = customer_events.CustomerMerged(
+        survivor_id=survivor,
+        duplicate_id=duplicate,
+        actor=head,
+        branch_id="BJ001",
+        duplicate_branch_id="BJ001",
+        survivor_owner_id=survivor_owner,
+        duplicate_owner_id=duplicate_owner,
+    )
+    await notifications.publish("crm.customer.customer.merged", merged, survivor, head, copies=2)
+    moved = customer_events.CustomerAssigned(
+        customer_id=survivor, owner_id=duplicate_owner, previous_owner_id=survivor_owner, branch_id="BJ001"
+    )
+    await notifications.publish("crm.customer.customer.assigned", moved, survivor, head)
+    taken = customer_events.CustomerAssigned(
+        customer_id=duplicate, owner_id=head, previous_owner_id="", branch_id="BJ001"
+    )
+    await notifications.publish("crm.customer.customer.assigned", taken, duplicate, head)
+    await notifications.publish_customer_created(witness)
+    # Events are handled in stream order: once the witness's message is in, everything before it was handled.
+    assert len(await notifications.wait_for_inbox(witness, 1)) == 1
+
+    (told,) = (await notifications.inbox(survivor_owner)).messages  # once, although delivered twice
+    assert told.kind == "customer_merged" and duplicate in told.body and survivor in told.body
+    first, second = (await notifications.inbox(duplicate_owner)).messages  # newest first
+    assert (second.kind, first.kind) == ("customer_merged", "customer_assigned")
+    assert f"merged into customer {survivor}" in second.body and f"in the care of {survivor_owner}" in second.body
+    assert survivor in first.body
+    assert list((await notifications.inbox(head)).messages) == []  # who merged and who took a file is not told
 
 
 async def test_inbox_pages_newest_first(notifications: Notifications) -> None:

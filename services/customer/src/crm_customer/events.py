@@ -147,6 +147,8 @@ def customer_merged(plan: MergePlan, moved_product_codes: list[str], actor: str)
         branch_id=plan.survivor.branch_id,
         moved_product_codes=moved_product_codes,
         duplicate_branch_id=plan.duplicate.branch_id,
+        survivor_owner_id=plan.survivor.owner_id,
+        duplicate_owner_id=plan.duplicate.owner_id,
     )
 
 

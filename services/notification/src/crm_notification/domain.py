@@ -12,6 +12,7 @@ from crm_platform.ids import new_id
 from crm_platform.validation import collect
 
 CUSTOMER_ASSIGNED = "customer_assigned"
+CUSTOMER_MERGED = "customer_merged"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,56 @@ def customer_assigned(customer_id: str, owner_id: str, now: dt.datetime) -> Inbo
         body=f"Customer {customer_id} is now in your care.",
         created_at=now,
     )
+
+
+def customer_reassigned(
+    customer_id: str, owner_id: str, previous_owner_id: str, actor: str, now: dt.datetime
+) -> InboxMessage | None:
+    """Tell the new owner of a reassigned customer, unless they took it themselves or nothing changed hands."""
+    if owner_id in (previous_owner_id, actor):
+        return None
+    return customer_assigned(customer_id, owner_id, now)
+
+
+def customer_merged(
+    survivor_id: str, duplicate_id: str, survivor_owner_id: str, duplicate_owner_id: str, actor: str, now: dt.datetime
+) -> list[InboxMessage]:
+    """Tell the owners of two merged files what happened, except whoever merged them: the duplicate's owner that
+    the file left their list and where its records went, the survivor's owner that records joined their customer.
+    By ids only, as every inbox text."""
+    messages: list[InboxMessage] = []
+    keeper = f"in the care of {survivor_owner_id}" if survivor_owner_id else "in the branch pool"
+    if duplicate_owner_id and duplicate_owner_id != actor:
+        same = duplicate_owner_id == survivor_owner_id
+        messages.append(
+            InboxMessage(
+                id=new_id(),
+                user_id=duplicate_owner_id,
+                kind=CUSTOMER_MERGED,
+                title="Duplicate customer file merged",
+                body=(
+                    f"Customer {duplicate_id} was a duplicate and was merged into customer {survivor_id} by {actor}"
+                    f"{'' if same else f', {keeper}'}. Its contact logs, tasks, opportunities and tickets now show "
+                    f"under {survivor_id}."
+                ),
+                created_at=now,
+            )
+        )
+    if survivor_owner_id and survivor_owner_id not in (actor, duplicate_owner_id):
+        messages.append(
+            InboxMessage(
+                id=new_id(),
+                user_id=survivor_owner_id,
+                kind=CUSTOMER_MERGED,
+                title="Duplicate file merged into your customer",
+                body=(
+                    f"Customer {duplicate_id} was merged into your customer {survivor_id} by {actor}. Its contact "
+                    f"logs, tasks, opportunities and tickets now show under {survivor_id}."
+                ),
+                created_at=now,
+            )
+        )
+    return messages
 
 
 def inbox_page(identity: Identity, limit: int, page_token: str, unread_only: bool) -> InboxPage:

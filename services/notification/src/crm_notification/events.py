@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm.customer.v1 import events_pb2 as customer_events
 from crm.notification.v1 import events_pb2
-from crm_notification.domain import InboxMessage, customer_assigned
+from crm_notification.domain import InboxMessage, customer_assigned, customer_merged, customer_reassigned
 from crm_platform.inbox import Event, Subscription
 from crm_platform.outbox import utcnow
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 INBOX_CREATED = "crm.notification.inbox.created"
 CUSTOMER_CREATED = "crm.customer.customer.created"
+CUSTOMER_ASSIGNED = "crm.customer.customer.assigned"
+CUSTOMER_MERGED = "crm.customer.customer.merged"
 
 
 def inbox_message_created(message: InboxMessage) -> events_pb2.InboxMessageCreated:
@@ -35,11 +37,39 @@ def subscriptions(inbox: InboxStore) -> list[Subscription]:
         if message is not None:
             await inbox.deliver(session, message, actor=event.actor)
 
+    async def on_customer_assigned(session: AsyncSession, event: Event) -> None:
+        """Tell the new owner of a reassigned customer (not one who took it themselves)."""
+        payload = event.payload
+        assert isinstance(payload, customer_events.CustomerAssigned)
+        message = customer_reassigned(
+            payload.customer_id, payload.owner_id, payload.previous_owner_id, event.actor, utcnow()
+        )
+        if message is not None:
+            await inbox.deliver(session, message, actor=event.actor)
+
+    async def on_customer_merged(session: AsyncSession, event: Event) -> None:
+        """Tell the owners of a merged duplicate and of its survivor (not the one who merged them)."""
+        payload = event.payload
+        assert isinstance(payload, customer_events.CustomerMerged)
+        for message in customer_merged(
+            payload.survivor_id,
+            payload.duplicate_id,
+            payload.survivor_owner_id,
+            payload.duplicate_owner_id,
+            payload.actor or event.actor,
+            utcnow(),
+        ):
+            await inbox.deliver(session, message, actor=event.actor)
+
     return [
         Subscription(
             durable="notification-customer-events",
             stream="CRM_CUSTOMER",
             subject="crm.customer.customer.>",
-            handlers={CUSTOMER_CREATED: on_customer_created},
+            handlers={
+                CUSTOMER_CREATED: on_customer_created,
+                CUSTOMER_ASSIGNED: on_customer_assigned,
+                CUSTOMER_MERGED: on_customer_merged,
+            },
         )
     ]
