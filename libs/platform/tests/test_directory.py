@@ -4,21 +4,26 @@ order, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from sqlalchemy import Column, MetaData, String, Table, insert, select
+from sqlalchemy import inspect as sa_inspect
 
 from crm.common.v1 import envelope_pb2
 from crm.customer.v1 import events_pb2
 from crm_platform.auth_context import Scope
 from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.directory import (
+    add_directory_merged_into,
     customer_directory,
     directory_metadata,
     directory_subscription,
     require_customer_in_scope,
 )
-from crm_platform.errors import NotFound
+from crm_platform.errors import FailedPrecondition, NotFound
 from crm_platform.inbox import Event
 from crm_testing.services import identity
 
@@ -106,9 +111,14 @@ async def test_a_merged_customers_records_move_to_the_survivor(db_url: str) -> N
             await session.execute(
                 insert(records), [{"id": "r1", "customer_id": "dup"}, {"id": "r2", "customer_id": "other"}]
             )
-        without = directory_subscription("test").handlers
-        assert "crm.customer.customer.merged" not in without  # a service with no records to move ignores it
         handlers = directory_subscription("test", merged_records=(records.c.customer_id,)).handlers
+        created = _event(
+            "crm.customer.customer.created",
+            events_pb2.CustomerCreated(customer_id="dup", owner_id="rm1", team_id="T1", branch_id="BJ001"),
+            T0,
+        )
+        async with sessions() as session, session.begin():
+            await handlers[created.type](session, created)
         merged = _event(
             "crm.customer.customer.merged",
             events_pb2.CustomerMerged(survivor_id="kept", duplicate_id="dup", filled_fields=["mobile"], actor="head"),
@@ -120,6 +130,33 @@ async def test_a_merged_customers_records_move_to_the_survivor(db_url: str) -> N
             async with sessions() as session:
                 rows = dict((await session.execute(select(records.c.id, records.c.customer_id))).all())
             assert rows == {"r1": "kept", "r2": "other"}
+        # The directory remembers where the duplicate went: nothing new lands on it, reads still pass.
+        async with sessions() as session:
+            with pytest.raises(FailedPrecondition) as refused:
+                await require_customer_in_scope(session, identity("rm1"), "dup", new_record=True)
+            assert refused.value.reason == "MERGED" and "kept" in str(refused.value)
+            await require_customer_in_scope(session, identity("rm1"), "dup")
+    finally:
+        await engine.dispose()
+
+
+async def test_the_merged_into_migration_step_adds_the_column_once(db_url: str) -> None:
+    """A directory made before ``merged_into`` existed gets it; one made since is left as it is."""
+    old_metadata = MetaData()
+    Table("customer_directory", old_metadata, Column("customer_id", String(36), primary_key=True))
+    engine = create_engine(normalise_url(db_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(old_metadata.create_all)
+
+            def step(sync_conn: Any) -> list[str]:
+                operations = Operations(MigrationContext.configure(sync_conn))
+                add_directory_merged_into(operations)
+                add_directory_merged_into(operations)  # a directory that has it already is left alone
+                return [c["name"] for c in sa_inspect(sync_conn).get_columns("customer_directory")]
+
+            assert await conn.run_sync(step) == ["customer_id", "merged_into"]
+            await conn.run_sync(old_metadata.drop_all)
     finally:
         await engine.dispose()
 

@@ -1,12 +1,14 @@
 """A merged duplicate customer's interactions move to the survivor: the real customer service publishes
 ``customer.merged`` through its outbox, the interaction service's directory consumer re-points the records
-(real gRPC, real NATS, SQLite and PostgreSQL for the interaction service)."""
+(real gRPC, real NATS, SQLite and PostgreSQL for the interaction service), and new records for the duplicate
+are refused with the survivor's id."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import grpc
 import pytest
 
 from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
@@ -14,6 +16,7 @@ from crm.interaction.v1 import interaction_pb2, interaction_service_pb2, interac
 from crm_customer.server import SPEC as CUSTOMER
 from crm_interaction.server import SPEC as INTERACTION
 from crm_platform.auth_context import Scope
+from crm_platform.grpc_client import parse_failure
 from crm_testing.nats_server import NatsServer
 from crm_testing.services import eventually_found, identity, running_service
 
@@ -80,3 +83,9 @@ async def test_a_merged_duplicates_interactions_follow_the_survivor(
         else:
             pytest.fail(f"the duplicate's interaction never moved: survivor has {await listed(survivor)}")
         assert await listed(duplicate) == set()
+        # Nothing new lands on the retired file: the caller is told where the customer went.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.LogInteraction(log(duplicate, "d2"), metadata=svc.md(RM1), timeout=5)
+        failure = parse_failure(refused.value)
+        assert (failure.code, failure.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MERGED")
+        assert survivor in failure.message

@@ -9,14 +9,14 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, select, update
+from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm.customer.v1 import events_pb2 as customer_events
 from crm_platform.auth_context import Identity
-from crm_platform.errors import NotFound
+from crm_platform.errors import FailedPrecondition, NotFound
 from crm_platform.inbox import Event, Handler, Subscription
 from crm_platform.outbox import utcnow
 from crm_platform.scope import scope_condition
@@ -32,6 +32,8 @@ customer_directory = Table(
     Column("branch_id", String(64), nullable=False, default="", index=True),
     Column("region", String(64), nullable=False, default=""),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Set when the customer was merged into another (the survivor's id): new records for it are refused.
+    Column("merged_into", String(36), nullable=True),
 )
 
 CUSTOMER_CREATED = "crm.customer.customer.created"
@@ -43,6 +45,14 @@ CUSTOMER_ERASED = "crm.customer.customer.erased"
 def create_directory_table(op: Any) -> None:
     """Create the directory table in a service's migration (``op`` is ``alembic.op``)."""
     directory_metadata.create_all(op.get_bind())
+
+
+def add_directory_merged_into(op: Any) -> None:
+    """Migration step: the ``merged_into`` column, for directories made before it existed (one made since by
+    :func:`create_directory_table` has it already)."""
+    if "merged_into" not in {c["name"] for c in inspect(op.get_bind()).get_columns("customer_directory")}:
+        with op.batch_alter_table("customer_directory") as batch:
+            batch.add_column(Column("merged_into", String(36), nullable=True))
 
 
 async def upsert(
@@ -127,20 +137,26 @@ def repoint_on_merge(columns: Sequence[Column[str]]) -> Handler:
             await session.execute(
                 update(column.table).where(column == payload.duplicate_id).values({column.name: payload.survivor_id})
             )
+        d = customer_directory.c
+        await session.execute(
+            update(customer_directory)
+            .where(d.customer_id == payload.duplicate_id)
+            .values(merged_into=payload.survivor_id)
+        )
 
     return on_customer_merged
 
 
 def directory_subscription(service: str, merged_records: Sequence[Column[str]] = ()) -> Subscription:
     """The durable consumer ``<service>-customer-directory`` that keeps the directory current, and re-points the
-    ``merged_records`` columns (a service's ``customer_id`` columns) when a duplicate customer is merged."""
+    ``merged_records`` columns (a service's ``customer_id`` columns) when a duplicate customer is merged (the
+    directory then remembers where the duplicate went)."""
     handlers: dict[str, Handler] = {
         CUSTOMER_CREATED: on_customer_created,
         CUSTOMER_ASSIGNED: on_customer_assigned,
         CUSTOMER_ERASED: on_customer_erased,
     }
-    if merged_records:
-        handlers[CUSTOMER_MERGED] = repoint_on_merge(merged_records)
+    handlers[CUSTOMER_MERGED] = repoint_on_merge(merged_records)
     return Subscription(
         durable=f"{service}-customer-directory",
         stream="CRM_CUSTOMER",
@@ -149,10 +165,18 @@ def directory_subscription(service: str, merged_records: Sequence[Column[str]] =
     )
 
 
-async def require_customer_in_scope(session: AsyncSession, identity: Identity, customer_id: str) -> None:
-    """Raise :class:`NotFound` unless the customer is known here and inside the caller's scope."""
+async def require_customer_in_scope(
+    session: AsyncSession, identity: Identity, customer_id: str, *, new_record: bool = False
+) -> None:
+    """Raise :class:`NotFound` unless the customer is known here and inside the caller's scope; with
+    ``new_record``, :class:`FailedPrecondition` (``MERGED``, naming the survivor) for a customer merged into
+    another, so nothing new lands on the retired file."""
     c = customer_directory.c
     condition = scope_condition(identity, owner=c.owner_id, team=c.team_id, branch=c.branch_id, region=c.region)
-    found = await session.execute(select(c.customer_id).where(c.customer_id == customer_id, condition))
-    if found.first() is None:
+    found = (await session.execute(select(c.merged_into).where(c.customer_id == customer_id, condition))).first()
+    if found is None:
         raise NotFound(f"customer {customer_id} not found")
+    if new_record and found.merged_into:
+        raise FailedPrecondition(
+            f"customer {customer_id} was merged into {found.merged_into}; use that customer", reason="MERGED"
+        )

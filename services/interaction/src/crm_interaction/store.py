@@ -80,7 +80,9 @@ class InteractionStore:
         return await create_once(
             self._sessions,
             request_id,
-            guard=lambda session: require_customer_in_scope(session, identity, interaction.customer_id),
+            guard=lambda session: require_customer_in_scope(
+                session, identity, interaction.customer_id, new_record=True
+            ),
             earlier=lambda session: self._by_request(session, identity, request_id),
             write=write,
         )

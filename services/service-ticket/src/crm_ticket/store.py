@@ -85,7 +85,7 @@ class TicketStore:
         return await create_once(
             self._sessions,
             request_id,
-            guard=lambda session: require_customer_in_scope(session, identity, ticket.customer_id),
+            guard=lambda session: require_customer_in_scope(session, identity, ticket.customer_id, new_record=True),
             earlier=lambda session: self._by_request(session, identity, request_id),
             write=write,
         )
