@@ -21,26 +21,31 @@ from __future__ import annotations
 
 from alembic import op
 
+from crm_platform.migrations import create_index_online, drop_index_online
+
 revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
 
+# Built without blocking writes on PostgreSQL (CONCURRENTLY): a plain CREATE INDEX held the customers table's
+# writes for about 15 s at a million rows.
 _INDEXES = (
     ("ix_customers_team_tier_created", ["team_id", "tier", "created_at", "id"]),
     ("ix_customers_region_tier_created", ["region", "tier", "created_at", "id"]),
 )
+_POSTGRES_ONLY = (("ix_customers_branch_name_pattern", ["branch_id", "name text_pattern_ops"]),)
+
+
+def _postgres() -> bool:
+    return bool(op.get_bind().dialect.name == "postgresql")
 
 
 def upgrade() -> None:
-    for name, columns in _INDEXES:
-        op.create_index(name, "customers", columns)
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("CREATE INDEX ix_customers_branch_name_pattern ON customers (branch_id, name text_pattern_ops)")
+    for name, columns in (*_INDEXES, *(_POSTGRES_ONLY if _postgres() else ())):
+        create_index_online(op, name, "customers", columns)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.drop_index("ix_customers_branch_name_pattern", "customers")
-    for name, _ in reversed(_INDEXES):
-        op.drop_index(name, "customers")
+    for name, _ in reversed((*_INDEXES, *(_POSTGRES_ONLY if _postgres() else ()))):
+        drop_index_online(op, name)

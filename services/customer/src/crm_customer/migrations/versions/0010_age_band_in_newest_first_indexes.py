@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from crm_platform.migrations import create_index_online
+
 revision = "0010"
 down_revision = "0009"
 branch_labels = None
@@ -33,10 +35,11 @@ _NEWEST_FIRST = {
 
 
 def _rebuild(with_birth_date: bool) -> None:
+    # Each new index is built beside the old one and takes its name when ready (CONCURRENTLY on PostgreSQL):
+    # lists keep an index all along and writes are never held.
     for name, scope in _NEWEST_FIRST.items():
         columns = [*([scope] if scope else []), "created_at", "id", *(["birth_date"] if with_birth_date else [])]
-        op.drop_index(name, "customers")
-        op.create_index(name, "customers", columns)
+        create_index_online(op, name, "customers", columns)
 
 
 def upgrade() -> None:
