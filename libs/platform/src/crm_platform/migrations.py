@@ -48,7 +48,11 @@ async def migrate(engine: AsyncEngine, package: str) -> None:
         if postgres:
             default_level = conn.default_isolation_level
             await conn.execution_options(isolation_level="AUTOCOMMIT")
+            waited = False
             while not await _try_lock(conn, lock_key):  # noqa: ASYNC110 - the lock is in another process
+                if not waited:
+                    log.info("waiting for another replica's migrations", extra={"package": package})
+                    waited = True
                 await asyncio.sleep(_LOCK_POLL_SECONDS)
             await conn.commit()  # the autocommit "transaction" SQLAlchemy began: isolation may change after it
             await conn.execution_options(isolation_level=default_level)
