@@ -49,7 +49,7 @@ async def migrate(engine: AsyncEngine, package: str) -> None:
             default_level = conn.default_isolation_level
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             waited = False
-            while not await _try_lock(conn, lock_key):  # noqa: ASYNC110 - the lock is in another process
+            while not await _try_lock(conn, lock_key):  # polled: the lock is held by another process
                 if not waited:
                     log.info("waiting for another replica's migrations", extra={"package": package})
                     waited = True
