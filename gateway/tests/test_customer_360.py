@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from crm_opportunity.server import SPEC as OPPORTUNITY
 from crm_opportunity.store import opportunities as opportunities_table
 from crm_platform.config import load
 from crm_platform.db import create_engine, normalise_url
+from crm_platform.logging import JsonFormatter
 from crm_testing.nats_server import NatsServer, free_port
 from crm_testing.services import TEST_SECRET, RunningService, identity, running_service
 from crm_ticket.server import SPEC as TICKET
@@ -339,8 +342,36 @@ async def test_360_composes_every_part_and_degrades_to_a_partial_answer(stack: S
     assert [i["id"] for i in body["interactions"]] == list(reversed(records.interactions))[:10]
     assert [o["id"] for o in body["opportunities"]] == [records.opportunities[0]]
     # The ticket list on its own route fails as a whole: 503, never a stack trace.
-    tickets = await gateway.client.get(f"/api/v1/customers/{customer_id}/tickets", headers=rm1)
+    lines: list[dict[str, object]] = []
+    capture = _JsonLines(lines)
+    logger = logging.getLogger("crm_gateway.middleware")
+    logger.addHandler(capture)
+    try:
+        tickets = await gateway.client.get(f"/api/v1/customers/{customer_id}/tickets", headers=rm1)
+    finally:
+        logger.removeHandler(capture)
     assert tickets.status_code == 503 and tickets.headers["content-type"].startswith("application/problem+json")
+    # …and the operators get one JSON log line for it: the route (not the path), who, and the request id (the
+    # trace id too, logged inside the request's span: see libs/platform/tests/test_logging.py).
+    (logged,) = [line for line in lines if line["msg"] == "request failed"]
+    assert (logged["status"], logged["route"], logged["user"]) == (
+        503,
+        "/api/v1/customers/{customer_id}/tickets",
+        "u-rm1",
+    )
+    assert logged["request_id"] == tickets.headers["x-request-id"] and logged["level"] == "error"
+
+
+class _JsonLines(logging.Handler):
+    """Collects records as the JSON lines the processes write (formatted when logged, inside the request's span)."""
+
+    def __init__(self, lines: list[dict[str, object]]) -> None:
+        super().__init__(logging.WARNING)
+        self._lines = lines
+        self._formatter = JsonFormatter("gateway")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.append(json.loads(self._formatter.format(record)))
 
 
 async def test_360_names_a_silent_service_as_timed_out(private_nats: NatsServer, tmp_path: Path) -> None:

@@ -97,11 +97,35 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
                 status = status_holder[0]
                 if span.is_recording():
                     span.set_attribute("http.status_code", status)
-                route_metrics.observe(
-                    method, scope.get("path_template") or "unmatched", status, time.perf_counter() - started
-                )
+                route = scope.get("path_template") or "unmatched"
+                seconds = time.perf_counter() - started
+                route_metrics.observe(method, route, status, seconds)
+                if status >= 500 or seconds >= SLOW_REQUEST_SECONDS:
+                    _log_request(scope, method, route, status, seconds)
 
     return middleware
+
+
+# A request this slow is logged (as every answer with a 5xx status is), inside its span so the line carries the
+# trace id; the rest are counted in the metrics only: a line per request would cost more than the request.
+SLOW_REQUEST_SECONDS = 1.0
+
+
+def _log_request(scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
+    state = scope.get("state", {})
+    identity = state.get("identity")
+    fields = {
+        "method": method,
+        "route": route,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 1),
+        "request_id": state.get("request_id", ""),
+        "user": identity.user_id if identity is not None else "",
+    }
+    if status >= 500:
+        _log.error("request failed", extra=fields)
+    else:
+        _log.warning("slow request", extra=fields)
 
 
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
