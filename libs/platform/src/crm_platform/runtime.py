@@ -12,8 +12,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -46,6 +47,9 @@ class Context:
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
+Command = Callable[["ServiceSpec", CommonSettings, list[str]], Coroutine[Any, Any, int]]
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """How to build one service.
@@ -59,6 +63,9 @@ class ServiceSpec:
     settings_class: type[CommonSettings]
     wire: Callable[[grpc.aio.Server, Context], Sequence[str]]
     subscriptions: Callable[[Context], list[Subscription]] = lambda _ctx: []
+    # Operator commands beside serve and migrate: ``python -m crm_<domain> <name> [args]`` runs
+    # ``commands[name](spec, settings, args)`` and exits with the code it returns.
+    commands: Mapping[str, Command] = field(default_factory=dict)
 
 
 async def open_database(spec: ServiceSpec, settings: CommonSettings) -> AsyncEngine:
@@ -119,7 +126,7 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 
 
 def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
-    """Command line of every service: ``python -m crm_<domain> [serve|migrate]``."""
+    """Command line of every service: ``python -m crm_<domain> [serve|migrate|<one of spec.commands>]``."""
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args else "serve"
     try:
@@ -143,7 +150,10 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
         asyncio.run(_migrate_only())
     elif command == "serve":
         asyncio.run(_serve())
+    elif command in spec.commands:
+        return asyncio.run(spec.commands[command](spec, settings, args[1:]))
     else:
-        print(f"usage: python -m crm_{spec.domain} [serve|migrate]", file=sys.stderr)
+        names = "|".join(["serve", "migrate", *spec.commands])
+        print(f"usage: python -m crm_{spec.domain} [{names}]", file=sys.stderr)
         return 2
     return 0

@@ -11,6 +11,7 @@ from crm.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
 from crm_customer import events
 from crm_customer.config import Settings
 from crm_customer.import_servicer import wire_imports
+from crm_customer.restore import reapply_erasures
 from crm_customer.servicer import CustomerServicer
 from crm_customer.store import CustomerStore
 from crm_customer.store.fastread import CustomerReads
@@ -45,4 +46,5 @@ SPEC = ServiceSpec(
     settings_class=Settings,
     wire=wire,
     subscriptions=lambda _ctx: events.subscriptions(),
+    commands={"reapply-erasures": reapply_erasures},
 )
