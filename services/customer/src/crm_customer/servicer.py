@@ -246,6 +246,15 @@ def _not_merged(customer: Customer) -> None:
         )
 
 
+def _not_merged_for_erasure(customer: Customer) -> None:
+    """A merged file is erased with its survivor, which holds the person's data too."""
+    if customer.merged_into:
+        raise FailedPrecondition(
+            f"a merged customer is erased with the file it was merged into: erase {customer.merged_into}",
+            reason="MERGED",
+        )
+
+
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     """Translates CustomerService calls; errors map to status codes in the shared interceptor."""
 
@@ -370,7 +379,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         current = await self._store.get(identity, request.customer_id)
         if current.erased_at is not None:
             return customer_service_pb2.EraseCustomerResponse(customer=to_proto(current))
-        _not_merged(current)  # the person's data lives on in the survivor: erasing it erases this file too
+        _not_merged_for_erasure(current)
         reason = request.reason.strip()
         if not reason or len(reason) > 500:
             raise InvalidArgument([FieldViolation("reason", "is required (the lawful basis), at most 500 characters")])
