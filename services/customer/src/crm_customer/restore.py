@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _BATCH = 500
+_MAX_IDLE_FETCHES = 5
 
 
 def _since(argv: list[str]) -> dt.datetime | None:
@@ -61,11 +62,16 @@ async def erased_customer_ids(nats_url: str, since: dt.datetime | None) -> list[
         )
         sub = await nc.jetstream().pull_subscribe(CUSTOMER_ERASED, durable=None, stream="CRM_CUSTOMER", config=config)
         try:
+            idle = 0
             while (await sub.consumer_info()).num_pending > 0:
                 try:
                     messages = await sub.fetch(_BATCH, timeout=2)
                 except (TimeoutError, NatsTimeoutError):
+                    idle += 1
+                    if idle >= _MAX_IDLE_FETCHES:  # events pending that never come: say so rather than hang
+                        raise RuntimeError("JetStream reports erasure events it does not deliver") from None
                     continue
+                idle = 0
                 for message in messages:
                     envelope = envelope_pb2.EventEnvelope.FromString(message.data)
                     payload = events_pb2.CustomerErased()
