@@ -52,6 +52,13 @@ async def _audit_verify(settings: Settings) -> int:
     return 0
 
 
+async def _prepare(settings: Settings, *, seed: bool = True) -> None:
+    from crm_gateway.app import prepare_database
+
+    engine = await prepare_database(settings, seed=seed)
+    await engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve the gateway with uvicorn, or run its migrations and exit."""
     args = sys.argv[1:] if argv is None else argv
@@ -64,17 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("gateway", settings.log_level)
     configure_tracing("gateway", settings.otlp_endpoint)
     if command == "migrate":
-        from crm_platform.db import create_engine, ensure_database, resolve_database_url
-        from crm_platform.migrations import migrate
-
-        async def _migrate() -> None:
-            url = resolve_database_url("gateway", settings.database_url, settings.postgres_url, settings.data_dir)
-            await ensure_database(url)
-            engine = create_engine(url)
-            await migrate(engine, "crm_gateway")
-            await engine.dispose()
-
-        asyncio.run(_migrate())
+        asyncio.run(_prepare(settings, seed=False))
         return 0
     if command == "audit-verify":
         return asyncio.run(_audit_verify(settings))
@@ -95,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         "proxy_headers": False,
     }
     if settings.workers > 1:  # uvicorn's own multi-process supervisor
-        uvicorn.run("crm_gateway.app:create_app", **options)  # type: ignore[arg-type]
+        # Migrate and seed once, here, before the workers start: each would otherwise do it at the same time
+        # (on SQLite: "database is locked", and a worker that never starts).
+        asyncio.run(_prepare(settings))
+        uvicorn.run("crm_gateway.app:create_worker_app", **options)
     else:
         _Server(uvicorn.Config("crm_gateway.app:create_app", **options)).run()  # type: ignore[arg-type]
     return 0

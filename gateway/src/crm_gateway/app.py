@@ -10,6 +10,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crm_gateway.audit import AuditLog
 from crm_gateway.auth import Authenticator
@@ -43,8 +44,10 @@ from crm_platform.bus import DOMAIN_STREAMS, Bus
 from crm_platform.config import load
 from crm_platform.db import create_engine, ensure_database, resolve_database_url, session_factory
 from crm_platform.heap import freeze_startup_heap
+from crm_platform.logging import configure_logging
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, OutboxRelay
+from crm_platform.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,28 @@ def check_permissions_declared(app: Litestar, policy: Policy) -> None:
                 raise RuntimeError(f"route {route.path} declares unknown permission {permission!r}")
 
 
+async def prepare_database(settings: Settings, *, seed: bool = True) -> AsyncEngine:
+    """The gateway's database, created if missing, migrated, and (with ``seed``) holding the demo organisation
+    when ``CRM_DEMO`` asks for it. Idempotent: once done, a second call only reads."""
+    url = resolve_database_url("gateway", settings.database_url, settings.postgres_url, settings.data_dir)
+    await ensure_database(url)
+    engine = create_engine(url)
+    await migrate(engine, "crm_gateway")
+    if seed and settings.demo:
+        await seed_demo(IdentityStore(session_factory(engine)), settings.demo_password)
+    return engine
+
+
+def create_worker_app() -> Litestar:
+    """The app of one of several uvicorn worker processes (``CRM_GATEWAY_WORKERS`` > 1). A worker starts in a
+    fresh interpreter, without ``python -m crm_gateway``'s set-up, so it sets up JSON logging and tracing itself;
+    the parent prepared the database before starting the workers, so their start-ups only read it."""
+    settings = load(Settings)
+    configure_logging("gateway", settings.log_level)
+    configure_tracing("gateway", settings.otlp_endpoint)
+    return create_app(settings)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the gateway application (uvicorn calls this factory)."""
     settings = settings or load(Settings)
@@ -116,13 +141,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         from crm_gateway.clients import Services
 
-        url = resolve_database_url("gateway", settings.database_url, settings.postgres_url, settings.data_dir)
-        await ensure_database(url)
-        engine = create_engine(url)
-        await migrate(engine, "crm_gateway")
+        engine = await prepare_database(settings)
         store = IdentityStore(session_factory(engine))
-        if settings.demo:
-            await seed_demo(store, settings.demo_password)
         bus = Bus(settings.nats_url, name="crm-gateway", replicas=settings.nats_stream_replicas)
         await bus.connect()
         await bus.ensure_streams(DOMAIN_STREAMS)
