@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from crm_testing.logs import not_json_records
 from crm_testing.nats_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -57,6 +58,6 @@ def test_two_workers_start_serve_log_json_and_stop_cleanly(nats_url: str, tmp_pa
         code = process.wait(timeout=30)
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert code == 0, lines[-20:]
-    not_json = [line for line in lines if not line.startswith("{")]
+    not_json = not_json_records(lines)
     assert not not_json, not_json[:5]
     assert all(json.loads(line)["service"] == "gateway" for line in lines)

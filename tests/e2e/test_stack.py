@@ -11,6 +11,8 @@ import httpx
 import pytest
 from conftest import SERVICES, Stack
 
+from crm_testing.logs import not_json_records
+
 pytestmark = pytest.mark.slow
 
 
@@ -64,14 +66,6 @@ def test_sigterm_stops_every_process_within_10_s_with_code_0(stack: Stack) -> No
     # Every part logs JSON lines from start to stop (the supervisor's own lines aside): nothing, such as a web
     # framework's default logging set-up, switches a process to another format on the way.
     parts = [line for line in log.splitlines() if line and not line.startswith(("[crm]", "CRM gateway ready"))]
-    not_json = [line for line in parts if not _json_record(line)]
+    not_json = not_json_records(parts)
     assert not not_json, not_json[:5]
     assert {"gateway", *(name.lower() for name in SERVICES)} <= {json.loads(line)["service"] for line in parts}
-
-
-def _json_record(line: str) -> bool:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and {"ts", "level", "service", "msg"} <= record.keys()

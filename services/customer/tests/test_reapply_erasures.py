@@ -29,22 +29,26 @@ def _backup(source: Path, target: Path) -> None:
         live.backup(copy)
 
 
-def _run_command(database_url: str, nats_url: str, data_dir: Path, *args: str) -> dict[str, int]:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "CRM_NATS_URL": nats_url,
-        "CUSTOMER_DATABASE_URL": database_url,
-        "CRM_DATA_DIR": str(data_dir),
-        "CRM_INTERNAL_SECRET": TEST_SECRET,
-        "CRM_LOG_LEVEL": "WARNING",
-    }
-    done = subprocess.run(
+def _command(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m crm_customer reapply-erasures <args>`` with ``env`` (upper-cased names) and a private data dir."""
+    return subprocess.run(
         [sys.executable, "-m", "crm_customer", "reapply-erasures", *args],
-        env=env,
+        env={"PATH": "/usr/bin:/bin", "CRM_DATA_DIR": str(data_dir), **{k.upper(): v for k, v in env.items()}},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+def _run_command(database_url: str, nats_url: str, data_dir: Path, *args: str) -> dict[str, int]:
+    done = _command(
+        data_dir,
+        *args,
+        crm_nats_url=nats_url,
+        customer_database_url=database_url,
+        crm_internal_secret=TEST_SECRET,
+        crm_log_level="WARNING",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     summary: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -95,12 +99,5 @@ async def test_a_restored_backup_is_erased_again(private_nats: NatsServer, tmp_p
 
 
 def test_bad_arguments_are_refused(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "crm_customer", "reapply-erasures", "--since"],
-        env={"PATH": "/usr/bin:/bin", "CRM_DATA_DIR": str(tmp_path), "CRM_NATS_URL": "nats://127.0.0.1:1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _command(tmp_path, "--since", crm_nats_url="nats://127.0.0.1:1")
     assert done.returncode == 2 and "usage: reapply-erasures" in done.stdout

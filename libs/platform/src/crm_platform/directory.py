@@ -55,6 +55,12 @@ def add_directory_merged_into(op: Any) -> None:
             batch.add_column(Column("merged_into", String(36), nullable=True))
 
 
+def drop_directory_merged_into(op: Any) -> None:
+    """Migration step back: the directory without ``merged_into``."""
+    with op.batch_alter_table("customer_directory") as batch:
+        batch.drop_column("merged_into")
+
+
 async def upsert(
     session: AsyncSession,
     *,

@@ -25,12 +25,12 @@ def die_with_parent() -> None:
 _handed_out: set[int] = set()
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def _ephemeral_start() -> int:
+    """The first port the kernel gives outgoing connections."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
@@ -40,8 +40,7 @@ def free_port() -> int:
     it also gives outgoing connections, so between our check and the server's bind a client socket could
     take it ("Failed to bind"). No port is handed out twice in one process; the start is random, so
     parallel processes rarely meet."""
-    low, _ = _ephemeral_range()
-    first, last = 20000, min(low, 32768) - 1
+    first, last = 20000, min(_ephemeral_start(), 32768) - 1
     span = last - first + 1
     start = random.randrange(span)
     for step in range(span):

@@ -17,7 +17,6 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-import nats
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -27,6 +26,7 @@ from crm_customer.config import Settings
 from crm_customer.events import CUSTOMER_ERASED
 from crm_customer.store import CustomerStore
 from crm_platform.auth_context import SYSTEM
+from crm_platform.bus import Bus
 from crm_platform.db import session_factory
 from crm_platform.errors import NotFound
 from crm_platform.outbox import Outbox, utcnow
@@ -52,7 +52,8 @@ def _since(argv: list[str]) -> dt.datetime | None:
 
 async def erased_customer_ids(nats_url: str, since: dt.datetime | None) -> list[tuple[str, str]]:
     """``(customer id, event id)`` of every ``customer.erased`` event in the stream (from ``since``), oldest first."""
-    nc = await nats.connect(servers=[s.strip() for s in nats_url.split(",") if s.strip()])
+    bus = Bus(nats_url, name="crm-customer-reapply-erasures")
+    await bus.connect(attempts=3)
     found: list[tuple[str, str]] = []
     try:
         config = (
@@ -60,7 +61,7 @@ async def erased_customer_ids(nats_url: str, since: dt.datetime | None) -> list[
             if since is not None
             else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
         )
-        sub = await nc.jetstream().pull_subscribe(CUSTOMER_ERASED, durable=None, stream="CRM_CUSTOMER", config=config)
+        sub = await bus.js.pull_subscribe(CUSTOMER_ERASED, durable=None, stream="CRM_CUSTOMER", config=config)
         try:
             idle = 0
             while (await sub.consumer_info()).num_pending > 0:
@@ -81,7 +82,7 @@ async def erased_customer_ids(nats_url: str, since: dt.datetime | None) -> list[
         finally:
             await sub.unsubscribe()
     finally:
-        await nc.close()
+        await bus.close()
     return found
 
 

@@ -237,22 +237,17 @@ def _members_filter(criteria: domain.SegmentCriteria) -> CustomerFilter:
     )
 
 
-def _not_merged(customer: Customer) -> None:
+def _not_merged(customer: Customer, *, erasing: bool = False) -> None:
     """A merged duplicate takes no more changes (its values would re-enter searches, counts and duplicate
-    detection): they go to its survivor."""
+    detection): they go to its survivor. Nor is it erased alone: the survivor holds the person's data too, and
+    erasing the survivor erases the duplicate with it."""
     if customer.merged_into:
-        raise FailedPrecondition(
-            f"a merged customer cannot be changed; change the survivor {customer.merged_into}", reason="MERGED"
+        message = (
+            f"a merged customer is erased with the file it was merged into: erase {customer.merged_into}"
+            if erasing
+            else f"a merged customer cannot be changed; change the survivor {customer.merged_into}"
         )
-
-
-def _not_merged_for_erasure(customer: Customer) -> None:
-    """A merged file is erased with its survivor, which holds the person's data too."""
-    if customer.merged_into:
-        raise FailedPrecondition(
-            f"a merged customer is erased with the file it was merged into: erase {customer.merged_into}",
-            reason="MERGED",
-        )
+        raise FailedPrecondition(message, reason="MERGED")
 
 
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
@@ -379,7 +374,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         current = await self._store.get(identity, request.customer_id)
         if current.erased_at is not None:
             return customer_service_pb2.EraseCustomerResponse(customer=to_proto(current))
-        _not_merged_for_erasure(current)
+        _not_merged(current, erasing=True)
         reason = request.reason.strip()
         if not reason or len(reason) > 500:
             raise InvalidArgument([FieldViolation("reason", "is required (the lawful basis), at most 500 characters")])

@@ -50,14 +50,13 @@ def customer_assigned(customer_id: str, owner_id: str, now: dt.datetime) -> Inbo
     """
     if not owner_id:
         return None
-    return InboxMessage(
-        id=new_id(),
-        user_id=owner_id,
-        kind=CUSTOMER_ASSIGNED,
-        title="New customer assigned to you",
-        body=f"Customer {customer_id} is now in your care.",
-        created_at=now,
+    return _message(
+        owner_id, CUSTOMER_ASSIGNED, "New customer assigned to you", f"Customer {customer_id} is now in your care.", now
     )
+
+
+def _message(user_id: str, kind: str, title: str, body: str, now: dt.datetime) -> InboxMessage:
+    return InboxMessage(id=new_id(), user_id=user_id, kind=kind, title=title, body=body, created_at=now)
 
 
 def customer_reassigned(
@@ -77,34 +76,18 @@ def customer_merged(
     By ids only, as every inbox text."""
     messages: list[InboxMessage] = []
     keeper = f"in the care of {survivor_owner_id}" if survivor_owner_id else "in the branch pool"
+    moved = f"Its contact logs, tasks, opportunities and tickets now show under {survivor_id}."
     if duplicate_owner_id and duplicate_owner_id != actor:
-        same = duplicate_owner_id == survivor_owner_id
+        where = "" if duplicate_owner_id == survivor_owner_id else f", {keeper}"
+        body = f"Customer {duplicate_id} was a duplicate and was merged into customer {survivor_id} by {actor}{where}."
         messages.append(
-            InboxMessage(
-                id=new_id(),
-                user_id=duplicate_owner_id,
-                kind=CUSTOMER_MERGED,
-                title="Duplicate customer file merged",
-                body=(
-                    f"Customer {duplicate_id} was a duplicate and was merged into customer {survivor_id} by {actor}"
-                    f"{'' if same else f', {keeper}'}. Its contact logs, tasks, opportunities and tickets now show "
-                    f"under {survivor_id}."
-                ),
-                created_at=now,
-            )
+            _message(duplicate_owner_id, CUSTOMER_MERGED, "Duplicate customer file merged", f"{body} {moved}", now)
         )
     if survivor_owner_id and survivor_owner_id not in (actor, duplicate_owner_id):
+        body = f"Customer {duplicate_id} was merged into your customer {survivor_id} by {actor}."
         messages.append(
-            InboxMessage(
-                id=new_id(),
-                user_id=survivor_owner_id,
-                kind=CUSTOMER_MERGED,
-                title="Duplicate file merged into your customer",
-                body=(
-                    f"Customer {duplicate_id} was merged into your customer {survivor_id} by {actor}. Its contact "
-                    f"logs, tasks, opportunities and tickets now show under {survivor_id}."
-                ),
-                created_at=now,
+            _message(
+                survivor_owner_id, CUSTOMER_MERGED, "Duplicate file merged into your customer", f"{body} {moved}", now
             )
         )
     return messages

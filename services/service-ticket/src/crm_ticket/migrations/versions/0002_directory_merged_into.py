@@ -6,7 +6,7 @@ Revision ID: 0002
 
 from alembic import op
 
-from crm_platform.directory import add_directory_merged_into
+from crm_platform.directory import add_directory_merged_into, drop_directory_merged_into
 
 revision = "0002"
 down_revision = "0001"
@@ -17,5 +17,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("customer_directory") as batch:
-        batch.drop_column("merged_into")
+    drop_directory_merged_into(op)
