@@ -85,23 +85,29 @@ def run_env() -> None:
         context.run_migrations()
 
 
-def create_index_online(op: Any, name: str, table: str, columns: Sequence[str]) -> None:
+def create_index_online(
+    op: Any, name: str, table: str, columns: Sequence[str], *, unique: bool = False, where: str = ""
+) -> None:
     """Migration step: create (or rebuild, under the same name) index ``name`` on ``table`` over ``columns``
-    (SQL column expressions) without blocking writes on PostgreSQL.
+    (SQL column expressions), ``unique`` and partial (``where``, an SQL condition) when asked, without blocking
+    writes on PostgreSQL.
 
     There it is built ``CONCURRENTLY`` outside the migration's transaction under a temporary name, which then
     takes the place of any index of the same name; a build an interrupted run left half done is dropped first,
-    so the step can run again. Queries keep the old index until the new one is ready. Elsewhere (SQLite) a plain
-    drop and create."""
+    so the step can run again. Queries keep the old index until the new one is ready — and a unique index being
+    rebuilt keeps enforcing its rule throughout, as the old one goes only once the new one is valid. Elsewhere
+    (SQLite) a plain drop and create."""
     column_list = ", ".join(columns)
+    kind = "UNIQUE INDEX" if unique else "INDEX"
+    predicate = f" WHERE {where}" if where else ""
     if op.get_bind().dialect.name != "postgresql":
         op.execute(f"DROP INDEX IF EXISTS {name}")
-        op.execute(f"CREATE INDEX {name} ON {table} ({column_list})")
+        op.execute(f"CREATE {kind} {name} ON {table} ({column_list}){predicate}")
         return
     building = f"{name}_building"
     with op.get_context().autocommit_block():
         op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {building}")
-        op.execute(f"CREATE INDEX CONCURRENTLY {building} ON {table} ({column_list})")
+        op.execute(f"CREATE {kind} CONCURRENTLY {building} ON {table} ({column_list}){predicate}")
         op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
         op.execute(f"ALTER INDEX {building} RENAME TO {name}")
 

@@ -51,12 +51,24 @@ def _create_sql() -> tuple[str, dict[str, list[str]]]:
     """The statement and, per table, the order of its columns' parameters (after the four ``dup`` ones)."""
     c = _quoted(customers.name)
     live = "erased_at IS NULL"  # CustomerStore's duplicate rule (a merged duplicate gave up its hashes)
+    found = ", ".join(f"f.{name.strip()}" for name in _FOUND.split(","))
+
+    def by_hash(field: str, column: str, param: str) -> str:
+        # One equality look-up per hash (one per master key) on the column's unique index: an equality on a unique
+        # index is estimated at one row whatever the statistics say, where "column = ANY($n)" gets a guess. The
+        # generic plan of this prepared statement is made once per connection, often while the table is small
+        # or has never been analysed (autovacuum off, a restore or a bulk load before its first ANALYZE), and
+        # kept; with the guess it once read every live customer on each create (see migration 0012).
+        return (
+            f" UNION ALL (SELECT '{field}', {found} FROM unnest({param}::varchar[]) AS h(v) CROSS JOIN LATERAL"
+            f" (SELECT {_FOUND} FROM {c} WHERE {column} = h.v AND {live} LIMIT 1) AS f LIMIT 1)"
+        )
+
     dup = (
         f"(SELECT 'request_id' AS field, {_FOUND} FROM {c} WHERE request_id = $1 LIMIT 1)"
-        f" UNION ALL (SELECT 'id_number', {_FOUND} FROM {c} WHERE id_number_hash = ANY($2::varchar[]) AND {live}"
-        " LIMIT 1)"
-        f" UNION ALL (SELECT 'mobile', {_FOUND} FROM {c} WHERE mobile_hash = ANY($3::varchar[]) AND {live} LIMIT 1)"
-        f" UNION ALL (SELECT 'credit_code', {_FOUND} FROM {c} WHERE credit_code = $4 AND {live} LIMIT 1)"
+        + by_hash("id_number", "id_number_hash", "$2")
+        + by_hash("mobile", "mobile_hash", "$3")
+        + f" UNION ALL (SELECT 'credit_code', {_FOUND} FROM {c} WHERE credit_code = $4 AND {live} LIMIT 1)"
     )
     order: dict[str, list[str]] = {}
     parts = [f"WITH dup AS ({dup})"]
