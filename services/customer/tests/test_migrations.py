@@ -35,7 +35,7 @@ async def test_replicas_migrating_together_build_every_index_once_and_valid(post
     try:
         await asyncio.gather(*(migrate(engine, "crm_customer") for engine in engines))
         async with engines[0].connect() as conn:
-            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == "0011"
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == "0013"
     finally:
         for engine in engines:
             await engine.dispose()
@@ -71,3 +71,55 @@ async def test_the_online_index_migrations_go_down_and_up_again(postgres_url: st
         assert await _indexes(postgres_url) == before
     finally:
         await engine.dispose()
+
+
+async def _plan_without(url: str, drops: list[str], query: str) -> str:
+    """PostgreSQL's plan for ``query`` (``$1`` a text array) once ``drops`` (DDL statements) ran and sequential
+    scans are priced out: which other index it would take instead (the drops are rolled back)."""
+    engine = create_engine(normalise_url(url))
+    try:
+        async with engine.connect() as conn:
+            for drop in drops:
+                await conn.execute(text(drop))
+            await conn.execute(text("SET LOCAL enable_seqscan = off"))
+            await conn.execute(text(f"PREPARE q(varchar[]) AS {query}"))
+            plan = "\n".join((await conn.execute(text("EXPLAIN EXECUTE q('{a}')"))).scalars())
+            await conn.rollback()
+            return plan
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("column", ["id_number_hash", "mobile_hash", "credit_code"])
+async def test_a_duplicate_look_up_can_use_its_own_unique_index_only(postgres_url: str, column: str) -> None:
+    # Each duplicate index once held every live customer (partial on erased_at IS NULL alone): without
+    # statistics, the create's cached plan read them all through another column's index and filtered.
+    engine = create_engine(normalise_url(postgres_url))
+    try:
+        await migrate(engine, "crm_customer")
+    finally:
+        await engine.dispose()
+    plan = await _plan_without(
+        postgres_url,
+        [f"DROP INDEX uq_customers_{column}"],
+        f"SELECT id FROM customers WHERE {column} = ANY($1) AND erased_at IS NULL LIMIT 1",
+    )
+    assert "uq_customers_" not in plan, plan
+    assert "Seq Scan on customers" in plan, plan
+
+
+async def test_the_outbox_mark_cannot_walk_the_sent_rows_index(postgres_url: str) -> None:
+    from crm_platform.outbox import _MARK_SQL
+
+    engine = create_engine(normalise_url(postgres_url))
+    try:
+        await migrate(engine, "crm_customer")
+    finally:
+        await engine.dispose()
+    mark = _MARK_SQL.replace("$2", "now()")  # the statement as the relay runs it, its time a constant here
+    # Without the index of unsent rows and the primary key, an index on published_at over every row was the
+    # one left that matched "published_at IS NULL".
+    plan = await _plan_without(
+        postgres_url, ["DROP INDEX ix_outbox_pending", "ALTER TABLE outbox DROP CONSTRAINT outbox_pkey"], mark
+    )
+    assert "ix_outbox_published_at" not in plan, plan

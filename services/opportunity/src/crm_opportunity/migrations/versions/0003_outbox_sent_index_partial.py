@@ -1,0 +1,22 @@
+"""The outbox's ``ix_outbox_published_at`` holds sent rows only (it serves the purge of old sent rows), so the
+mark and the claim of unsent rows can no longer be planned through it: with it over every row, PostgreSQL without
+autovacuum read every dead version of every sent row on each mark (see
+:func:`crm_platform.schema.outbox_sent_index_partial`).
+
+Revision ID: 0003
+"""
+
+from alembic import op
+
+from crm_platform.schema import outbox_sent_index_full, outbox_sent_index_partial
+
+revision = "0003"
+down_revision = "0002"
+
+
+def upgrade() -> None:
+    outbox_sent_index_partial(op)
+
+
+def downgrade() -> None:
+    outbox_sent_index_full(op)
