@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import multiprocessing
 import os
 import random
@@ -37,7 +38,18 @@ from typing import Any
 from urllib.parse import urlencode
 
 from bench.common import Row, Section, pg_dsn, progress, scratch_database
-from bench.gateway import LUA, _cpu_seconds, _request, _started, _until, _wrk, login, stack_env
+from bench.gateway import (
+    LUA,
+    _cpu_seconds,
+    _machine_busy,
+    _postgres_cpu_seconds,
+    _request,
+    _started,
+    _until,
+    _wrk,
+    login,
+    stack_env,
+)
 
 CREATE_ARGS = ["-t2", "-c32"]
 CREATE_SECONDS = 20
@@ -333,20 +345,25 @@ def _measure(database: str, gateway_database: str) -> dict[str, Any]:
                 url = f"{base}/api/v1/customers"
                 _wrk(wrk, [*CREATE_ARGS, "-d3s"], tokens["rm1"], url, warm_script)
                 cpu_before = {n: _cpu_seconds(p.pid) for n, p in (("gateway", gateway), ("customer", customer))}
+                cpu_before["postgres"] = _postgres_cpu_seconds()
+                busy_before = _machine_busy()
                 started = time.perf_counter()
                 create = _wrk(
                     wrk, [*CREATE_ARGS, f"-d{CREATE_SECONDS}s", "--latency"], tokens["rm1"], url, create_script
                 )
                 wall = time.perf_counter() - started
+                busy_after = _machine_busy()
                 create["cpu_share"] = {
                     n: (_cpu_seconds(p.pid) - cpu_before[n]) / wall
                     for n, p in (("gateway", gateway), ("customer", customer))
                 }
+                create["cpu_share"]["postgres"] = (_postgres_cpu_seconds() - cpu_before["postgres"]) / wall
+                create["machine_busy"] = (busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1])
                 figures["create"] = create
                 progress(
                     f"  create {create['requests_per_s']:,.0f} req/s, p99 {create['p99_ms']:.1f} ms, errors "
                     f"{create['errors']}; CPU gateway {create['cpu_share']['gateway']:.0%}, customer "
-                    f"{create['cpu_share']['customer']:.0%}"
+                    f"{create['cpu_share']['customer']:.0%}, PostgreSQL {create['cpu_share']['postgres']:.0%}"
                 )
 
                 # 2. Seed.
@@ -433,9 +450,11 @@ def measure() -> dict[str, Any]:
     return asyncio.run(run())
 
 
-def section(figures: dict[str, Any]) -> Section:
-    """Rows: create throughput against its target; p99 of each list and search against 50 ms."""
+def section(figures: dict[str, Any], bare_grpc: dict[str, Any] | None = None) -> Section:
+    """Rows: create throughput against its target (and against the bare grpc.aio echo of the run: the machines
+    this runs on differ by twice in speed); p99 of each list and search against 50 ms."""
     create = figures["create"]
+    grpc_rate = float((bare_grpc or {}).get("calls_per_s", math.nan))
     failed = sum(create["errors"].values()) if create["errors"] else 0
     rows = [
         Row(
@@ -446,6 +465,15 @@ def section(figures: dict[str, Any]) -> Section:
             target=f"≥ {TARGET_CREATE_RPS:,.0f} req/s",
             met=create["requests_per_s"] >= TARGET_CREATE_RPS and not failed,
             note=f"{failed:,} errors (wrk: {create['errors']})" if failed else "",
+        ),
+        Row(
+            "… create",
+            "… vs. bare grpc.aio echo",
+            create["requests_per_s"],
+            "req/s",
+            bare_label="bare grpc.aio unary echo",
+            bare_value=grpc_rate,
+            ratio=create["requests_per_s"] / grpc_rate,
         ),
         Row("… create", "p99", create["p99_ms"], "ms"),
     ]
@@ -467,8 +495,13 @@ def section(figures: dict[str, Any]) -> Section:
         f"Create: {create['requests']:,} customers in {CREATE_SECONDS} s by `wrk {' '.join(CREATE_ARGS)}` as rm1, "
         f"each body unique and valid (resident ID with check character and matching birth date, unique mobile); "
         f"p50 {create['p50_ms']:.1f} / p99 {create['p99_ms']:.1f} ms; CPU (share of one core) gateway "
-        f"{cpu['gateway']:.0%}, customer service {cpu['customer']:.0%}. Everything shares the machine's "
-        f"{os.cpu_count()} cores with wrk, PostgreSQL and NATS.",
+        f"{cpu['gateway']:.0%}, customer service {cpu['customer']:.0%}, PostgreSQL (all its processes) "
+        f"{cpu.get('postgres', math.nan):.0%}; the machine was {create.get('machine_busy', math.nan):.0%} busy. "
+        f"CPU per create: gateway {_ms_per(cpu['gateway'], create)}, customer service "
+        f"{_ms_per(cpu['customer'], create)}, PostgreSQL {_ms_per(cpu.get('postgres', math.nan), create)}. "
+        f"Everything shares the machine's {os.cpu_count()} cores with wrk and NATS. The customer table starts "
+        "empty and is never analysed during the run (this machine's PostgreSQL runs with autovacuum off), as "
+        "after a fresh install or a restore.",
         f"Seed: {seed['rows']:,.0f} customers by COPY in {seed['copy_s']:.0f} s ({SEED_WORKERS} processes, each row "
         f"with its own wrapped data key, AES-GCM ID number and mobile and keyed hashes), secondary indexes "
         f"re-created in {seed['index_s']:.0f} s; {seed['total']:,.0f} customers in all.",
@@ -477,3 +510,8 @@ def section(figures: dict[str, Any]) -> Section:
         + ".",
     ]
     return Section("Customers at scale: create, lists and searches", rows, detail)
+
+
+def _ms_per(share: float, run: dict[str, Any]) -> str:
+    """A process's CPU share of one core as milliseconds of CPU per request of ``run``."""
+    return f"{share / run['requests_per_s'] * 1000:.2f} ms"

@@ -151,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
             gateway.measure,
             lambda f: gateway.section(f, figures.get("http"), figures.get("grpc")),
         ),
-        ("customers", "Customers at scale: create, lists and searches", customers.measure, customers.section),
+        (
+            "customers",
+            "Customers at scale: create, lists and searches",
+            customers.measure,
+            lambda f: customers.section(f, figures.get("grpc")),
+        ),
         ("import", "Batch import", import_bench.measure, import_bench.section),
         ("stack", "Cold start, idle memory and stop of the whole stack", cold_start.measure, cold_start.section),
     ]
