@@ -187,3 +187,65 @@ async def test_an_erased_customer_leaves_the_directory(db_url: str) -> None:
             await require_customer_in_scope(session, rm1, "c2")  # only the erased one left
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_record_created_while_the_merge_is_handled_follows_the_survivor(postgres_url: str) -> None:
+    """The race of a new record and the merge: the record's transaction has checked the directory (the customer
+    not merged yet) and not yet committed when the merge is handled. The merge waits for it and moves it too."""
+    import asyncio
+
+    records_metadata = MetaData()
+    records = Table(
+        "race_records",
+        records_metadata,
+        Column("id", String(36), primary_key=True),
+        Column("customer_id", String(36), nullable=False),
+    )
+    engine = create_engine(normalise_url(postgres_url))
+    async with engine.begin() as conn:
+        await conn.run_sync(directory_metadata.create_all)
+        await conn.run_sync(records_metadata.create_all)
+    sessions = session_factory(engine)
+    handlers = directory_subscription("race", merged_records=(records.c.customer_id,)).handlers
+    created = _event(
+        "crm.customer.customer.created",
+        events_pb2.CustomerCreated(customer_id="dup2", owner_id="rm1", team_id="T1", branch_id="BJ001"),
+        T0,
+    )
+    merged = _event(
+        "crm.customer.customer.merged",
+        events_pb2.CustomerMerged(survivor_id="kept2", duplicate_id="dup2", actor="head"),
+        T0,
+    )
+    try:
+        async with sessions() as session, session.begin():
+            await handlers[created.type](session, created)
+        checked, merging = asyncio.Event(), asyncio.Event()
+
+        async def new_record() -> None:
+            async with sessions() as session, session.begin():
+                await require_customer_in_scope(session, identity("rm1"), "dup2", new_record=True)
+                checked.set()
+                await merging.wait()
+                await asyncio.sleep(0.3)  # the merge handler is now running, and must be waiting for us
+                await session.execute(insert(records).values(id="late", customer_id="dup2"))
+
+        async def merge() -> None:
+            await checked.wait()
+            async with sessions() as session, session.begin():
+                merging.set()
+                await handlers[merged.type](session, merged)
+
+        await asyncio.wait_for(asyncio.gather(new_record(), merge()), timeout=10)
+        async with sessions() as session:
+            rows = dict((await session.execute(select(records.c.id, records.c.customer_id))).all())
+        assert rows == {"late": "kept2"}
+        # Once the merge has committed, the next record is refused instead.
+        async with sessions() as session, session.begin():
+            with pytest.raises(FailedPrecondition):
+                await require_customer_in_scope(session, identity("rm1"), "dup2", new_record=True)
+    finally:
+        async with engine.begin() as conn:
+            await conn.run_sync(records_metadata.drop_all)
+        await engine.dispose()

@@ -139,16 +139,20 @@ def repoint_on_merge(columns: Sequence[Column[str]]) -> Handler:
         assert isinstance(payload, customer_events.CustomerMerged)
         if not payload.duplicate_id or not payload.survivor_id:
             return
-        for column in columns:
-            await session.execute(
-                update(column.table).where(column == payload.duplicate_id).values({column.name: payload.survivor_id})
-            )
+        # The directory row first: on PostgreSQL that waits for every create still holding it (the FOR SHARE of
+        # require_customer_in_scope) to commit, so the moves below — each statement a fresh snapshot under READ
+        # COMMITTED — see their records; a create that comes later waits for this transaction and then finds
+        # the customer merged. Moving the records first left a record committed in between on the duplicate.
         d = customer_directory.c
         await session.execute(
             update(customer_directory)
             .where(d.customer_id == payload.duplicate_id)
             .values(merged_into=payload.survivor_id)
         )
+        for column in columns:
+            await session.execute(
+                update(column.table).where(column == payload.duplicate_id).values({column.name: payload.survivor_id})
+            )
 
     return on_customer_merged
 
@@ -176,10 +180,16 @@ async def require_customer_in_scope(
 ) -> None:
     """Raise :class:`NotFound` unless the customer is known here and inside the caller's scope; with
     ``new_record``, :class:`FailedPrecondition` (``MERGED``, naming the survivor) for a customer merged into
-    another, so nothing new lands on the retired file."""
+    another, so nothing new lands on the retired file, and the customer's directory row stays share-locked until
+    the caller's transaction ends (see :func:`repoint_on_merge`)."""
     c = customer_directory.c
     condition = scope_condition(identity, owner=c.owner_id, team=c.team_id, branch=c.branch_id, region=c.region)
-    found = (await session.execute(select(c.merged_into).where(c.customer_id == customer_id, condition))).first()
+    query = select(c.merged_into).where(c.customer_id == customer_id, condition)
+    if new_record:
+        # Held until the caller's transaction ends (PostgreSQL; SQLite runs one writer at a time): a merge of this
+        # customer handled meanwhile waits for the new record to commit, then moves it with the others.
+        query = query.with_for_update(read=True)
+    found = (await session.execute(query)).first()
     if found is None:
         raise NotFound(f"customer {customer_id} not found")
     if new_record and found.merged_into:
