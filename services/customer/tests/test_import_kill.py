@@ -63,6 +63,20 @@ async def service_process(
             await process.wait()
 
 
+def _import_helpers(pid: int) -> list[int]:
+    """The processes ``pid`` started with multiprocessing (its import helper; not the resource tracker)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+    return found
+
+
+def _alive(pids: list[int]) -> bool:
+    return any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
 async def test_killed_mid_import_resumes_and_neither_loses_nor_duplicates(
     postgres_url: str, module_nats: NatsServer, tmp_path: Path
 ) -> None:
@@ -79,8 +93,16 @@ async def test_killed_mid_import_resumes_and_neither_loses_nor_duplicates(
                 if done >= 2000:
                     break
                 await asyncio.sleep(0.005)
+            helpers = _import_helpers(process.pid)
+            assert helpers, "a 10,000-row import is prepared in the service's helper process"
             process.send_signal(signal.SIGKILL)
             await process.wait()
+            # The helper holds the master keys: it must not outlive the service it worked for.
+            for _ in range(100):
+                if not _alive(helpers):
+                    break
+                await asyncio.sleep(0.05)
+            assert not _alive(helpers), "the import helper outlived the service"
             processed, imported = await db.fetchrow(
                 "SELECT processed, imported FROM customer_imports WHERE id = $1", job.id
             )

@@ -81,9 +81,17 @@ class Keyring:
     def __init__(self, master_keys: dict[str, bytes], active_kid: str) -> None:
         if active_kid not in master_keys:
             raise PiiKeyError(f"active key id {active_kid!r} is not among the master keys")
+        self._raw = dict(master_keys)
         self._masters = {kid: AESGCM(key) for kid, key in master_keys.items()}
         self._lookup_keys = {kid: _derive(key, b"crm-pii-lookup-v1") for kid, key in master_keys.items()}
         self.active_kid = active_kid
+
+    def __reduce__(self) -> tuple[type[Keyring], tuple[dict[str, bytes], str]]:
+        # Pickled only to hand the keyring to a helper process of the same service (the import's preparation).
+        return (Keyring, (self._raw, self.active_kid))
+
+    def __repr__(self) -> str:
+        return f"Keyring(kids={sorted(self._raw)}, active={self.active_kid!r})"  # never the keys
 
     @classmethod
     def from_spec(cls, spec: str, active_kid: str) -> Keyring:

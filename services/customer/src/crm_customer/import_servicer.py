@@ -12,6 +12,7 @@ import grpc
 from crm.common.v1 import paging_pb2
 from crm.customer.v1 import import_service_pb2 as pb
 from crm.customer.v1 import import_service_pb2_grpc
+from crm_customer.config import Settings
 from crm_customer.domain import require
 from crm_customer.domain.imports import (
     MAX_FILE_BYTES,
@@ -229,7 +230,8 @@ class CustomerImportServicer(import_service_pb2_grpc.CustomerImportServiceServic
 
 def wire_imports(server: grpc.aio.Server, ctx: Context, customers: CustomerStore) -> str:
     """Register the import service and start its worker with the service; return the service's full name."""
-    store = ImportStore(ctx.engine, ctx.sessions, ctx.outbox, customers)
+    settings: Settings = ctx.settings  # type: ignore[assignment]
+    store = ImportStore(ctx.engine, ctx.sessions, ctx.outbox, customers, helper_process=settings.import_helper_process)
     worker = ImportWorker(store)
     ctx.background.append(asyncio.create_task(worker.run(), name="customer-imports"))
     servicer = CustomerImportServicer(store, worker, ctx.settings.internal_secret)

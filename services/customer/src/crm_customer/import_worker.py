@@ -36,7 +36,14 @@ class ImportWorker:
         self._wake.set()
 
     async def run(self) -> None:
-        """Resume unfinished jobs, then take new ones as they come, until cancelled."""
+        """Resume unfinished jobs, then take new ones as they come, until cancelled (which also stops the store's
+        helper process)."""
+        try:
+            await self._run()
+        finally:
+            self._store.preparation.close()
+
+    async def _run(self) -> None:
         backoff = 0.5
         with contextlib.suppress(Exception):
             await self._store.forget_abandoned_uploads(utcnow() - ABANDONED_UPLOAD)

@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from crm.common.v1 import envelope_pb2
 from crm.customer.v1 import import_service_pb2
 from crm_customer import events
-from crm_customer.domain import PROFILE_FIELDS, Customer, CustomerKind, Profile, display_value, new_customer_no
+from crm_customer.domain import Customer, CustomerKind, Profile, new_customer_no
 from crm_customer.domain.imports import (
     Distribution,
     DistributionPlan,
@@ -59,18 +59,16 @@ from crm_customer.domain.imports import (
     SourceRow,
     Staff,
     ValidRow,
-    duplicate_keys,
     untouched,
-    validate_row,
 )
 from crm_customer.store import CustomerStore, customer_row, history_row, key_row
+from crm_customer.store.import_prepare import SLICE, Preparation, PreparedRow, PrepareProcess, RowPreparer
 from crm_customer.store.tables import customer_history, customer_holdings, customer_keys, customer_tags, customers
 from crm_platform.auth_context import Identity, Scope
 from crm_platform.db import as_utc, is_postgres
-from crm_platform.errors import Conflict, FailedPrecondition, FieldViolation, NotFound
+from crm_platform.errors import Conflict, FailedPrecondition, NotFound
 from crm_platform.ids import new_id
 from crm_platform.outbox import Outbox, PendingEvent, make_envelope
-from crm_platform.pii import WrappedKey
 from crm_platform.schema import outbox as outbox_table
 from crm_platform.scope import in_scope, scope_condition
 
@@ -158,7 +156,6 @@ IMPORTED, WOULD_IMPORT, FAILED, DUPLICATE, REMOVED, KEPT = (
     "kept",
 )
 CHUNK_BYTES = 1024 * 1024
-_SLICE = 200
 _ROLLBACK_PAGE = 1000
 
 
@@ -200,21 +197,6 @@ class ImportJob:
     def facts(self) -> FileFacts:
         """What inspecting the file found."""
         return FileFacts(self.encoding, self.columns, self.total)
-
-
-@dataclass(frozen=True)
-class PreparedRow:
-    """A row of a batch after the work that needs no database (:meth:`ImportStore.prepare_batch`)."""
-
-    source: SourceRow
-    outcome: ValidRow | list[FieldViolation]
-    facts: tuple[tuple[str, str], ...] = ()  # (field, value) a duplicate would share; empty when invalid
-    file_keys: tuple[str, ...] = ()  # per fact, the key the file's earlier rows are matched on
-    lookups: dict[tuple[str, str], list[str]] = dataclasses.field(default_factory=dict)  # hashes, every key
-    customer_id: str = ""  # the id it gets if imported (not in a dry run)
-    wrapped: WrappedKey | None = None  # its data key, wrapped
-    columns: dict[str, Any] | None = None  # its profile columns, personal ones encrypted under that key
-    changes: str = ""  # its history entry's changes
 
 
 @dataclass(frozen=True)
@@ -333,13 +315,22 @@ class ImportStore:
     """Import jobs and their writes; every read of a job applies the caller's data scope."""
 
     def __init__(
-        self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, customers: CustomerStore
+        self,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        outbox: Outbox,
+        customers: CustomerStore,
+        *,
+        helper_process: bool = False,
     ) -> None:
         self._engine = engine
         self.sessions = sessions
         self._outbox = outbox
         self._customers = customers
         self._keyring = customers._keyring
+        self.preparation = Preparation(
+            RowPreparer(self._keyring), PrepareProcess(self._keyring) if helper_process else None
+        )
         self._postgres = is_postgres(engine)
         self._local_claims: set[str] = set()
         self._analyze_at: dict[str, int] = {}
@@ -556,45 +547,11 @@ class ImportStore:
 
     async def prepare_batch(self, job: ImportJob, rows: Sequence[SourceRow], now: dt.datetime) -> PreparedBatch:
         """The CPU work of a batch that needs no database: validation, lookup hashes and, for each valid row,
-        its data key, encrypted columns and history entry. The worker prepares the next batch while the
-        previous one is written (:meth:`apply_batch` only decides duplicates and owners, and writes)."""
-        today = now.date()
-        items: list[PreparedRow] = []
-        for start in range(0, len(rows), _SLICE):
-            items.extend(self._prepare_row(job, source, today) for source in rows[start : start + _SLICE])
-            await asyncio.sleep(0)  # CPU work: let the batch being written (and progress reads) run between slices
+        its data key, encrypted columns and history entry (:mod:`crm_customer.store.import_prepare`: here, or in
+        the helper process for a large job). The worker prepares the next batch while the previous one is
+        written (:meth:`apply_batch` only decides duplicates and owners, and writes)."""
+        items = await self.preparation.prepare_rows(job.dry_run, rows, now.date(), job.total)
         return PreparedBatch(rows, items)
-
-    def _prepare_row(self, job: ImportJob, source: SourceRow, today: dt.date) -> PreparedRow:
-        outcome = validate_row(source, today)
-        if not isinstance(outcome, ValidRow):
-            return PreparedRow(source, outcome)
-        keyring = self._keyring
-        facts = tuple(duplicate_keys(outcome.profile))
-        lookups: dict[tuple[str, str], list[str]] = {}
-        file_keys = []
-        for field, value in facts:
-            if field == "credit_code":  # stored in the clear (not personal data): matched as it is
-                file_keys.append(f"{field}:{keyring.lookup_hash(field, value)}")
-                continue
-            hashes = lookups[(field, value)] = keyring.lookup_hashes(field, value)
-            active = next(h for h in hashes if h.startswith(f"{keyring.active_kid}:"))
-            file_keys.append(f"{field}:{active}")
-        if job.dry_run:
-            return PreparedRow(source, outcome, facts, tuple(file_keys), lookups)
-        customer_id = new_id()
-        data_key, wrapped = keyring.new_data_key(customer_id)
-        return PreparedRow(
-            source,
-            outcome,
-            facts,
-            tuple(file_keys),
-            lookups,
-            customer_id=customer_id,
-            wrapped=wrapped,
-            columns=self._customers._profile_columns(customer_id, data_key, outcome.profile),
-            changes=created_changes_json(outcome.profile),
-        )
 
     async def apply_batch(
         self, job: ImportJob, batch: PreparedBatch, plan: DistributionPlan, now: dt.datetime
@@ -807,7 +764,7 @@ class ImportStore:
         envelopes = _Envelopes(events.CUSTOMER_CREATED, self._outbox.source, job.created_by, now)
         note = f"import {job.id}"
         for index, (customer, item) in enumerate(creates):
-            if index and index % _SLICE == 0:
+            if index and index % SLICE == 0:
                 await asyncio.sleep(0)
             assert item.wrapped is not None and item.columns is not None
             key_rows.append(key_row(customer.id, item.wrapped, now))
@@ -1026,23 +983,6 @@ class _Envelopes:
             "envelope": envelope.SerializeToString(),
             "created_at": self._now,
         }
-
-
-_EMPTY = Profile(name="")
-# Each field's empty value and how it shows (computed once: this runs for every imported row).
-_FROM_EMPTY = [(name, getattr(_EMPTY, name), display_value(name, getattr(_EMPTY, name))) for name in PROFILE_FIELDS]
-
-
-def created_changes_json(profile: Profile) -> str:
-    """The history ``changes`` of a created customer, as JSON: the same as :func:`changes` from an empty profile."""
-    return json.dumps(
-        [
-            {"field": name, "before": before, "after": display_value(name, value)}
-            for name, empty, before in _FROM_EMPTY
-            if (value := getattr(profile, name)) != empty
-        ],
-        ensure_ascii=False,
-    )
 
 
 LOOKUP_PART = 100
