@@ -81,6 +81,7 @@ async def test_concurrent_appends_are_group_committed_into_one_unbroken_chain(au
         for i in range(300)
     ]
     seqs = await asyncio.gather(*(log.append(e) for e in entries))
+    await log.close()
     async with audit_engine.connect() as conn:
         rows = {row.seq: row.request_id for row in await conn.execute(text("SELECT seq, request_id FROM audit_log"))}
     # Every caller was told the sequence number of its own committed record.
@@ -127,6 +128,8 @@ async def test_replicas_appending_at_once_keep_one_chain(audit_engine: AsyncEngi
         return out
 
     results = await asyncio.gather(*(burst(n, log) for n, log in enumerate(replicas)))
+    for log in replicas:
+        await log.close()
     seqs = [seq for result in results for seq in result]
     assert len(seqs) == len(set(seqs)) == 150
     async with audit_engine.connect() as conn:
