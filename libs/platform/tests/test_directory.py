@@ -93,18 +93,23 @@ async def test_directory_follows_assignments_in_any_order(db_url: str) -> None:
         await engine.dispose()
 
 
-async def test_a_merged_customers_records_move_to_the_survivor(db_url: str) -> None:
-    records_metadata = MetaData()
+async def _directory_and_records(url: str, table: str) -> tuple[Any, Table]:
+    """An engine on ``url`` with the directory and a service's table of records naming a customer."""
     records = Table(
-        "records",
-        records_metadata,
+        table,
+        MetaData(),
         Column("id", String(36), primary_key=True),
         Column("customer_id", String(36), nullable=False),
     )
-    engine = create_engine(normalise_url(db_url))
+    engine = create_engine(normalise_url(url))
     async with engine.begin() as conn:
         await conn.run_sync(directory_metadata.create_all)
-        await conn.run_sync(records_metadata.create_all)
+        await conn.run_sync(records.metadata.create_all)
+    return engine, records
+
+
+async def test_a_merged_customers_records_move_to_the_survivor(db_url: str) -> None:
+    engine, records = await _directory_and_records(db_url, "records")
     sessions = session_factory(engine)
     try:
         async with sessions() as session, session.begin():
@@ -195,17 +200,7 @@ async def test_a_record_created_while_the_merge_is_handled_follows_the_survivor(
     not merged yet) and not yet committed when the merge is handled. The merge waits for it and moves it too."""
     import asyncio
 
-    records_metadata = MetaData()
-    records = Table(
-        "race_records",
-        records_metadata,
-        Column("id", String(36), primary_key=True),
-        Column("customer_id", String(36), nullable=False),
-    )
-    engine = create_engine(normalise_url(postgres_url))
-    async with engine.begin() as conn:
-        await conn.run_sync(directory_metadata.create_all)
-        await conn.run_sync(records_metadata.create_all)
+    engine, records = await _directory_and_records(postgres_url, "race_records")
     sessions = session_factory(engine)
     handlers = directory_subscription("race", merged_records=(records.c.customer_id,)).handlers
     created = _event(
@@ -247,5 +242,5 @@ async def test_a_record_created_while_the_merge_is_handled_follows_the_survivor(
                 await require_customer_in_scope(session, identity("rm1"), "dup2", new_record=True)
     finally:
         async with engine.begin() as conn:
-            await conn.run_sync(records_metadata.drop_all)
+            await conn.run_sync(records.metadata.drop_all)
         await engine.dispose()

@@ -1,7 +1,4 @@
-"""The outbox's ``ix_outbox_published_at`` holds sent rows only (it serves the purge of old sent rows), so the
-mark and the claim of unsent rows can no longer be planned through it: with it over every row, PostgreSQL without
-autovacuum read every dead version of every sent row on each mark (see
-:func:`crm_platform.schema.outbox_sent_index_partial`).
+"""The outbox's ``ix_outbox_published_at`` over sent rows only (:func:`crm_platform.schema.outbox_sent_index_partial`).
 
 Revision ID: 0003
 """
