@@ -79,17 +79,12 @@ def _cpu_seconds(pid: int) -> float:
 def _postgres_cpu_seconds() -> float:
     """utime + stime of every PostgreSQL server process on the machine (``comm`` = ``postgres``), in seconds;
     processes that end in between are not counted."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if text[text.index("(") + 1 : text.rindex(")")] != "postgres":
-            continue
-        fields = text.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() == "postgres":
+                total += _cpu_seconds(int(comm.parent.name))
+    return total
 
 
 def _machine_busy() -> tuple[float, float]:

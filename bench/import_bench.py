@@ -18,7 +18,6 @@ the 100,000-row one: flat memory means the second is no higher than the first by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import datetime as dt
 import http.client
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Row, Section, pg_dsn, progress, scratch_database
+from crm_testing.processes import spawned_children
 
 ROWS = int(os.environ.get("BENCH_IMPORT_ROWS", "100000"))
 WARM_UP_ROWS = min(10_000, ROWS)
@@ -106,18 +106,6 @@ def _rss_row(name: str, figure: str, mb: float, note: str) -> Row:
     return Row(name, figure, mb, "MB", target=f"≤ {TARGET_RSS_MB:.0f} MB", met=mb <= TARGET_RSS_MB, note=note)
 
 
-def _helpers(pid: int) -> list[int]:
-    """The worker processes ``pid`` started with multiprocessing (the customer service's import helper; not
-    multiprocessing's resource tracker)."""
-    found: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in children.read_text().split():
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    found.append(int(child))
-    return found
-
-
 def _unpublished(database: str) -> int:
     async def count() -> int:
         import asyncpg
@@ -185,7 +173,7 @@ def _measure(database: str) -> dict[str, Any]:
                 # The customer service's import helper process (CRM_CUSTOMER_IMPORT_HELPER_PROCESS), started by the
                 # warm-up, prepares the rows of both imports.
                 pids = {"customer": customer.pid, "gateway": gateway.pid}
-                helpers = _helpers(customer.pid)
+                helpers = spawned_children(customer.pid)
                 if helpers:
                     pids["helper"] = helpers[0]
                 cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}

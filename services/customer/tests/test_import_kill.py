@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from import_files import RM1, Importer, check_exact_report, exact_file, precreate
 
 from crm_testing.nats_server import NatsServer, free_port
+from crm_testing.processes import spawned_children
 from crm_testing.services import TEST_SECRET, RunningService
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.slow]
@@ -63,16 +64,6 @@ async def service_process(
             await process.wait()
 
 
-def _import_helpers(pid: int) -> list[int]:
-    """The processes ``pid`` started with multiprocessing (its import helper; not the resource tracker)."""
-    found = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in children.read_text().split():
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(int(child))
-    return found
-
-
 def _alive(pids: list[int]) -> bool:
     return any(Path(f"/proc/{pid}").exists() for pid in pids)
 
@@ -93,7 +84,7 @@ async def test_killed_mid_import_resumes_and_neither_loses_nor_duplicates(
                 if done >= 2000:
                     break
                 await asyncio.sleep(0.005)
-            helpers = _import_helpers(process.pid)
+            helpers = spawned_children(process.pid)
             assert helpers, "a 10,000-row import is prepared in the service's helper process"
             process.send_signal(signal.SIGKILL)
             await process.wait()
