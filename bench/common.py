@@ -7,7 +7,6 @@ named ``crm_bench_<hex>`` and dropped afterwards, JetStream streams ``CRM_BENCH_
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
@@ -214,6 +213,9 @@ def emit_json(result: dict[str, Any]) -> None:
     print(json.dumps(result), flush=True)
 
 
-def run_async(coro: Any) -> Any:
-    """Run a coroutine to completion in a fresh event loop (the default asyncio loop, as the services use)."""
-    return asyncio.run(coro)
+def run_as_services(coro: Any) -> Any:
+    """Run a coroutine to completion in a fresh event loop of the kind the services run on by default
+    (``CRM_EVENT_LOOP``): for the parts of the suite that stand in for a service (relay, consumer, writers)."""
+    from crm_platform.tuning import DEFAULT_EVENT_LOOP, run
+
+    return run(coro, DEFAULT_EVENT_LOOP)

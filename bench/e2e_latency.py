@@ -50,6 +50,7 @@ from bench.common import (
     pg_dsn,
     progress,
     python_child,
+    run_as_services,
     run_json,
     scratch_database,
     scratch_stream,
@@ -442,12 +443,12 @@ def _run_profiled(name: str, coro: Any) -> Any:
 
     directory = os.environ.get("BENCH_PROFILE_DIR")
     if not directory:
-        return asyncio.run(coro)
+        return run_as_services(coro)
     import cProfile
 
     profiler = cProfile.Profile()
     try:
-        return profiler.runcall(asyncio.run, coro)
+        return profiler.runcall(run_as_services, coro)
     finally:
         profiler.dump_stats(os.path.join(directory, f"{name}.prof"))
 

@@ -58,7 +58,10 @@ def render(
         f"- CPU: {machine.get('nproc', '?')} × {machine.get('cpu', '?')}; "
         f"memory {machine.get('memory_gib', 0):.1f} GiB; Linux {machine.get('kernel', '?')}"
     )
-    out.append(f"- Python {machine.get('python', '?')} (the default asyncio event loop, as the services run)")
+    out.append(
+        f"- Python {machine.get('python', '?')}; the services, and the relay, consumer and writers standing in for "
+        "them here, run on their default event loop (uvloop, `CRM_EVENT_LOOP`); the bare limits on asyncio's own"
+    )
     out.append(f"- PostgreSQL {machine.get('postgres', '?')} on `{machine.get('postgres_url', '?')}`")
     out.append(
         f"- NATS server {machine.get('nats', '?')} on `{machine.get('nats_url', '?')}` (JetStream); "

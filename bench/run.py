@@ -32,7 +32,7 @@ from bench import (
     relay,
     report,
 )
-from bench.common import BENCH_DIR, Section, progress
+from bench.common import BENCH_DIR, Section, progress, run_as_services
 
 NAMES = ("nats", "pg", "grpc", "http", "relay", "consumer", "e2e", "gateway", "customers", "import", "stack")
 
@@ -135,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         (
             "relay",
             "Outbox relay throughput",
-            lambda: asyncio.run(relay.measure()),
+            lambda: run_as_services(relay.measure()),
             lambda f: relay.section(f, bare_async()),
         ),
-        ("consumer", "Consumer throughput", lambda: asyncio.run(consumer.measure()), consumer.section),
+        ("consumer", "Consumer throughput", lambda: run_as_services(consumer.measure()), consumer.section),
         (
             "e2e",
             "End-to-end event latency",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 import sys
@@ -14,6 +13,7 @@ from crm_gateway.config import Settings
 from crm_platform.config import SettingsError, load
 from crm_platform.logging import configure_logging
 from crm_platform.telemetry import configure_tracing
+from crm_platform.tuning import apply_cpu_policy, run
 
 
 class _Server(uvicorn.Server):
@@ -70,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging("gateway", settings.log_level)
     configure_tracing("gateway", settings.otlp_endpoint)
+    apply_cpu_policy(settings.cpu_policy)  # before uvicorn, gRPC and the pools start threads (workers inherit it)
     if command == "migrate":
-        asyncio.run(_prepare(settings, seed=False))
+        run(_prepare(settings, seed=False), settings.event_loop)
         return 0
     if command == "audit-verify":
-        return asyncio.run(_audit_verify(settings))
+        return run(_audit_verify(settings), settings.event_loop)
     if command != "serve":
         print("usage: python -m crm_gateway [serve|migrate|audit-verify]", file=sys.stderr)
         return 2
@@ -90,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         # X-Forwarded-For is honoured by the app, only from CRM_TRUSTED_PROXIES (crm_gateway.ratelimit), not
         # by uvicorn, which by default believes it from any local peer.
         "proxy_headers": False,
+        "loop": settings.event_loop,
     }
     if settings.workers > 1:  # uvicorn's own multi-process supervisor
         # Migrate and seed once, here, before the workers start: each would otherwise do it at the same time
         # (on SQLite: "database is locked", and a worker that never starts).
-        asyncio.run(_prepare(settings))
+        run(_prepare(settings), settings.event_loop)
         uvicorn.run("crm_gateway.app:create_worker_app", **options)
     else:
         _Server(uvicorn.Config("crm_gateway.app:create_app", **options)).run()  # type: ignore[arg-type]

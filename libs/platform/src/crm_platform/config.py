@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from crm_platform.tuning import DEFAULT_EVENT_LOOP, EVENT_LOOPS, POLICIES
+
 T = TypeVar("T")
 
 _ENV_KEY = "crm_env"
@@ -104,6 +106,17 @@ class CommonSettings:
         "HMAC key with which the gateway signs the caller identity it sends to services.",
         secret=True,
     )
+    cpu_policy: str = setting(
+        "CRM_CPU_POLICY",
+        "batch",
+        "Linux scheduling policy of the process's threads: `batch` (a woken thread does not preempt the running "
+        "one: fewer thread switches per request under load) or `normal` (the kernel's default).",
+    )
+    event_loop: str = setting(
+        "CRM_EVENT_LOOP",
+        DEFAULT_EVENT_LOOP,
+        "Event loop: `uvloop` (compiled transports) or `asyncio` (the standard one).",
+    )
 
     def validate(self) -> None:
         """Refuse development defaults for secrets in production."""
@@ -113,6 +126,10 @@ class CommonSettings:
             raise SettingsError("CRM_INTERNAL_SECRET must be set in prod")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError(f"CRM_LOG_LEVEL={self.log_level!r} is not valid")
+        if self.cpu_policy not in POLICIES:
+            raise SettingsError(f"CRM_CPU_POLICY={self.cpu_policy!r} is not valid: expected {' or '.join(POLICIES)}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise SettingsError(f"CRM_EVENT_LOOP={self.event_loop!r} is not valid: expected {' or '.join(EVENT_LOOPS)}")
 
 
 def service_settings(domain: str, grpc_port: int, metrics_port: int) -> type[CommonSettings]:

@@ -31,6 +31,7 @@ from crm_platform.metrics import serve_metrics
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, OutboxRelay
 from crm_platform.telemetry import configure_tracing
+from crm_platform.tuning import apply_cpu_policy, run
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(spec.domain, settings.log_level)
     configure_tracing(spec.domain, settings.otlp_endpoint)
+    apply_cpu_policy(settings.cpu_policy)  # before gRPC, NATS and the pools start their threads
 
     async def _migrate_only() -> None:
         engine = await open_database(spec, settings)
@@ -147,11 +149,11 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
         await run_service(spec, settings, stop)
 
     if command == "migrate":
-        asyncio.run(_migrate_only())
+        run(_migrate_only(), settings.event_loop)
     elif command == "serve":
-        asyncio.run(_serve())
+        run(_serve(), settings.event_loop)
     elif command in spec.commands:
-        return asyncio.run(spec.commands[command](spec, settings, args[1:]))
+        return run(spec.commands[command](spec, settings, args[1:]), settings.event_loop)
     else:
         names = "|".join(["serve", "migrate", *spec.commands])
         print(f"usage: python -m crm_{spec.domain} [{names}]", file=sys.stderr)
