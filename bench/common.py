@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import select
 import subprocess
 import sys
 import time
@@ -209,8 +210,19 @@ def child_process(command: list[str], ready_line: str, timeout: float = 20.0) ->
 
 
 def emit_json(result: dict[str, Any]) -> None:
-    """Print a child's result as the last line of stdout (read by :func:`run_json`)."""
-    print(json.dumps(result), flush=True)
+    """Write a child's result as the last line of stdout (read by :func:`run_json`), all of it.
+
+    Written with ``os.write`` until every byte is out: once uvloop's loop has closed (a child's run is over),
+    writes to a full pipe return short (seen with uvloop 0.23: 65,536 of 200,000 bytes), and ``print`` on an
+    unbuffered stdout (``PYTHONUNBUFFERED``) does not retry, so the parent read a cut JSON line."""
+    sys.stdout.flush()
+    fd = sys.stdout.fileno()
+    rest = memoryview((json.dumps(result) + "\n").encode())
+    while rest:
+        try:
+            rest = rest[os.write(fd, rest) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
 
 
 def run_as_services(coro: Any) -> Any:
