@@ -14,6 +14,7 @@ import uvicorn
 from crm_customer.server import SPEC as CUSTOMER
 from crm_gateway.app import create_app
 from crm_gateway.config import Settings
+from crm_gateway.http_protocol import CoalescingHttpToolsProtocol
 from crm_platform.config import load
 from crm_testing.nats_server import NatsServer, free_port
 from crm_testing.services import TEST_SECRET, running_service
@@ -51,7 +52,11 @@ async def gateway(
         app = create_app(settings)
         # A real HTTP server in this event loop, so the gateway and the service share it without blocking.
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+        # The production HTTP protocol (crm_gateway.http_protocol), as python -m crm_gateway serves.
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, http=CoalescingHttpToolsProtocol, log_config=None, lifespan="on"
+        )
+        server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
         while not server.started:
             if task.done():

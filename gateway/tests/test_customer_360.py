@@ -29,6 +29,7 @@ from crm.ticket.v1 import ticket_pb2, ticket_service_pb2, ticket_service_pb2_grp
 from crm_customer.server import SPEC as CUSTOMER
 from crm_gateway.app import create_app
 from crm_gateway.config import Settings
+from crm_gateway.http_protocol import CoalescingHttpToolsProtocol
 from crm_interaction.server import SPEC as INTERACTION
 from crm_opportunity.server import SPEC as OPPORTUNITY
 from crm_opportunity.store import opportunities as opportunities_table
@@ -72,7 +73,11 @@ async def serving_gateway(tmp_path: Path, nats_url: str, addresses: Mapping[str,
     )
     app = create_app(settings)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    # The production HTTP protocol (crm_gateway.http_protocol), as python -m crm_gateway serves.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=CoalescingHttpToolsProtocol, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

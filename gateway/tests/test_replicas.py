@@ -17,6 +17,7 @@ import uvicorn
 from crm_gateway.app import create_app
 from crm_gateway.auth import Authenticator
 from crm_gateway.config import Settings
+from crm_gateway.http_protocol import CoalescingHttpToolsProtocol
 from crm_gateway.policy import Policy
 from crm_gateway.ratelimit import ClientAddress
 from crm_gateway.revocations import Revocations
@@ -50,7 +51,11 @@ async def replica(database_url: str, nats_url: str, data_dir: Path, **extra: str
     )
     app = create_app(settings)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    # The production HTTP protocol (crm_gateway.http_protocol), as python -m crm_gateway serves.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=CoalescingHttpToolsProtocol, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

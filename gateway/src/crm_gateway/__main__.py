@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from crm_gateway.config import Settings
+from crm_gateway.http_protocol import CoalescingHttpToolsProtocol
 from crm_platform.config import SettingsError, load
 from crm_platform.logging import configure_logging
 from crm_platform.telemetry import configure_tracing
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         # by uvicorn, which by default believes it from any local peer.
         "proxy_headers": False,
         "loop": settings.event_loop,
+        # httptools, with each response's head and body sent in one write (crm_gateway.http_protocol).
+        "http": CoalescingHttpToolsProtocol,
     }
     if settings.workers > 1:  # uvicorn's own multi-process supervisor
         # Migrate and seed once, here, before the workers start: each would otherwise do it at the same time
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         run(_prepare(settings), settings.event_loop)
         uvicorn.run("crm_gateway.app:create_worker_app", **options)
     else:
-        _Server(uvicorn.Config("crm_gateway.app:create_app", **options)).run()  # type: ignore[arg-type]
+        _Server(uvicorn.Config("crm_gateway.app:create_app", **options)).run()
     return 0
 
 
