@@ -85,12 +85,8 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        with _tracer.start_as_current_span(
-            f"{method} {path}",
-            context=telemetry.extract(carrier),
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.method": method, "http.target": path, "crm.request_id": request_id},
-        ) as span:
+        attributes = {"http.method": method, "http.target": path, "crm.request_id": request_id}
+        with telemetry.request_span(_tracer, f"{method} {path}", carrier, trace.SpanKind.SERVER, attributes) as span:
             try:
                 await app(scope, receive, send_wrapper)
             finally:

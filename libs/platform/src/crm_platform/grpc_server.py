@@ -15,7 +15,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from crm_platform import errors, metrics, telemetry
@@ -36,7 +35,6 @@ _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
 
 _UNGUARDED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _TRACE_KEYS = frozenset({"traceparent", "tracestate"})
-_NO_PARENT = otel_context.Context()  # what extracting from no trace headers gives, without the work
 
 
 def status_for(exc: errors.DomainError, domain: str) -> grpc.Status:
@@ -111,12 +109,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             carrier = {k: v for k, v in metadata if k in _TRACE_KEYS and isinstance(v, str)}
             status: grpc.Status | None = None
             code = grpc.StatusCode.OK
-            with _tracer.start_as_current_span(
-                span_name,
-                context=telemetry.extract(carrier) if carrier else _NO_PARENT,
-                kind=trace.SpanKind.SERVER,
-                attributes=attributes,
-            ) as span:
+            with telemetry.request_span(_tracer, span_name, carrier, trace.SpanKind.SERVER, attributes) as span:
                 token = None
                 try:
                     identity = Identity.from_metadata(metadata, self._secret)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
@@ -14,11 +16,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 _configured = False
+# False once configure_tracing installed a provider that records no span (nowhere to send them).
+_recording = True
 
 
 def configure_tracing(service: str, otlp_endpoint: str = "") -> TracerProvider | None:
     """Install a tracer provider for ``service``; spans go to the OTLP collector when one is configured."""
-    global _configured
+    global _configured, _recording
     if _configured:
         return None
     resource = Resource.create({"service.name": f"crm-{service}"})
@@ -34,6 +38,7 @@ def configure_tracing(service: str, otlp_endpoint: str = "") -> TracerProvider |
         # on every request for nothing). Spans still get real trace and span ids, so logs carry a trace id and
         # the W3C context still travels through gRPC and NATS to parts that do export.
         provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
+        _recording = False
     trace.set_tracer_provider(provider)
     _configured = True
     return provider
@@ -93,3 +98,43 @@ def current_traceparent() -> tuple[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent", ""), carrier.get("tracestate", "")
+
+
+class _Current:
+    """Makes a context current for a ``with`` block; yields its span (a lighter ``use_span``)."""
+
+    __slots__ = ("_context", "_span", "_token")
+
+    def __init__(self, span: trace.Span, context: otel_context.Context) -> None:
+        self._span = span
+        self._context = context
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(self._context)
+        return self._span
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self._token)
+
+
+def request_span(
+    tracer: trace.Tracer, name: str, carrier: Mapping[str, str] | None, kind: trace.SpanKind, attributes: Any
+) -> Any:
+    """The span a request (an HTTP request, an RPC) is handled in, as a context manager yielding it.
+
+    Where spans are recorded: a new span ``name`` under the caller's trace context from ``carrier``. Where
+    none is (:func:`configure_tracing` without a collector), a span would only carry new ids nobody records,
+    at a few microseconds per request: the caller's context is made current as it is, and without one a new
+    non-recording root (random trace and span ids, not sampled), so logs still carry a trace id and calls made
+    meanwhile still pass it on.
+    """
+    parent = extract(carrier)
+    if _recording:
+        return tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
+    span = trace.get_current_span(parent)
+    if not span.get_span_context().is_valid:
+        span = trace.NonRecordingSpan(
+            trace.SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, is_remote=False)
+        )
+        parent = trace.set_span_in_context(span, _NO_CONTEXT)
+    return _Current(span, parent)
