@@ -3,22 +3,18 @@ customer service (real gRPC on loopback, real databases, real NATS)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 
 from crm_customer.server import SPEC as CUSTOMER
 from crm_gateway.app import create_app
 from crm_gateway.config import Settings
-from crm_gateway.http_protocol import CoalescingHttpToolsProtocol
 from crm_platform.config import load
 from crm_testing.nats_server import NatsServer, free_port
 from crm_testing.services import TEST_SECRET, running_service
-from gateway_harness import Gateway
+from gateway_harness import Gateway, served
 
 
 @pytest.fixture
@@ -51,18 +47,5 @@ async def gateway(
         )
         app = create_app(settings)
         # A real HTTP server in this event loop, so the gateway and the service share it without blocking.
-        port = free_port()
-        # The production HTTP protocol (crm_gateway.http_protocol), as python -m crm_gateway serves.
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, http=CoalescingHttpToolsProtocol, log_config=None, lifespan="on"
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield Gateway(client, app)
-        server.should_exit = True
-        await task
+        async with served(app) as gateway:  # the production HTTP protocol, in this event loop
+            yield gateway

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import grpc
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import update
 
 from crm.common.v1 import money_pb2, paging_pb2
@@ -29,7 +28,6 @@ from crm.ticket.v1 import ticket_pb2, ticket_service_pb2, ticket_service_pb2_grp
 from crm_customer.server import SPEC as CUSTOMER
 from crm_gateway.app import create_app
 from crm_gateway.config import Settings
-from crm_gateway.http_protocol import CoalescingHttpToolsProtocol
 from crm_interaction.server import SPEC as INTERACTION
 from crm_opportunity.server import SPEC as OPPORTUNITY
 from crm_opportunity.store import opportunities as opportunities_table
@@ -40,7 +38,7 @@ from crm_testing.nats_server import NatsServer, free_port
 from crm_testing.services import TEST_SECRET, RunningService, identity, running_service
 from crm_ticket.server import SPEC as TICKET
 from crm_ticket.store import tickets as tickets_table
-from gateway_harness import Gateway
+from gateway_harness import Gateway, served
 
 T = TypeVar("T")
 
@@ -72,23 +70,8 @@ async def serving_gateway(tmp_path: Path, nats_url: str, addresses: Mapping[str,
         },
     )
     app = create_app(settings)
-    port = free_port()
-    # The production HTTP protocol (crm_gateway.http_protocol), as python -m crm_gateway serves.
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=CoalescingHttpToolsProtocol, log_config=None, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield Gateway(client, app)
-    finally:
-        server.should_exit = True
-        await task
+    async with served(app) as gateway:  # the production HTTP protocol, in this event loop
+        yield gateway
 
 
 @dataclass

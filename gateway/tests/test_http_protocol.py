@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from crm_gateway.http_protocol import CoalescingHttpToolsProtocol, CoalescingTransport
-from crm_testing.nats_server import free_port
+from gateway_harness import serving
 
 pytestmark = pytest.mark.asyncio
 
@@ -61,19 +60,8 @@ async def _server() -> AsyncIterator[tuple[int, list[_Recording]]]:
             recorded.append(recording)
             super().connection_made(recording)  # type: ignore[arg-type]
 
-    port = free_port()
-    config = uvicorn.Config(_app, host="127.0.0.1", port=port, http=Protocol, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
+    async with serving(_app, http=Protocol) as port:
         yield port, recorded
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def _exchange(port: int, requests: list[bytes]) -> list[bytes]:

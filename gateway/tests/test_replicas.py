@@ -10,14 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 
 from crm_gateway.app import create_app
 from crm_gateway.auth import Authenticator
 from crm_gateway.config import Settings
-from crm_gateway.http_protocol import CoalescingHttpToolsProtocol
 from crm_gateway.policy import Policy
 from crm_gateway.ratelimit import ClientAddress
 from crm_gateway.revocations import Revocations
@@ -25,7 +22,7 @@ from crm_platform.config import SettingsError, load
 from crm_platform.errors import Unauthenticated
 from crm_testing.nats_server import NatsServer, free_port
 from crm_testing.services import TEST_SECRET
-from gateway_harness import Gateway
+from gateway_harness import Gateway, served
 
 pytestmark = pytest.mark.postgres
 
@@ -50,23 +47,8 @@ async def replica(database_url: str, nats_url: str, data_dir: Path, **extra: str
         },
     )
     app = create_app(settings)
-    port = free_port()
-    # The production HTTP protocol (crm_gateway.http_protocol), as python -m crm_gateway serves.
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=CoalescingHttpToolsProtocol, log_config=None, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield Gateway(client, app)
-    finally:
-        server.should_exit = True
-        await task
+    async with served(app) as gateway:  # the production HTTP protocol, in this event loop
+        yield gateway
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
