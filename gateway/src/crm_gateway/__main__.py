@@ -12,9 +12,7 @@ import uvicorn
 from crm_gateway.config import Settings
 from crm_gateway.http_protocol import CoalescingHttpToolsProtocol
 from crm_platform.config import SettingsError, load
-from crm_platform.logging import configure_logging
-from crm_platform.telemetry import configure_tracing
-from crm_platform.tuning import apply_cpu_policy, run
+from crm_platform.tuning import prepare_process, run
 
 
 class _Server(uvicorn.Server):
@@ -69,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"crm-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging("gateway", settings.log_level)
-    configure_tracing("gateway", settings.otlp_endpoint)
-    apply_cpu_policy(settings.cpu_policy)  # before uvicorn, gRPC and the pools start threads (workers inherit it)
+    prepare_process("gateway", settings)  # before uvicorn, gRPC and the pools start threads (workers inherit them)
     if command == "migrate":
         run(_prepare(settings, seed=False), settings.event_loop)
         return 0

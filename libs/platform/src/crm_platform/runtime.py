@@ -26,12 +26,10 @@ from crm_platform.db import create_engine, ensure_database, resolve_database_url
 from crm_platform.grpc_server import add_health_and_reflection, create_server, set_serving
 from crm_platform.heap import freeze_startup_heap
 from crm_platform.inbox import ConsumerRunner, Subscription
-from crm_platform.logging import configure_logging
 from crm_platform.metrics import serve_metrics
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, OutboxRelay
-from crm_platform.telemetry import configure_tracing
-from crm_platform.tuning import apply_cpu_policy, run
+from crm_platform.tuning import prepare_process, run
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +133,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"crm-{spec.domain}: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(spec.domain, settings.log_level)
-    configure_tracing(spec.domain, settings.otlp_endpoint)
-    apply_cpu_policy(settings.cpu_policy)  # before gRPC, NATS and the pools start their threads
+    prepare_process(spec.domain, settings)
 
     async def _migrate_only() -> None:
         engine = await open_database(spec, settings)

@@ -40,7 +40,13 @@ import logging
 import os
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from crm_platform.logging import configure_logging
+from crm_platform.telemetry import configure_tracing
+
+if TYPE_CHECKING:
+    from crm_platform.config import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +94,11 @@ def run(main: Coroutine[Any, Any, T], event_loop: str) -> T:
 
         return uvloop.run(main)
     return asyncio.run(main)
+
+
+def prepare_process(part: str, settings: CommonSettings) -> None:
+    """What every part's process does first, before any of its threads starts: JSON logs, tracing, and the
+    threads' scheduling policy (which threads started later inherit)."""
+    configure_logging(part, settings.log_level)
+    configure_tracing(part, settings.otlp_endpoint)
+    apply_cpu_policy(settings.cpu_policy)
