@@ -32,6 +32,33 @@ def test_fields_round_trip_and_are_bound_to_owner_and_field() -> None:
     assert ring.encrypt(data_key, "c1", "mobile", "13800138000") != blob
 
 
+def test_fields_sealed_together_are_each_bound_and_have_nonces_of_their_own() -> None:
+    ring = Keyring.from_spec(_spec("k1"), "k1")
+    data_key, _ = ring.new_data_key("c1")
+    values = {"id_number": "11010519491231002X", "mobile": "13800138000", "email": "a@example.com"}
+    sealed = ring.encrypt_fields(data_key, "c1", values)
+    assert list(sealed) == list(values)
+    for field, value in values.items():
+        assert value.encode() not in sealed[field]
+        assert ring.decrypt(data_key, "c1", field, sealed[field]) == value
+        with pytest.raises(PiiKeyError):
+            ring.decrypt(data_key, "c2", field, sealed[field])
+    assert len({blob[1:13] for blob in sealed.values()}) == len(values)  # no nonce shared between fields
+    swapped = ring.encrypt_fields(data_key, "c1", {"mobile": "13800138000"})["mobile"]
+    with pytest.raises(PiiKeyError):
+        ring.decrypt(data_key, "c1", "id_number", swapped)
+    assert ring.encrypt_fields(data_key, "c1", {}) == {}
+
+
+def test_lookup_hash_is_the_keyed_hmac_of_field_and_value() -> None:
+    import hashlib
+    import hmac
+
+    ring = Keyring.from_spec(_spec("k1"), "k1")
+    expected = hmac.new(ring._lookup_keys["k1"], b"mobile\x0013800138000", hashlib.sha256).hexdigest()
+    assert ring.lookup_hash("mobile", "13800138000") == f"k1:{expected}"
+
+
 def test_rotation_rewraps_keys_and_lookups_still_match() -> None:
     spec = _spec("k1")
     old = Keyring.from_spec(spec, "k1")

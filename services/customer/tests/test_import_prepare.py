@@ -4,17 +4,34 @@ encryption readable with the service's keyring, and a helper that dies costs no 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import json
 import os
 import signal
 
 from import_files import BAD_KINDS, good_row
 
-from crm_customer.domain.imports import SourceRow, ValidRow
-from crm_customer.store.import_prepare import PROCESS_MIN_ROWS, Preparation, PrepareProcess, RowPreparer
-from crm_platform.pii import Keyring, generate_master_keys
+from crm.customer.v1 import customer_pb2, events_pb2
+from crm_customer import events
+from crm_customer.domain import Profile, changes
+from crm_customer.domain.imports import SourceRow, ValidRow, validate_row
+from crm_customer.store.import_prepare import (
+    CUSTOMER_COLUMNS,
+    HISTORY_COLUMNS,
+    KEY_COLUMNS,
+    PROCESS_MIN_ROWS,
+    WRITER_COLUMNS,
+    BatchContext,
+    Preparation,
+    PrepareProcess,
+    RowPreparer,
+    created_changes_json,
+)
+from crm_platform.pii import Keyring, WrappedKey, generate_master_keys
 
-TODAY = dt.date(2026, 11, 24)
+NOW = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.UTC)
+TODAY = NOW.date()
 
 
 def _rows(count: int) -> list[SourceRow]:
@@ -32,40 +49,68 @@ def _keyring() -> Keyring:
     return Keyring.from_spec(f"{generate_master_keys('old')},{generate_master_keys('new')}", "new")
 
 
+def _context(dry_run: bool = False) -> BatchContext:
+    return BatchContext(dry_run, NOW, "BJ001", "north", "u-rm1", "import j1")
+
+
 async def test_the_helper_prepares_rows_as_the_service_process_does() -> None:
     keyring = _keyring()
     rows = _rows(300)
     helper = PrepareProcess(keyring)
     try:
-        there = await helper.prepare_rows(False, rows, TODAY)
-        dry = await helper.prepare_rows(True, rows[:20], TODAY)
+        there = await helper.prepare_rows(_context(), rows)
+        dry = await helper.prepare_rows(_context(dry_run=True), rows[:20])
     finally:
         helper.close()
-    here = RowPreparer(keyring).prepare_rows(False, rows, TODAY)
+    here = RowPreparer(keyring).prepare_rows(_context(), rows)
     assert len(there) == len(here) == len(rows)
+    tail = CUSTOMER_COLUMNS[len(WRITER_COLUMNS) :]
     valid = 0
-    for mine, theirs in zip(here, there, strict=True):
-        assert theirs.source == mine.source
-        assert theirs.outcome == mine.outcome  # the same validation: the same profile, or the same violations
+    for source, mine, theirs in zip(rows, here, there, strict=True):
+        assert theirs.row == mine.row == source.row
+        assert theirs.errors == mine.errors  # the same validation: the same violations
         assert (theirs.facts, theirs.file_keys, theirs.lookups) == (mine.facts, mine.file_keys, mine.lookups)
-        if not isinstance(theirs.outcome, ValidRow):
-            assert theirs.columns is None and theirs.customer_id == ""
+        outcome = validate_row(source, TODAY)
+        if not isinstance(outcome, ValidRow):
+            assert theirs.errors == tuple((v.field, v.description) for v in outcome)
+            assert not theirs.valid and theirs.customer_id == "" and theirs.customer == ()
             continue
         valid += 1
-        assert theirs.changes == mine.changes
+        assert theirs.valid and theirs.owner_cell == outcome.owner
         assert theirs.customer_id and theirs.customer_id != mine.customer_id
-        assert theirs.columns is not None and mine.columns is not None
-        plain = {k: v for k, v in theirs.columns.items() if not k.endswith("_enc")}
-        assert plain == {k: v for k, v in mine.columns.items() if not k.endswith("_enc")}
+        history = dict(zip(HISTORY_COLUMNS, theirs.history, strict=True))
+        my_history = dict(zip(HISTORY_COLUMNS, mine.history, strict=True))
+        assert history["changes"] == my_history["changes"] and history["customer_id"] == theirs.customer_id
+        assert (history["action"], history["actor"], history["note"]) == ("created", "u-rm1", "import j1")
+        columns, my_columns = dict(zip(tail, theirs.customer, strict=True)), dict(zip(tail, mine.customer, strict=True))
+        assert columns["id"] == theirs.customer_id and columns["branch_id"] == "BJ001"
+        plain = {k: v for k, v in columns.items() if not k.endswith("_enc") and k != "id"}
+        assert plain == {k: v for k, v in my_columns.items() if not k.endswith("_enc") and k != "id"}
         # The helper's data key unwraps with the service's keyring and opens the helper's ciphertexts.
-        assert theirs.wrapped is not None
-        data_key = keyring.unwrap(theirs.customer_id, theirs.wrapped)
-        profile = theirs.outcome.profile
+        key = dict(zip(KEY_COLUMNS, theirs.key, strict=True))
+        data_key = keyring.unwrap(theirs.customer_id, WrappedKey(key["kid"], key["wrapped"]))
         for name in ("id_number", "mobile", "email", "address"):
-            sealed = theirs.columns[f"{name}_enc"]
-            assert keyring.decrypt(data_key, theirs.customer_id, name, sealed) == getattr(profile, name)
+            sealed = columns[f"{name}_enc"]
+            assert keyring.decrypt(data_key, theirs.customer_id, name, sealed) == getattr(outcome.profile, name)
+        created = events_pb2.CustomerCreated.FromString(events.with_ownership(theirs.created, "u-rm2", "t2"))
+        assert (created.customer_id, created.owner_id, created.team_id) == (theirs.customer_id, "u-rm2", "t2")
+        assert created.branch_id == "BJ001" and created.kind == customer_pb2.CUSTOMER_KIND_INDIVIDUAL
     assert 0 < valid < len(rows)
-    assert all(item.customer_id == "" and item.columns is None for item in dry)  # a dry run writes nothing
+    assert all(item.customer_id == "" and item.customer == () for item in dry)  # a dry run writes nothing
+
+
+def test_a_created_customers_history_is_its_changes_from_an_empty_file() -> None:
+    """The import writes the history JSON directly: it must be what a single create writes."""
+    for index in range(40):
+        outcome = validate_row(_rows(40)[index], TODAY)
+        if isinstance(outcome, ValidRow):
+            expected = [dataclasses.asdict(c) for c in changes(Profile(name=""), outcome.profile)]
+            assert created_changes_json(outcome.profile) == json.dumps(expected, ensure_ascii=False)
+    odd = Profile(name='引号"\\ \t\n 换行\u2028', interests=("理财", "旅游"), annual_income="120000.50")
+    expected = [dataclasses.asdict(c) for c in changes(Profile(name=""), odd)]
+    assert created_changes_json(odd) == json.dumps(expected, ensure_ascii=False)
+    assert json.loads(created_changes_json(odd)) == expected
+    assert created_changes_json(Profile(name="")) == "[]"
 
 
 async def test_a_helper_that_dies_costs_no_batch_and_is_replaced() -> None:
@@ -73,18 +118,18 @@ async def test_a_helper_that_dies_costs_no_batch_and_is_replaced() -> None:
     preparation = Preparation(RowPreparer(keyring), PrepareProcess(keyring))
     rows = _rows(50)
     try:
-        first = await preparation.prepare_rows(False, rows, TODAY, PROCESS_MIN_ROWS)
+        first = await preparation.prepare_rows(_context(), rows, PROCESS_MIN_ROWS)
         assert preparation.helper is not None
         pid = preparation.helper.pid
         assert pid is not None and pid != os.getpid()
         os.kill(pid, signal.SIGKILL)
         await asyncio.sleep(0.5)
         # The batch asked for meanwhile is prepared in this process, whole.
-        second = await preparation.prepare_rows(False, rows, TODAY, PROCESS_MIN_ROWS)
-        assert [item.outcome for item in second] == [item.outcome for item in first]
+        second = await preparation.prepare_rows(_context(), rows, PROCESS_MIN_ROWS)
+        assert [item.errors for item in second] == [item.errors for item in first]
         # And the next one by a new helper.
-        third = await preparation.prepare_rows(False, rows, TODAY, PROCESS_MIN_ROWS)
-        assert [item.outcome for item in third] == [item.outcome for item in first]
+        third = await preparation.prepare_rows(_context(), rows, PROCESS_MIN_ROWS)
+        assert [item.errors for item in third] == [item.errors for item in first]
         assert preparation.helper.pid not in (None, pid)
     finally:
         preparation.close()
@@ -94,7 +139,7 @@ async def test_a_small_job_is_prepared_in_the_service_process() -> None:
     keyring = _keyring()
     preparation = Preparation(RowPreparer(keyring), PrepareProcess(keyring))
     try:
-        await preparation.prepare_rows(False, _rows(10), TODAY, PROCESS_MIN_ROWS - 1)
+        await preparation.prepare_rows(_context(), _rows(10), PROCESS_MIN_ROWS - 1)
         assert preparation.helper is not None and preparation.helper.pid is None  # never started
     finally:
         preparation.close()

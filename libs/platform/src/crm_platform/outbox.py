@@ -107,6 +107,9 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+TYPE_URL_PREFIX = "type.crm/"  # of every event payload's type URL (``type.crm/<full message name>``)
+
+
 def make_envelope(
     subject: str, source: str, message: Message, *, subject_id: str, actor: str, event_id: str | None = None
 ) -> envelope_pb2.EventEnvelope:
@@ -114,7 +117,7 @@ def make_envelope(
     occurred = timestamp_pb2.Timestamp()
     occurred.FromDatetime(utcnow())
     payload = any_pb2.Any()
-    payload.Pack(message, type_url_prefix="type.crm/")
+    payload.Pack(message, type_url_prefix=TYPE_URL_PREFIX)
     traceparent, tracestate = telemetry.current_traceparent()
     return envelope_pb2.EventEnvelope(
         id=event_id or new_id(),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import os
 from dataclasses import dataclass
@@ -138,6 +137,21 @@ class Keyring:
         return _VERSION + nonce + AESGCM(data_key).encrypt(nonce, value.encode(), f"{owner_id}|{field}".encode())
 
     @staticmethod
+    def encrypt_fields(data_key: bytes, owner_id: str, values: dict[str, str]) -> dict[str, bytes]:
+        """:meth:`encrypt` of each ``field: value`` of one owner: the same ciphertexts, with the cipher set up once
+        and every nonce drawn in one read of the system's random source (a batch import seals five fields of
+        each of thousands of customers)."""
+        if not values:
+            return {}
+        cipher = AESGCM(data_key)
+        nonces = os.urandom(_NONCE * len(values))
+        sealed = {}
+        for index, (field, value) in enumerate(values.items()):
+            nonce = nonces[index * _NONCE : (index + 1) * _NONCE]
+            sealed[field] = _VERSION + nonce + cipher.encrypt(nonce, value.encode(), f"{owner_id}|{field}".encode())
+        return sealed
+
+    @staticmethod
     def decrypt(data_key: bytes, owner_id: str, field: str, blob: bytes) -> str:
         """The plaintext of :meth:`encrypt`; raise :class:`PiiKeyError` when it does not authenticate."""
         try:
@@ -151,7 +165,7 @@ class Keyring:
     def lookup_hash(self, field: str, value: str, kid: str | None = None) -> str:
         """``kid:hex`` HMAC of a normalised value under the lookup key of ``kid`` (default: active)."""
         kid = kid or self.active_kid
-        digest = hmac.new(self._lookup_keys[kid], f"{field}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        digest = hmac.digest(self._lookup_keys[kid], f"{field}\x00{value}".encode(), "sha256").hex()
         return f"{kid}:{digest}"
 
     def lookup_hashes(self, field: str, value: str) -> list[str]:

@@ -76,6 +76,16 @@ def customer_created(customer: Customer) -> events_pb2.CustomerCreated:
     )
 
 
+CUSTOMER_CREATED_TYPE = events_pb2.CustomerCreated.DESCRIPTOR.full_name
+
+
+def with_ownership(created: bytes, owner_id: str, team_id: str) -> bytes:
+    """A serialized ``customer.created`` payload made without ownership, with it: protobuf parses concatenated
+    messages of one type as one message merged, so appending the two fields gives what building the payload with
+    them would (the import prepares the rest of each payload before its owner is decided)."""
+    return created + events_pb2.CustomerCreated(owner_id=owner_id, team_id=team_id).SerializeToString()
+
+
 def customer_updated(customer: Customer, changed_fields: list[str]) -> events_pb2.CustomerUpdated:
     """The ``customer.updated`` payload: which fields changed, never their values."""
     return events_pb2.CustomerUpdated(customer_id=customer.id, changed_fields=changed_fields, version=customer.version)

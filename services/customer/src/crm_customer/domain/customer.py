@@ -152,6 +152,14 @@ def new_customer_no(now: dt.datetime) -> str:
     return f"C{now:%y%m%d}{secrets.randbelow(10**8):08d}"
 
 
+def new_customer_numbers(now: dt.datetime, count: int) -> list[str]:
+    """``count`` of :func:`new_customer_no`, their randomness drawn in one read (an import numbers thousands at a
+    time). Each takes 64 random bits modulo 10⁸: a bias of under 10⁻¹¹."""
+    prefix = f"C{now:%y%m%d}"
+    raw = secrets.token_bytes(8 * count)
+    return [f"{prefix}{int.from_bytes(raw[i : i + 8], 'big') % 10**8:08d}" for i in range(0, 8 * count, 8)]
+
+
 def _text(v: Violations, raw: Mapping[str, object], name: str) -> str:
     value = str(raw.get(name) or "").strip()
     limit = _TEXT_LIMITS.get(name, 100)

@@ -540,14 +540,19 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
             values[f"{name}_enc"] = None
         return values
 
-    def _profile_columns(self, customer_id: str, data_key: bytes, profile: Profile) -> dict[str, Any]:
+    def _profile_columns(
+        self, customer_id: str, data_key: bytes, profile: Profile, hashes: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The profile's columns: plain ones as they are, personal ones encrypted under ``data_key``, and the lookup
+        hashes (under the active key; ``hashes`` gives those already computed, by field)."""
         values = self._plain_columns(profile)
-        for name in _SEALED:
-            value = getattr(profile, name)
-            values[f"{name}_enc"] = self._keyring.encrypt(data_key, customer_id, name, value) if value else None
+        present = {name: value for name in _SEALED if (value := getattr(profile, name))}
+        for name, blob in self._keyring.encrypt_fields(data_key, customer_id, present).items():
+            values[f"{name}_enc"] = blob
         for name in _HASHED:
             value = getattr(profile, name)
-            values[f"{name}_hash"] = self._keyring.lookup_hash(name, value) if value else None
+            known = hashes.get(name) if hashes else None
+            values[f"{name}_hash"] = (known or self._keyring.lookup_hash(name, value)) if value else None
         return values
 
     async def _reject_duplicates(
