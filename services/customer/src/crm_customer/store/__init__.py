@@ -534,7 +534,7 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
     def _plain_columns(self, profile: Profile) -> dict[str, Any]:
         values: dict[str, Any] = {name: getattr(profile, name) for name in _PLAIN}
         values["credit_code"] = profile.credit_code or None
-        values["interests"] = json.dumps(list(profile.interests), ensure_ascii=False)
+        values["interests"] = json.dumps(list(profile.interests), ensure_ascii=False) if profile.interests else "[]"
         values["annual_income"] = decimal.Decimal(profile.annual_income) if profile.annual_income else None
         for name in _SEALED:
             values[f"{name}_enc"] = None

@@ -211,9 +211,10 @@ def _start_child(keyring: Keyring, parent: int) -> None:
     _child = RowPreparer(keyring)
 
 
-def _prepare_in_child(context: BatchContext, rows: Sequence[SourceRow]) -> list[PreparedRow]:
+def _prepare_in_child(context: BatchContext, rows: Sequence[SourceRow]) -> list[tuple[Any, ...]]:
     assert _child is not None, "the helper process was not initialised"
-    return _child.prepare_rows(context, rows)
+    # As plain tuples: a named tuple pickles through a Python-level __getnewargs__ call per row.
+    return [tuple(item) for item in _child.prepare_rows(context, rows)]
 
 
 class PrepareProcess:
@@ -241,7 +242,8 @@ class PrepareProcess:
             )
         pool = self._pool
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, _prepare_in_child, context, rows)
+            items = await asyncio.get_running_loop().run_in_executor(pool, _prepare_in_child, context, rows)
+            return [PreparedRow._make(item) for item in items]
         except BrokenProcessPool:
             if self._pool is pool:
                 self._pool = None
