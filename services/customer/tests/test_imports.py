@@ -60,6 +60,11 @@ async def test_ten_thousand_rows_give_the_exact_report(
         existing = await precreate(svc, 100)
         content, expected = exact_file(list(existing))
         imports = Importer(svc)
+        # A dry run first: the same report (rows that would import), nothing written.
+        dry = await imports.finished(RM1, (await imports.upload(RM1, content, dry_run=True)).job.id)
+        assert (dry.imported, dry.failed, dry.duplicates) == (9_500, 300, 200)
+        check_exact_report(await imports.rows(RM1, dry.id), expected, existing, dry_run=True)
+        assert await count(postgres_url, customers) == 100
         job = (await imports.upload(RM1, content)).job
         assert (job.total, job.status) == (10_000, ipb.IMPORT_STATUS_QUEUED)
         job = await imports.finished(RM1, job.id)

@@ -35,7 +35,7 @@ async def test_replicas_migrating_together_build_every_index_once_and_valid(post
     try:
         await asyncio.gather(*(migrate(engine, "crm_customer") for engine in engines))
         async with engines[0].connect() as conn:
-            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == "0013"
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == "0014"
     finally:
         for engine in engines:
             await engine.dispose()
@@ -123,3 +123,17 @@ async def test_the_outbox_mark_cannot_walk_the_sent_rows_index(postgres_url: str
         postgres_url, ["DROP INDEX ix_outbox_pending", "ALTER TABLE outbox DROP CONSTRAINT outbox_pkey"], mark
     )
     assert "ix_outbox_published_at" not in plan, plan
+
+
+async def test_the_idempotency_look_up_uses_the_partial_request_id_index(postgres_url: str) -> None:
+    # Only single creates carry a request id: the unique index holds those alone (an imported customer adds no NULL
+    # entry), and "request_id = $1" implies its predicate.
+    engine = create_engine(normalise_url(postgres_url))
+    try:
+        await migrate(engine, "crm_customer")
+    finally:
+        await engine.dispose()
+    plan = await _plan_without(postgres_url, [], "SELECT id FROM customers WHERE request_id = ($1)[1] LIMIT 1")
+    assert "uq_customers_request_id" in plan, plan
+    indexes = await _indexes(postgres_url)
+    assert "customers_request_id_key" not in indexes

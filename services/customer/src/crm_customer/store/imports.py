@@ -146,6 +146,8 @@ report = Table(
     Column("owner_id", String(64), nullable=False),
 )
 
+# The duplicate facts (file keys) of a dry run's rows that would import, so that its later batches find the earlier
+# rows; a real import finds them through the customers they created (migration 0014).
 keys = Table(
     "customer_import_keys",
     import_metadata,
@@ -587,10 +589,17 @@ class ImportStore:
             )
             if guarded.rowcount != 1:  # type: ignore[attr-defined]
                 raise Conflict(f"import {job.id} moved on meanwhile")
-            in_file = await self._in_file(session, job.id, list({k for item in valid for k in item.file_keys}))
             lookups = {fact: hashes for item in valid for fact, hashes in item.lookups}
             codes = {v for item in valid for f, v in item.facts if f == "credit_code"}
             existing = await self._existing(session, lookups, codes)
+            # The file's earlier batches: a real import finds them through the customers they created (among the
+            # holders above); a dry run, which created none, through the keys it recorded.
+            if job.dry_run:
+                in_file = await self._in_file(session, job.id, list({k for item in valid for k in item.file_keys}))
+                ours = {}
+            else:
+                in_file = {}
+                ours = await self._created_by_job(session, job.id, list({h.id for h in existing.values()}))
             numbers = await self._customer_numbers(session, now, 0 if job.dry_run else len(valid))
 
             out_rows: list[list[Any]] = []
@@ -608,7 +617,7 @@ class ImportStore:
                     entry[4] = _errors(item.errors)
                     counts[FAILED] += 1
                     continue
-                duplicate = self._duplicate(job, item, seen, in_file, existing)
+                duplicate = self._duplicate(job, item, seen, in_file, existing, ours)
                 if duplicate is not None:
                     entry[2], entry[5], entry[6], entry[7] = DUPLICATE, *duplicate
                     counts[DUPLICATE] += 1
@@ -626,7 +635,8 @@ class ImportStore:
                     creates.append((item, numbers.pop(), *owner))
                 for key in item.file_keys:
                     seen[key] = (row_no, item.customer_id)
-                    new_keys.append((job.id, key, row_no, item.customer_id))
+                    if job.dry_run:
+                        new_keys.append((job.id, key, row_no, item.customer_id))
             created: list[PendingEvent] = []
             if creates:
                 created = await self._write_customers(session, job, creates, now)
@@ -652,15 +662,21 @@ class ImportStore:
         item: PreparedRow,
         seen: dict[str, tuple[int, str]],
         in_file: dict[str, tuple[int, str]],
-        existing: dict[tuple[str, str], Any],
+        existing: dict[tuple[str, str], _Holder],
+        ours: dict[str, int],
     ) -> tuple[str, int, str] | None:
         """What a valid row duplicates — (customer, row of the file or 0, note) — or ``None``: an earlier row of the
-        file first, then the database."""
+        file first (of this batch in ``seen``; of earlier ones in ``in_file`` for a dry run, else among the holders
+        of its facts, the customers the job created: ``ours``, their rows), then the database."""
         for key in item.file_keys:
             earlier = seen.get(key) or in_file.get(key)
             if earlier is not None:
                 field = key.split(":", 1)[0]
                 return earlier[1], earlier[0], f"same {field} as row {earlier[0]}"
+        for field, value in item.facts:
+            match = existing.get((field, value))
+            if match is not None and match.id in ours:
+                return match.id, ours[match.id], f"same {field} as row {ours[match.id]}"
         for field, value in item.facts:
             match = existing.get((field, value))
             if match is not None:
@@ -675,7 +691,7 @@ class ImportStore:
         """Refresh the planner's statistics of the tables a batch looks up: an import can grow them tenfold within
         a minute (before autovacuum notices), and on stale statistics PostgreSQL scans instead of using indexes."""
         async with self._engine.connect() as conn:
-            await conn.execute(text("ANALYZE customers, customer_import_keys"))
+            await conn.execute(text("ANALYZE customers, customer_import_rows, customer_import_keys"))
             await conn.commit()
 
     def _among(self, column: Any, values: Sequence[str]) -> Any:
@@ -723,6 +739,12 @@ class ImportStore:
         """The earlier rows of the job's file holding each of the file keys ``wanted``: (row, customer id)."""
         found = await self._probe(session, keys, "key", wanted, ("key", "row_no", "customer_id"), job_id=job_id)
         return {key: (row_no, customer_id) for key, row_no, customer_id in found}
+
+    async def _created_by_job(self, session: AsyncSession, job_id: str, customer_ids: list[str]) -> dict[str, int]:
+        """Which of ``customer_ids`` the job created: their rows of the file, by customer."""
+        wanted = ("customer_id", "row_no")
+        found = await self._probe(session, report, "customer_id", customer_ids, wanted, job_id=job_id)
+        return {customer_id: row_no for customer_id, row_no in found}
 
     async def _existing(
         self, session: AsyncSession, lookups: dict[tuple[str, str], Sequence[str]], codes: set[str]
