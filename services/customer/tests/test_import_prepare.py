@@ -14,8 +14,9 @@ from import_files import BAD_KINDS, good_row
 
 from crm.customer.v1 import customer_pb2, events_pb2
 from crm_customer import events
-from crm_customer.domain import Profile, changes
+from crm_customer.domain import Customer, Profile, changes
 from crm_customer.domain.imports import SourceRow, ValidRow, validate_row
+from crm_customer.store import CustomerStore, customer_row
 from crm_customer.store.import_prepare import (
     CUSTOMER_COLUMNS,
     HISTORY_COLUMNS,
@@ -92,7 +93,23 @@ async def test_the_helper_prepares_rows_as_the_service_process_does() -> None:
         for name in ("id_number", "mobile", "email", "address"):
             sealed = columns[f"{name}_enc"]
             assert keyring.decrypt(data_key, theirs.customer_id, name, sealed) == getattr(outcome.profile, name)
+        # The record is the single create's row (customer_row), but for the number and owner the writer sets.
+        customer = Customer(
+            theirs.customer_id, "", outcome.kind, outcome.profile, "", "", "BJ001", "north", 1, "u-rm1", NOW, NOW
+        )
+        reference = customer_row(
+            customer,
+            "",
+            CustomerStore(None, None, keyring)._profile_columns(  # type: ignore[arg-type]
+                theirs.customer_id, data_key, outcome.profile
+            ),
+        )
+        assert set(reference) == set(CUSTOMER_COLUMNS)
+        assert {k: v for k, v in columns.items() if not k.endswith("_enc")} == {
+            k: v for k, v in reference.items() if k in columns and not k.endswith("_enc")
+        }
         created = events_pb2.CustomerCreated.FromString(events.with_ownership(theirs.created, "u-rm2", "t2"))
+        assert created == events.customer_created(dataclasses.replace(customer, owner_id="u-rm2", team_id="t2"))
         assert (created.customer_id, created.owner_id, created.team_id) == (theirs.customer_id, "u-rm2", "t2")
         assert created.branch_id == "BJ001" and created.kind == customer_pb2.CUSTOMER_KIND_INDIVIDUAL
     assert 0 < valid < len(rows)

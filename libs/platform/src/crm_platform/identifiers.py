@@ -8,6 +8,7 @@ a field violation. ``normalise_*`` only removes harmless formatting (spaces, hyp
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import re
 
 # GB 11643-1999: weights of the 17 body digits (2^(18-i) mod 11) and the ISO 7064 MOD 11-2 check characters.
@@ -64,7 +65,9 @@ def normalise_credit_code(value: str) -> str:
 
 def resident_id_check_char(body: str) -> str:
     """The GB 11643 check character of the first 17 digits ``body``."""
-    total = sum(int(d) * w for d, w in zip(body, _RESIDENT_WEIGHTS, strict=True))
+    if len(body) != len(_RESIDENT_WEIGHTS):
+        raise ValueError(f"a resident ID body has {len(_RESIDENT_WEIGHTS)} digits")
+    total = sum(map(operator.mul, map(int, body), _RESIDENT_WEIGHTS))
     return _RESIDENT_CHECK[total % 11]
 
 
@@ -92,11 +95,13 @@ def check_resident_id(value: str, birth_date: dt.date | None = None, today: dt.d
     return None
 
 
-def check_id_number(id_type: str, value: str, birth_date: dt.date | None = None) -> str | None:
-    """The rule of ``id_type`` applied to a normalised ID number."""
+def check_id_number(
+    id_type: str, value: str, birth_date: dt.date | None = None, today: dt.date | None = None
+) -> str | None:
+    """The rule of ``id_type`` applied to a normalised ID number (``today``: the date birth dates are judged by)."""
     match id_type:
         case "resident_id":
-            return check_resident_id(value, birth_date)
+            return check_resident_id(value, birth_date, today)
         case "passport":
             return None if _PASSPORT.fullmatch(value) else "must be 5 to 17 letters or digits"
         case "hk_macau_permit":

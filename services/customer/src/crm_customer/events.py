@@ -4,6 +4,7 @@ personal values."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import TYPE_CHECKING
 
 from google.protobuf.descriptor import EnumDescriptor
@@ -16,7 +17,7 @@ from crm_platform.inbox import Subscription
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from crm_customer.domain import Customer, HoldingsChange, ManagedTag, MergePlan
+    from crm_customer.domain import Customer, HoldingsChange, ManagedTag, MergePlan, Profile
     from crm_platform.inbox import Event
 
 CUSTOMER_CREATED = "crm.customer.customer.created"
@@ -38,6 +39,7 @@ KIND_TO_PROTO = {
 }
 
 
+@functools.cache
 def _prefix(descriptor: EnumDescriptor) -> str:
     return descriptor.values_by_number[0].name.removesuffix("UNSPECIFIED")
 
@@ -64,15 +66,30 @@ TIER = customer_pb2.Tier.DESCRIPTOR
 
 def customer_created(customer: Customer) -> events_pb2.CustomerCreated:
     """The ``customer.created`` payload: ids and ownership only, never personal data."""
+    return created_payload(
+        customer.id,
+        customer.kind.value,
+        customer.profile,
+        customer.branch_id,
+        customer.region,
+        customer.owner_id,
+        customer.team_id,
+    )
+
+
+def created_payload(
+    customer_id: str, kind: str, profile: Profile, branch_id: str, region: str, owner_id: str = "", team_id: str = ""
+) -> events_pb2.CustomerCreated:
+    """:func:`customer_created` from the facts of a customer not built yet (the import prepares thousands)."""
     return events_pb2.CustomerCreated(
-        customer_id=customer.id,
-        kind=KIND_TO_PROTO[customer.kind.value],
-        owner_id=customer.owner_id,
-        branch_id=customer.branch_id,
-        team_id=customer.team_id,
-        region=customer.region,
-        tier=enum_number(TIER, customer.profile.tier),  # type: ignore[arg-type]
-        source_channel=enum_number(customer_pb2.SourceChannel.DESCRIPTOR, customer.profile.source_channel),  # type: ignore[arg-type]
+        customer_id=customer_id,
+        kind=KIND_TO_PROTO[kind],
+        owner_id=owner_id,
+        branch_id=branch_id,
+        team_id=team_id,
+        region=region,
+        tier=enum_number(TIER, profile.tier),  # type: ignore[arg-type]
+        source_channel=enum_number(customer_pb2.SourceChannel.DESCRIPTOR, profile.source_channel),  # type: ignore[arg-type]
     )
 
 

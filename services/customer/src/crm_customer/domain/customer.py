@@ -218,10 +218,13 @@ def validate_profile(kind: str, raw: Mapping[str, object], today: dt.date) -> Pr
     return profile
 
 
+_KINDS = frozenset(k.value for k in CustomerKind)
+
+
 def check_profile(v: Violations, kind: str, raw: Mapping[str, object], today: dt.date) -> Profile:
     """:func:`validate_profile` recording into ``v`` (the result is meaningful only when ``v`` stays empty)."""
     name = v.require_text("name", str(raw.get("name") or ""), max_length=100)
-    if kind not in {k.value for k in CustomerKind}:
+    if kind not in _KINDS:
         v.add("kind", "must be individual or corporate")
     texts = {f: _text(v, raw, f) for f in _TEXT_LIMITS if f != "name"}
     gender = _choice(v, raw, "gender", GENDERS)
@@ -240,7 +243,7 @@ def check_profile(v: Violations, kind: str, raw: Mapping[str, object], today: dt
     elif id_type and not id_number:
         v.add("id_number", "is required with id_type")
     elif id_number and id_type:
-        if problem := ids.check_id_number(id_type, id_number, birth_date):
+        if problem := ids.check_id_number(id_type, id_number, birth_date, today):
             v.add("id_number", problem)
         elif id_type == "resident_id" and birth_date is None:
             birth_date = ids.resident_id_birth_date(id_number)

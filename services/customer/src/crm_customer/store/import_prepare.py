@@ -32,7 +32,7 @@ from json.encoder import encode_basestring as _json_string  # a str as json.dump
 from typing import Any, NamedTuple
 
 from crm_customer import events
-from crm_customer.domain import PROFILE_FIELDS, Customer, Profile, display_value
+from crm_customer.domain import PROFILE_FIELDS, Customer, CustomerKind, Profile, display_value
 from crm_customer.domain.imports import SourceRow, ValidRow, duplicate_keys, validate_row
 from crm_customer.store import CustomerStore, customer_row, history_row, key_row
 from crm_customer.store.tables import customer_history, customer_keys, customers
@@ -71,6 +71,7 @@ CUSTOMER_COLUMNS = (*WRITER_COLUMNS, *(c.name for c in customers.c if c.name not
 KEY_COLUMNS = tuple(c.name for c in customer_keys.c)
 HISTORY_COLUMNS = tuple(c.name for c in customer_history.c)
 _customer_tail = operator.itemgetter(*CUSTOMER_COLUMNS[len(WRITER_COLUMNS) :])
+_TAIL_AT = {name: index for index, name in enumerate(CUSTOMER_COLUMNS[len(WRITER_COLUMNS) :])}
 _key_record = operator.itemgetter(*KEY_COLUMNS)
 _history_record = operator.itemgetter(*HISTORY_COLUMNS)
 
@@ -133,6 +134,8 @@ class RowPreparer:
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
         self._customers = CustomerStore(None, None, keyring)  # type: ignore[arg-type]  # its column mapping only
+        self._template: list[Any] = []  # the customer record of the batch prepared last, but for its own values
+        self._template_of: BatchContext | None = None
 
     def prepare_rows(self, context: BatchContext, rows: Sequence[SourceRow]) -> list[PreparedRow]:
         """:meth:`prepare` for each of ``rows``."""
@@ -165,22 +168,9 @@ class RowPreparer:
         now = context.now
         customer_id = new_id()
         data_key, wrapped = keyring.new_data_key(customer_id)
-        customer = Customer(
-            id=customer_id,
-            customer_no="",
-            kind=outcome.kind,
-            profile=profile,
-            owner_id="",
-            team_id="",
-            branch_id=context.branch_id,
-            region=context.region,
-            version=1,
-            created_by=context.actor,
-            created_at=now,
-            updated_at=now,
-        )
         columns = self._customers._profile_columns(customer_id, data_key, profile, hashed)
         changes = created_changes_json(profile)
+        created = events.created_payload(customer_id, outcome.kind.value, profile, context.branch_id, context.region)
         return PreparedRow(
             source.row,
             (),
@@ -189,11 +179,40 @@ class RowPreparer:
             tuple(lookups),
             outcome.owner,
             customer_id,
-            _customer_tail(customer_row(customer, "", columns)),
+            self._customer_record(context, customer_id, outcome.kind.value, columns),
             _key_record(key_row(customer_id, wrapped, now)),
             _history_record(history_row(customer_id, "created", context.actor, now, context.note, changes)),
-            events.customer_created(customer).SerializeToString(),
+            created.SerializeToString(),
         )
+
+    def _customer_record(
+        self, context: BatchContext, customer_id: str, kind: str, columns: dict[str, Any]
+    ) -> tuple[Any, ...]:
+        """The customer's row after :data:`WRITER_COLUMNS`: what :func:`customer_row` gives for it, set into the
+        batch's template (its defaults and the job's facts) by position instead of merged as dictionaries."""
+        if self._template_of is not context:
+            stub = Customer(
+                id="",
+                customer_no="",
+                kind=CustomerKind.INDIVIDUAL,
+                profile=_EMPTY,
+                owner_id="",
+                team_id="",
+                branch_id=context.branch_id,
+                region=context.region,
+                version=1,
+                created_by=context.actor,
+                created_at=context.now,
+                updated_at=context.now,
+            )
+            self._template = list(_customer_tail(customer_row(stub, "", {})))
+            self._template_of = context
+        record = self._template.copy()
+        record[_TAIL_AT["id"]] = customer_id
+        record[_TAIL_AT["kind"]] = kind
+        for name, value in columns.items():
+            record[_TAIL_AT[name]] = value
+        return tuple(record)
 
 
 # The helper process's side.
