@@ -186,3 +186,19 @@ async def test_a_customer_number_already_taken_gets_a_fresh_one(parts: Any, path
     second = await writes.create(_RM1, clash, "")
     assert second.customer_no != first.customer_no
     assert (await store.get(_RM1, second.id)).customer_no == second.customer_no
+
+
+async def test_an_imports_customer_numbers_avoid_the_table_and_the_batch_in_flight(
+    parts: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm_customer.store import imports as import_store
+
+    store, writes, _ = parts
+    taken = (await writes.create(_RM1, _new(10), "")).customer_no
+    # The random draws: first the number in the table, one the batch in flight gives, and a free one; then more.
+    draws = iter([[taken, "C00000000000001", "C00000000000002"], ["C00000000000003", "C00000000000004"]])
+    monkeypatch.setattr(import_store, "new_customer_numbers", lambda _now, count: next(draws)[:count])
+    imports = import_store.ImportStore(store._sessions.kw["bind"], store._sessions, store._outbox, store)
+    async with store._sessions() as session:
+        numbers = await imports._customer_numbers(session, utcnow(), 3, frozenset({"C00000000000001"}))
+    assert sorted(numbers) == ["C00000000000002", "C00000000000003", "C00000000000004"]

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 
 from sqlalchemy.exc import IntegrityError
 
 from crm_customer.domain.imports import DistributionPlan, plan_distribution, read_rows
-from crm_customer.store.imports import QUEUED, RUNNING, ImportJob, ImportStore, PreparedBatch
+from crm_customer.store.imports import QUEUED, RUNNING, DecidedBatch, ImportJob, ImportStore, PreparedBatch
 from crm_platform.outbox import utcnow
 
 log = logging.getLogger(__name__)
@@ -87,26 +88,7 @@ class ImportWorker:
                 assert job is not None
             if job.checkpoint_row > 1:
                 log.info("resuming import", extra={"import_id": job.id, "after_row": job.checkpoint_row})
-            plan = self._plan(job)
-            source = self._store.file(job.id)
-            # Two batches in flight: the next one is read and prepared (validation, hashes, encryption: CPU)
-            # while the database writes the previous one. The writes themselves stay in file order, one
-            # transaction at a time, each from the checkpoint the previous one committed.
-            writing: asyncio.Task[ImportJob] | None = None
-            try:
-                async for batch in read_rows(source, job.format, job.facts, job.checkpoint_row, self._batch_rows):
-                    prepared = await self._store.prepare_batch(job, batch, utcnow())
-                    if writing is not None:
-                        job = await writing
-                    writing = asyncio.create_task(self._apply(job, prepared, plan), name=f"import-{job.id}")
-                if writing is not None:
-                    job = await writing
-                    writing = None
-            finally:
-                if writing is not None and not writing.done():
-                    writing.cancel()
-                    with contextlib.suppress(BaseException):
-                        await writing
+            job = await self._batches(job, self._plan(job))
             finished = await self._store.finish(job, utcnow())
             log.info(
                 "import finished",
@@ -114,12 +96,59 @@ class ImportWorker:
             )
             return finished
 
-    async def _apply(self, job: ImportJob, batch: PreparedBatch, plan: DistributionPlan) -> ImportJob:
+    async def _batches(self, job: ImportJob, plan: DistributionPlan) -> ImportJob:
+        """Run the job's batches from its checkpoint; return the job after the last.
+
+        Three batches are in hand at once: while one is written (a transaction from the checkpoint the one before
+        committed; the writes stay in file order), the next is decided (duplicates, owners, numbers: reads and
+        CPU) and the one after it prepared (validation, hashes, encryption: in the helper process). A batch is
+        decided before the one ahead of it has committed, so it takes that batch's rows and customer numbers
+        from memory (:meth:`ImportStore.decide_batch`).
+        """
+        rows = aiter(read_rows(self._store.file(job.id), job.format, job.facts, job.checkpoint_row, self._batch_rows))
+
+        async def prepare_next() -> PreparedBatch | None:
+            batch = await anext(rows, None)
+            return None if batch is None else await self._store.prepare_batch(job, batch, utcnow())
+
+        preparing = asyncio.create_task(prepare_next(), name=f"import-prepare-{job.id}")
+        writing: asyncio.Task[ImportJob] | None = None
+        in_flight: tuple[PreparedBatch, DecidedBatch] | None = None  # the batch being written
         try:
-            return await self._store.apply_batch(job, batch, plan, utcnow())
+            while (prepared := await preparing) is not None:
+                preparing = asyncio.create_task(prepare_next(), name=f"import-prepare-{job.id}")
+                if in_flight is None:
+                    decided = await self._store.decide_batch(job, prepared, plan, utcnow())
+                else:
+                    ahead = dataclasses.replace(job, **in_flight[1].values)
+                    decided = await self._store.decide_batch(ahead, prepared, plan, utcnow(), in_flight[1])
+                if writing is not None and in_flight is not None:
+                    job, retried = await self._written(job, writing, in_flight[0], plan)
+                    if retried:  # the batch before was decided again: so is this one, on what it became
+                        decided = await self._store.decide_batch(job, prepared, plan, utcnow())
+                writing = asyncio.create_task(self._store.write_batch(job, decided), name=f"import-{job.id}")
+                in_flight = (prepared, decided)
+            if writing is not None and in_flight is not None:
+                job, _ = await self._written(job, writing, in_flight[0], plan)
+                writing = None
+        finally:
+            for task in (preparing, writing):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+        return job
+
+    async def _written(
+        self, job: ImportJob, writing: asyncio.Task[ImportJob], batch: PreparedBatch, plan: DistributionPlan
+    ) -> tuple[ImportJob, bool]:
+        """The job once ``writing`` committed ``batch``, and whether the batch had to be decided again: a single
+        create took one of its ID numbers, mobiles or customer numbers since it was decided, which the batch,
+        decided again, sees as a duplicate (or avoids)."""
+        try:
+            return await writing, False
         except IntegrityError:
-            # A single create took an ID number or mobile of this batch meanwhile: the retry sees it as a duplicate.
-            return await self._store.apply_batch(job, batch, plan, utcnow())
+            return await self._store.apply_batch(job, batch, plan, utcnow()), True
 
     @staticmethod
     def _plan(job: ImportJob) -> DistributionPlan:

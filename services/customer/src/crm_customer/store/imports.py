@@ -223,6 +223,19 @@ class PreparedBatch:
 
 
 @dataclass(frozen=True)
+class DecidedBatch:
+    """A batch decided — each row failed, duplicate or imported, with owner and customer number — and its rows built
+    (:meth:`ImportStore.decide_batch`), to write in one transaction (:meth:`ImportStore.write_batch`)."""
+
+    values: dict[str, Any]  # the job's checkpoint and counts once it is written
+    report_rows: list[list[Any]]
+    file_keys: list[tuple[Any, ...]]  # a dry run's keys of its rows that would import
+    creates: tuple[list[tuple[Any, ...]], ...]  # customers, data keys, history and outbox rows
+    keys: dict[str, tuple[int, str]]  # its rows' file keys → (row, customer id): the next batch's earlier rows
+    numbers: frozenset[str]  # the customer numbers it gives
+
+
+@dataclass(frozen=True)
 class ReportRow:
     """One row of a job's report."""
 
@@ -572,89 +585,128 @@ class ImportStore:
     async def apply_batch(
         self, job: ImportJob, batch: PreparedBatch, plan: DistributionPlan, now: dt.datetime
     ) -> ImportJob:
-        """De-duplicate, distribute and write one prepared batch of rows with the job's new checkpoint.
+        """De-duplicate, distribute and write one prepared batch of rows with the job's new checkpoint
+        (:meth:`decide_batch`, then :meth:`write_batch`)."""
+        return await self.write_batch(job, await self.decide_batch(job, batch, plan, now))
 
-        Raises :class:`Conflict` when the job's checkpoint moved meanwhile (another worker did this batch).
+    async def decide_batch(
+        self,
+        job: ImportJob,
+        batch: PreparedBatch,
+        plan: DistributionPlan,
+        now: dt.datetime,
+        before: DecidedBatch | None = None,
+    ) -> DecidedBatch:
+        """Decide each row of a prepared batch — failed, duplicate (of which customer or row), or imported (with
+        which owner and customer number) — and build its rows to write. Reads only.
+
+        ``before`` is the batch decided before this one when it may not have committed yet (the worker writes it
+        meanwhile): its rows are this batch's earlier rows of the file too, and its numbers are taken. ``job`` is
+        then the job as that batch leaves it.
         """
         if self._postgres and job.processed >= self._analyze_at.get(job.id, ANALYZE_FIRST):
             await self._analyze()
             self._analyze_at[job.id] = job.processed * ANALYZE_GROWTH
         valid = [item for item in batch.items if item.valid]
+        async with self.sessions() as session:
+            lookups = {fact: hashes for item in valid for fact, hashes in item.lookups}
+            codes = {v for item in valid for f, v in item.facts if f == "credit_code"}
+            existing = await self._existing(session, lookups, codes)
+            # The file's earlier batches: the one before, from memory; older ones through the customers they
+            # created (among the holders above), or, for a dry run, which created none, through its keys.
+            in_file = dict(before.keys) if before is not None else {}
+            ours: dict[str, int] = {}
+            if job.dry_run:
+                file_keys = list({k for item in valid for k in item.file_keys})
+                in_file.update(await self._in_file(session, job.id, file_keys))
+            else:
+                ours = await self._created_by_job(session, job.id, list({h.id for h in existing.values()}))
+            taken = before.numbers if before is not None else frozenset()
+            numbers = await self._customer_numbers(session, now, 0 if job.dry_run else len(valid), taken)
+
+        out_rows: list[list[Any]] = []
+        new_keys: list[tuple[Any, ...]] = []
+        creates: list[tuple[PreparedRow, str, str, str]] = []  # (row, number, owner, team)
+        seen: dict[str, tuple[int, str]] = {}
+        counts = {IMPORTED: 0, FAILED: 0, DUPLICATE: 0}
+        imported_before = job.imported
+        for index, item in enumerate(batch.items):
+            if index and index % SLICE == 0:
+                await asyncio.sleep(0)  # CPU work: let the batch being written and progress reads run between slices
+            row_no = item.row
+            # job_id, row_no, status, customer_id, errors, duplicate_of, duplicate_row, note, owner_id
+            entry = [job.id, row_no, FAILED, None, "[]", "", 0, "", ""]
+            out_rows.append(entry)
+            if item.errors:
+                entry[4] = _errors(item.errors)
+                counts[FAILED] += 1
+                continue
+            duplicate = self._duplicate(job, item, seen, in_file, existing, ours)
+            if duplicate is not None:
+                entry[2], entry[5], entry[6], entry[7] = DUPLICATE, *duplicate
+                counts[DUPLICATE] += 1
+                continue
+            owner = plan.owner_for(imported_before, item.owner_cell)
+            if not isinstance(owner, tuple):
+                entry[4] = _errors([(owner.field, owner.description)])
+                counts[FAILED] += 1
+                continue
+            imported_before += 1
+            counts[IMPORTED] += 1
+            entry[2], entry[8] = (WOULD_IMPORT if job.dry_run else IMPORTED), owner[0]
+            if not job.dry_run:
+                entry[3] = item.customer_id
+                creates.append((item, numbers.pop(), *owner))
+            for key in item.file_keys:
+                seen[key] = (row_no, item.customer_id)
+                if job.dry_run:
+                    new_keys.append((job.id, key, row_no, item.customer_id))
+        rows = batch.rows
+        values = {
+            "checkpoint_row": rows[-1].row if rows else job.checkpoint_row,
+            "processed": job.processed + len(rows),
+            "imported": job.imported + counts[IMPORTED],
+            "failed": job.failed + counts[FAILED],
+            "duplicates": job.duplicates + counts[DUPLICATE],
+            "updated_at": now,
+        }
+        return DecidedBatch(
+            values=values,
+            report_rows=out_rows,
+            file_keys=new_keys,
+            creates=await self._created_rows(job, creates, now),
+            keys=seen,
+            numbers=frozenset(number for _, number, _, _ in creates),
+        )
+
+    async def write_batch(self, job: ImportJob, decided: DecidedBatch) -> ImportJob:
+        """Write a decided batch in one transaction with the job's new checkpoint; return the job as it leaves it.
+
+        Raises :class:`Conflict` when the job's checkpoint moved meanwhile (another worker did this batch), and
+        ``IntegrityError`` when a single create took one of its ID numbers, mobiles or customer numbers since it
+        was decided (decided again, the batch sees that customer as a duplicate).
+        """
+        customer_rows, key_rows, history_rows, event_rows = decided.creates
         async with self.sessions() as session, session.begin():
             j = jobs.c
             guarded = await session.execute(
                 update(jobs)
                 .where(j.id == job.id, j.checkpoint_row == job.checkpoint_row, j.status == RUNNING)
-                .values(updated_at=now)
+                .values(updated_at=decided.values["updated_at"])
             )
             if guarded.rowcount != 1:  # type: ignore[attr-defined]
                 raise Conflict(f"import {job.id} moved on meanwhile")
-            lookups = {fact: hashes for item in valid for fact, hashes in item.lookups}
-            codes = {v for item in valid for f, v in item.facts if f == "credit_code"}
-            existing = await self._existing(session, lookups, codes)
-            # The file's earlier batches: a real import finds them through the customers they created (among the
-            # holders above); a dry run, which created none, through the keys it recorded.
-            if job.dry_run:
-                in_file = await self._in_file(session, job.id, list({k for item in valid for k in item.file_keys}))
-                ours = {}
-            else:
-                in_file = {}
-                ours = await self._created_by_job(session, job.id, list({h.id for h in existing.values()}))
-            numbers = await self._customer_numbers(session, now, 0 if job.dry_run else len(valid))
-
-            out_rows: list[list[Any]] = []
-            new_keys: list[tuple[Any, ...]] = []
-            creates: list[tuple[PreparedRow, str, str, str]] = []  # (row, number, owner, team)
-            seen: dict[str, tuple[int, str]] = {}
-            counts = {IMPORTED: 0, FAILED: 0, DUPLICATE: 0}
-            imported_before = job.imported
-            for item in batch.items:
-                row_no = item.row
-                # job_id, row_no, status, customer_id, errors, duplicate_of, duplicate_row, note, owner_id
-                entry = [job.id, row_no, FAILED, None, "[]", "", 0, "", ""]
-                out_rows.append(entry)
-                if item.errors:
-                    entry[4] = _errors(item.errors)
-                    counts[FAILED] += 1
-                    continue
-                duplicate = self._duplicate(job, item, seen, in_file, existing, ours)
-                if duplicate is not None:
-                    entry[2], entry[5], entry[6], entry[7] = DUPLICATE, *duplicate
-                    counts[DUPLICATE] += 1
-                    continue
-                owner = plan.owner_for(imported_before, item.owner_cell)
-                if not isinstance(owner, tuple):
-                    entry[4] = _errors([(owner.field, owner.description)])
-                    counts[FAILED] += 1
-                    continue
-                imported_before += 1
-                counts[IMPORTED] += 1
-                entry[2], entry[8] = (WOULD_IMPORT if job.dry_run else IMPORTED), owner[0]
-                if not job.dry_run:
-                    entry[3] = item.customer_id
-                    creates.append((item, numbers.pop(), *owner))
-                for key in item.file_keys:
-                    seen[key] = (row_no, item.customer_id)
-                    if job.dry_run:
-                        new_keys.append((job.id, key, row_no, item.customer_id))
-            created: list[PendingEvent] = []
-            if creates:
-                created = await self._write_customers(session, job, creates, now)
-            await self._bulk(session, report, _REPORT_COLUMNS, out_rows)
-            await self._bulk(session, keys, _FILE_KEY_COLUMNS, new_keys)
-            rows = batch.rows
-            last_row = rows[-1].row if rows else job.checkpoint_row
-            values = {
-                "checkpoint_row": last_row,
-                "processed": job.processed + len(rows),
-                "imported": job.imported + counts[IMPORTED],
-                "failed": job.failed + counts[FAILED],
-                "duplicates": job.duplicates + counts[DUPLICATE],
-                "updated_at": now,
-            }
-            await session.execute(update(jobs).where(j.id == job.id).values(**values))
-        self._outbox.handed_over(created)  # committed: publish now rather than at the relay's next table scan
-        return dataclasses.replace(job, **values)
+            await self._bulk(session, customer_keys, KEY_COLUMNS, key_rows)
+            await self._bulk(session, customers, CUSTOMER_COLUMNS, customer_rows)
+            await self._bulk(session, customer_history, HISTORY_COLUMNS, history_rows)
+            # Straight into the outbox table (a per-event Outbox.add is too slow here); handed to the relay after
+            # the commit.
+            await self._bulk(session, outbox_table, _OUTBOX_COLUMNS, event_rows)
+            await self._bulk(session, report, _REPORT_COLUMNS, decided.report_rows)
+            await self._bulk(session, keys, _FILE_KEY_COLUMNS, decided.file_keys)
+            await session.execute(update(jobs).where(j.id == job.id).values(**decided.values))
+        self._outbox.handed_over(_pending(event_rows))  # committed: publish now, not at the relay's next scan
+        return dataclasses.replace(job, **decided.values)
 
     def _duplicate(
         self,
@@ -768,21 +820,23 @@ class ImportStore:
                     found.setdefault(("credit_code", holder.credit_code), holder)
         return found
 
-    async def _customer_numbers(self, session: AsyncSession, now: dt.datetime, count: int) -> list[str]:
-        """``count`` new customer numbers, none of them taken (at import volumes random clashes are certain)."""
+    async def _customer_numbers(
+        self, session: AsyncSession, now: dt.datetime, count: int, excluded: frozenset[str] = frozenset()
+    ) -> list[str]:
+        """``count`` new customer numbers, none of them ``excluded`` (given by a batch not committed yet) or in the
+        table (at import volumes random clashes are certain)."""
         numbers: set[str] = set()
         while len(numbers) < count:
-            fresh = set(new_customer_numbers(now, count - len(numbers))) - numbers
-            taken = await self._probe(session, customers, "customer_no", list(fresh), ("customer_no",))
-            numbers |= fresh - {number for (number,) in taken}
+            fresh = set(new_customer_numbers(now, count - len(numbers))) - numbers - excluded
+            in_table = await self._probe(session, customers, "customer_no", list(fresh), ("customer_no",))
+            numbers |= fresh - {number for (number,) in in_table}
         return list(numbers)
 
-    async def _write_customers(
-        self, session: AsyncSession, job: ImportJob, creates: list[tuple[PreparedRow, str, str, str]], now: dt.datetime
-    ) -> list[PendingEvent]:
-        """Customers, data keys, history rows and ``customer.created`` events of a batch, in bulk; the events,
-        to hand to the relay once the batch committed. The rows come prepared (:class:`PreparedRow`): here each
-        customer gets its number and owner."""
+    async def _created_rows(
+        self, job: ImportJob, creates: list[tuple[PreparedRow, str, str, str]], now: dt.datetime
+    ) -> tuple[list[tuple[Any, ...]], ...]:
+        """The customers, data keys, history rows and ``customer.created`` outbox rows of a batch's imported rows.
+        They come prepared (:class:`PreparedRow`): here each customer gets its number and owner."""
         customer_rows, key_rows, history_rows, event_rows = [], [], [], []
         envelopes = _Envelopes(events.CUSTOMER_CREATED, self._outbox.source, job.created_by, now)
         for index, (item, number, owner_id, team_id) in enumerate(creates):
@@ -793,12 +847,7 @@ class ImportStore:
             history_rows.append(item.history)
             payload = events.with_ownership(item.created, owner_id, team_id)
             event_rows.append(envelopes.packed_row(item.customer_id, events.CUSTOMER_CREATED_TYPE, payload))
-        await self._bulk(session, customer_keys, KEY_COLUMNS, key_rows)
-        await self._bulk(session, customers, CUSTOMER_COLUMNS, customer_rows)
-        await self._bulk(session, customer_history, HISTORY_COLUMNS, history_rows)
-        # Straight into the outbox table (a per-event Outbox.add is too slow here); handed to the relay after commit.
-        await self._bulk(session, outbox_table, _OUTBOX_COLUMNS, event_rows)
-        return _pending(event_rows)
+        return customer_rows, key_rows, history_rows, event_rows
 
     async def _bulk(
         self, session: AsyncSession, table: Table, columns: Sequence[str], records: Sequence[Sequence[Any]]
