@@ -4,8 +4,11 @@ A job's file is kept as chunks in ``customer_import_chunks`` until the job finis
 resume it after a crash. Each batch of rows is one transaction: its customers, their data keys, history
 rows and ``customer.created`` events, its report rows (keyed by job and row number) and the job's checkpoint
 (the last row done) commit together, guarded by the checkpoint it started from, so a batch is applied once
-or not at all. On PostgreSQL the hot path writes with ``COPY`` (asyncpg) inside that transaction, and a
-job is held by a session advisory lock while it runs: a killed process releases it with its connection.
+or not at all. A batch is decided (:meth:`ImportStore.decide_batch`: reads and CPU) before it is written
+(:meth:`ImportStore.write_batch`: that transaction), so the worker decides the next batch while one is written.
+On PostgreSQL the hot path writes with ``COPY`` (asyncpg) inside that transaction and looks up a batch's values
+in one statement each, and a job is held by a session advisory lock while it runs: a killed process releases it
+with its connection.
 """
 
 from __future__ import annotations
