@@ -82,10 +82,15 @@ def _cpu_seconds(pid: int) -> float:
 def _postgres_cpu_seconds() -> float:
     """utime + stime of every PostgreSQL server process on the machine (``comm`` = ``postgres``), in seconds;
     processes that end in between are not counted."""
+    return _processes_cpu_seconds("postgres")
+
+
+def _processes_cpu_seconds(name: str) -> float:
+    """utime + stime of every process of the machine named ``name`` (its ``comm``), in seconds."""
     total = 0.0
     for comm in Path("/proc").glob("[0-9]*/comm"):
         with contextlib.suppress(OSError):
-            if comm.read_text().strip() == "postgres":
+            if comm.read_text().strip() == name:
                 total += _cpu_seconds(int(comm.parent.name))
     return total
 

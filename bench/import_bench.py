@@ -142,7 +142,16 @@ def _import(base: str, port: int, token: str, path: Path, database: str) -> dict
 
 
 def _measure(database: str) -> dict[str, Any]:
-    from bench.gateway import _cpu_seconds, _postgres_cpu_seconds, _request, _started, _until, login, stack_env
+    from bench.gateway import (
+        _cpu_seconds,
+        _postgres_cpu_seconds,
+        _processes_cpu_seconds,
+        _request,
+        _started,
+        _until,
+        login,
+        stack_env,
+    )
     from crm_testing.nats_server import free_port
 
     grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
@@ -177,10 +186,11 @@ def _measure(database: str) -> dict[str, Any]:
                 if helpers:
                     pids["helper"] = helpers[0]
                 cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-                postgres_before = _postgres_cpu_seconds()
+                postgres_before, nats_before = _postgres_cpu_seconds(), _processes_cpu_seconds("nats-server")
                 second = _import(base, http_port, token, big, database)
                 cpu = {name: (_cpu_seconds(pid) - cpu_before[name]) / ROWS * 1e6 for name, pid in pids.items()}
                 cpu["postgres"] = (_postgres_cpu_seconds() - postgres_before) / ROWS * 1e6
+                cpu["nats"] = (_processes_cpu_seconds("nats-server") - nats_before) / ROWS * 1e6
                 progress("  CPU per row (µs): " + ", ".join(f"{name} {value:.0f}" for name, value in cpu.items()))
                 rss = {name: _vm_hwm_mb(pid) for name, pid in pids.items()}
             except Exception as exc:
@@ -272,8 +282,9 @@ def section(figures: dict[str, Any]) -> Section:
         + f", gateway {figures['cpu_us_per_row']['gateway']:,.0f} µs"
         + (
             f", PostgreSQL {figures['cpu_us_per_row']['postgres']:,.0f} µs (every server process of the machine's "
-            "PostgreSQL: backends, WAL writer, checkpointer)"
-            if "postgres" in figures["cpu_us_per_row"]
+            f"PostgreSQL: backends, WAL writer, checkpointer), NATS server {figures['cpu_us_per_row']['nats']:,.0f} µs"
+            " (storing each `customer.created` in JetStream)"
+            if "nats" in figures["cpu_us_per_row"]
             else ""
         )
         + ". The helper (`crm_customer.store.import_prepare`) validates, hashes and encrypts the rows of the next "
