@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from crm_customer import events
 from crm_customer.config import DEV_MASTER_KEYS
@@ -202,3 +202,30 @@ async def test_an_imports_customer_numbers_avoid_the_table_and_the_batch_in_flig
     async with store._sessions() as session:
         numbers = await imports._customer_numbers(session, utcnow(), 3, frozenset({"C00000000000001"}))
     assert sorted(numbers) == ["C00000000000002", "C00000000000003", "C00000000000004"]
+
+
+async def test_a_large_import_refreshes_the_statistics_once_finished(parts: Any) -> None:
+    import types
+
+    from crm_customer.store import imports as import_store
+
+    store, _, _ = parts
+    imports = import_store.ImportStore(store._sessions.kw["bind"], store._sessions, store._outbox, store)
+
+    async def analysed() -> bool:
+        async with store._sessions() as session:
+            query = text("SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'customers'")
+            return bool((await session.execute(query)).scalar_one())
+
+    small = types.SimpleNamespace(id="j1", dry_run=False, imported=import_store.ANALYZE_AFTER_ROWS - 1)
+    dry = types.SimpleNamespace(id="j2", dry_run=True, imported=import_store.ANALYZE_AFTER_ROWS)
+    for job in (small, dry):
+        await imports.refresh_statistics(job)  # type: ignore[arg-type]
+    assert not await analysed()
+    large = types.SimpleNamespace(id="j3", dry_run=False, imported=import_store.ANALYZE_AFTER_ROWS)
+    await imports.refresh_statistics(large)  # type: ignore[arg-type]
+    for _ in range(50):  # the statistics collector reports with a short delay
+        if await analysed():
+            break
+        await asyncio.sleep(0.1)
+    assert await analysed()

@@ -137,3 +137,41 @@ async def test_the_idempotency_look_up_uses_the_partial_request_id_index(postgre
     assert "uq_customers_request_id" in plan, plan
     indexes = await _indexes(postgres_url)
     assert "customers_request_id_key" not in indexes
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "by_job", "live", "index"),
+    [
+        ("customers", "id_number_hash", False, True, "uq_customers_id_number_hash"),
+        ("customers", "mobile_hash", False, True, "uq_customers_mobile_hash"),
+        ("customers", "credit_code", False, True, "uq_customers_credit_code"),
+        ("customers", "customer_no", False, False, "customers_customer_no_key"),
+        ("customer_import_rows", "customer_id", True, False, "ix_customer_import_rows_customer"),
+        ("customer_import_keys", "key", True, False, "customer_import_keys_pkey"),
+    ],
+)
+async def test_an_imports_look_ups_probe_their_index_without_statistics(
+    postgres_url: str, table: str, column: str, by_job: bool, live: bool, index: str
+) -> None:
+    # The import no longer analyses the tables it grows: each look-up must keep an index plan on tables never
+    # analysed, as a generic plan (what a prepared statement settles on) on empty tables — the worst case.
+    from crm_customer.store.imports import _probe_sql
+
+    engine = create_engine(normalise_url(postgres_url))
+    try:
+        await migrate(engine, "crm_customer")
+        sql = _probe_sql(table, column, (column,), by_job, live)
+        async with engine.connect() as conn:
+            await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+            if by_job:
+                await conn.execute(text(f"PREPARE q(varchar, varchar[]) AS {sql}"))
+                explained = await conn.execute(text("EXPLAIN EXECUTE q('j', '{a,b}')"))
+            else:
+                await conn.execute(text(f"PREPARE q(varchar[]) AS {sql}"))
+                explained = await conn.execute(text("EXPLAIN EXECUTE q('{a,b}')"))
+            plan = "\n".join(explained.scalars())
+            await conn.rollback()
+    finally:
+        await engine.dispose()
+    assert f"using {index} on {table}" in plan, plan
+    assert "Seq Scan" not in plan, plan

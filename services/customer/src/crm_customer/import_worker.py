@@ -94,6 +94,7 @@ class ImportWorker:
                 "import finished",
                 extra={"import_id": job.id, "imported": job.imported, "failed": job.failed, "dup": job.duplicates},
             )
+            await self._store.refresh_statistics(finished)
             return finished
 
     async def _batches(self, job: ImportJob, plan: DistributionPlan) -> ImportJob:
