@@ -33,7 +33,7 @@ from json.encoder import encode_basestring as _json_string  # a str as json.dump
 from typing import Any, NamedTuple
 
 from crm_customer import events
-from crm_customer.domain import PROFILE_FIELDS, Customer, CustomerKind, Profile, display_value
+from crm_customer.domain import PROFILE_FIELDS, SENSITIVE_FIELDS, Customer, CustomerKind, Profile, display_value
 from crm_customer.domain.imports import SourceRow, ValidRow, duplicate_keys, validate_row
 from crm_customer.store import CustomerStore, customer_row, history_row, key_row
 from crm_customer.store.tables import customer_history, customer_keys, customers
@@ -104,14 +104,15 @@ class PreparedRow(NamedTuple):
 
 
 _EMPTY = Profile(name="")
-# Each field's empty value, and the start of its history change from empty up to the value after (computed once:
-# this runs for every imported row).
+# Each field's empty value, the start of its history change from empty up to the value after, and its mask
+# (computed once: this runs for every imported row).
 _FROM_EMPTY = [
     (
         name,
         getattr(_EMPTY, name),
         f'{{"field": {_json_string(name)}, "before": {_json_string(display_value(name, getattr(_EMPTY, name)))}, '
         '"after": ',
+        SENSITIVE_FIELDS.get(name),
     )
     for name in PROFILE_FIELDS
 ]
@@ -120,12 +121,19 @@ _FROM_EMPTY = [
 def created_changes_json(profile: Profile) -> str:
     """The history ``changes`` of a created customer, as JSON: what :func:`json.dumps` makes of :func:`changes`
     from an empty profile (``ensure_ascii=False``), written directly — the encoder's set-up per call cost more
-    than the text."""
-    parts = [
-        f"{head}{_json_string(display_value(name, value))}}}"
-        for name, empty, head in _FROM_EMPTY
-        if (value := getattr(profile, name)) != empty
-    ]
+    than the text. A text value shows as :func:`display_value` shows it: masked if sensitive, else as it is."""
+    parts = []
+    for name, empty, head, mask in _FROM_EMPTY:
+        value = getattr(profile, name)
+        if value == empty:
+            continue
+        if type(value) is not str:
+            shown = display_value(name, value)
+        elif mask is not None:
+            shown = mask(value)
+        else:
+            shown = value
+        parts.append(f"{head}{_json_string(shown)}}}")
     return f"[{', '.join(parts)}]"
 
 
