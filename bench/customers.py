@@ -42,7 +42,7 @@ from bench.gateway import (
     LUA,
     _cpu_seconds,
     _machine_busy,
-    _postgres_cpu_seconds,
+    _processes_cpu_seconds,
     _request,
     _started,
     _until,
@@ -345,7 +345,7 @@ def _measure(database: str, gateway_database: str) -> dict[str, Any]:
                 url = f"{base}/api/v1/customers"
                 _wrk(wrk, [*CREATE_ARGS, "-d3s"], tokens["rm1"], url, warm_script)
                 cpu_before = {n: _cpu_seconds(p.pid) for n, p in (("gateway", gateway), ("customer", customer))}
-                cpu_before["postgres"] = _postgres_cpu_seconds()
+                cpu_before["postgres"] = _processes_cpu_seconds("postgres")
                 busy_before = _machine_busy()
                 started = time.perf_counter()
                 create = _wrk(
@@ -357,7 +357,7 @@ def _measure(database: str, gateway_database: str) -> dict[str, Any]:
                     n: (_cpu_seconds(p.pid) - cpu_before[n]) / wall
                     for n, p in (("gateway", gateway), ("customer", customer))
                 }
-                create["cpu_share"]["postgres"] = (_postgres_cpu_seconds() - cpu_before["postgres"]) / wall
+                create["cpu_share"]["postgres"] = (_processes_cpu_seconds("postgres") - cpu_before["postgres"]) / wall
                 create["machine_busy"] = (busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1])
                 figures["create"] = create
                 progress(

@@ -79,14 +79,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _postgres_cpu_seconds() -> float:
-    """utime + stime of every PostgreSQL server process on the machine (``comm`` = ``postgres``), in seconds;
-    processes that end in between are not counted."""
-    return _processes_cpu_seconds("postgres")
-
-
 def _processes_cpu_seconds(name: str) -> float:
-    """utime + stime of every process of the machine named ``name`` (its ``comm``), in seconds."""
+    """utime + stime of every process of the machine named ``name`` (its ``comm``: ``postgres`` for every
+    PostgreSQL server process), in seconds; processes that end in between are not counted."""
     total = 0.0
     for comm in Path("/proc").glob("[0-9]*/comm"):
         with contextlib.suppress(OSError):

@@ -144,7 +144,6 @@ def _import(base: str, port: int, token: str, path: Path, database: str) -> dict
 def _measure(database: str) -> dict[str, Any]:
     from bench.gateway import (
         _cpu_seconds,
-        _postgres_cpu_seconds,
         _processes_cpu_seconds,
         _request,
         _started,
@@ -186,10 +185,10 @@ def _measure(database: str) -> dict[str, Any]:
                 if helpers:
                     pids["helper"] = helpers[0]
                 cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-                postgres_before, nats_before = _postgres_cpu_seconds(), _processes_cpu_seconds("nats-server")
+                postgres_before, nats_before = _processes_cpu_seconds("postgres"), _processes_cpu_seconds("nats-server")
                 second = _import(base, http_port, token, big, database)
                 cpu = {name: (_cpu_seconds(pid) - cpu_before[name]) / ROWS * 1e6 for name, pid in pids.items()}
-                cpu["postgres"] = (_postgres_cpu_seconds() - postgres_before) / ROWS * 1e6
+                cpu["postgres"] = (_processes_cpu_seconds("postgres") - postgres_before) / ROWS * 1e6
                 cpu["nats"] = (_processes_cpu_seconds("nats-server") - nats_before) / ROWS * 1e6
                 progress("  CPU per row (µs): " + ", ".join(f"{name} {value:.0f}" for name, value in cpu.items()))
                 rss = {name: _vm_hwm_mb(pid) for name, pid in pids.items()}

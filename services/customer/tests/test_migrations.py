@@ -73,6 +73,14 @@ async def test_the_online_index_migrations_go_down_and_up_again(postgres_url: st
         await engine.dispose()
 
 
+async def _migrated(url: str) -> None:
+    engine = create_engine(normalise_url(url))
+    try:
+        await migrate(engine, "crm_customer")
+    finally:
+        await engine.dispose()
+
+
 async def _plan_without(url: str, drops: list[str], query: str) -> str:
     """PostgreSQL's plan for ``query`` (``$1`` a text array) once ``drops`` (DDL statements) ran and sequential
     scans are priced out: which other index it would take instead (the drops are rolled back)."""
@@ -94,11 +102,7 @@ async def _plan_without(url: str, drops: list[str], query: str) -> str:
 async def test_a_duplicate_look_up_can_use_its_own_unique_index_only(postgres_url: str, column: str) -> None:
     # Each duplicate index once held every live customer (partial on erased_at IS NULL alone): without
     # statistics, the create's cached plan read them all through another column's index and filtered.
-    engine = create_engine(normalise_url(postgres_url))
-    try:
-        await migrate(engine, "crm_customer")
-    finally:
-        await engine.dispose()
+    await _migrated(postgres_url)
     plan = await _plan_without(
         postgres_url,
         [f"DROP INDEX uq_customers_{column}"],
@@ -111,11 +115,7 @@ async def test_a_duplicate_look_up_can_use_its_own_unique_index_only(postgres_ur
 async def test_the_outbox_mark_cannot_walk_the_sent_rows_index(postgres_url: str) -> None:
     from crm_platform.outbox import _MARK_SQL
 
-    engine = create_engine(normalise_url(postgres_url))
-    try:
-        await migrate(engine, "crm_customer")
-    finally:
-        await engine.dispose()
+    await _migrated(postgres_url)
     mark = _MARK_SQL.replace("$2", "now()")  # the statement as the relay runs it, its time a constant here
     # Without the index of unsent rows and the primary key, an index on published_at over every row was the
     # one left that matched "published_at IS NULL".
@@ -128,11 +128,7 @@ async def test_the_outbox_mark_cannot_walk_the_sent_rows_index(postgres_url: str
 async def test_the_idempotency_look_up_uses_the_partial_request_id_index(postgres_url: str) -> None:
     # Only single creates carry a request id: the unique index holds those alone (an imported customer adds no NULL
     # entry), and "request_id = $1" implies its predicate.
-    engine = create_engine(normalise_url(postgres_url))
-    try:
-        await migrate(engine, "crm_customer")
-    finally:
-        await engine.dispose()
+    await _migrated(postgres_url)
     plan = await _plan_without(postgres_url, [], "SELECT id FROM customers WHERE request_id = ($1)[1] LIMIT 1")
     assert "uq_customers_request_id" in plan, plan
     indexes = await _indexes(postgres_url)
@@ -157,19 +153,15 @@ async def test_an_imports_look_ups_probe_their_index_without_statistics(
     # analysed, as a generic plan (what a prepared statement settles on) on empty tables — the worst case.
     from crm_customer.store.imports import _probe_sql
 
+    await _migrated(postgres_url)
+    sql = _probe_sql(table, column, (column,), by_job, live)
+    params, args = ("varchar, varchar[]", "'j', '{a,b}'") if by_job else ("varchar[]", "'{a,b}'")
     engine = create_engine(normalise_url(postgres_url))
     try:
-        await migrate(engine, "crm_customer")
-        sql = _probe_sql(table, column, (column,), by_job, live)
         async with engine.connect() as conn:
             await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
-            if by_job:
-                await conn.execute(text(f"PREPARE q(varchar, varchar[]) AS {sql}"))
-                explained = await conn.execute(text("EXPLAIN EXECUTE q('j', '{a,b}')"))
-            else:
-                await conn.execute(text(f"PREPARE q(varchar[]) AS {sql}"))
-                explained = await conn.execute(text("EXPLAIN EXECUTE q('{a,b}')"))
-            plan = "\n".join(explained.scalars())
+            await conn.execute(text(f"PREPARE q({params}) AS {sql}"))
+            plan = "\n".join((await conn.execute(text(f"EXPLAIN EXECUTE q({args})"))).scalars())
             await conn.rollback()
     finally:
         await engine.dispose()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
+from typing import NamedTuple
 
 from sqlalchemy.exc import IntegrityError
 
@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 1000
 POLL_SECONDS = 5.0
 ABANDONED_UPLOAD = dt.timedelta(hours=1)
+
+
+class _InFlight(NamedTuple):
+    """A batch being written: as prepared, as decided, and the task writing it."""
+
+    prepared: PreparedBatch
+    decided: DecidedBatch
+    writing: asyncio.Task[ImportJob]
 
 
 class ImportWorker:
@@ -113,43 +121,37 @@ class ImportWorker:
             return None if batch is None else await self._store.prepare_batch(job, batch, utcnow())
 
         preparing = asyncio.create_task(prepare_next(), name=f"import-prepare-{job.id}")
-        writing: asyncio.Task[ImportJob] | None = None
-        in_flight: tuple[PreparedBatch, DecidedBatch] | None = None  # the batch being written
+        in_flight: _InFlight | None = None  # the batch being written
         try:
             while (prepared := await preparing) is not None:
                 preparing = asyncio.create_task(prepare_next(), name=f"import-prepare-{job.id}")
-                if in_flight is None:
-                    decided = await self._store.decide_batch(job, prepared, plan, utcnow())
-                else:
-                    ahead = dataclasses.replace(job, **in_flight[1].values)
-                    decided = await self._store.decide_batch(ahead, prepared, plan, utcnow(), in_flight[1])
-                if writing is not None and in_flight is not None:
-                    job, retried = await self._written(job, writing, in_flight[0], plan)
+                before = in_flight.decided if in_flight is not None else None
+                decided = await self._store.decide_batch(job, prepared, plan, utcnow(), before)
+                if in_flight is not None:
+                    job, retried = await self._written(job, in_flight, plan)
                     if retried:  # the batch before was decided again: so is this one, on what it became
                         decided = await self._store.decide_batch(job, prepared, plan, utcnow())
                 writing = asyncio.create_task(self._store.write_batch(job, decided), name=f"import-{job.id}")
-                in_flight = (prepared, decided)
-            if writing is not None and in_flight is not None:
-                job, _ = await self._written(job, writing, in_flight[0], plan)
-                writing = None
+                in_flight = _InFlight(prepared, decided, writing)
+            if in_flight is not None:
+                job, _ = await self._written(job, in_flight, plan)
+                in_flight = None
         finally:
-            for task in (preparing, writing):
+            for task in (preparing, in_flight.writing if in_flight is not None else None):
                 if task is not None and not task.done():
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
         return job
 
-    async def _written(
-        self, job: ImportJob, writing: asyncio.Task[ImportJob], batch: PreparedBatch, plan: DistributionPlan
-    ) -> tuple[ImportJob, bool]:
-        """The job once ``writing`` committed ``batch``, and whether the batch had to be decided again: a single
-        create took one of its ID numbers, mobiles or customer numbers since it was decided, which the batch,
-        decided again, sees as a duplicate (or avoids)."""
+    async def _written(self, job: ImportJob, in_flight: _InFlight, plan: DistributionPlan) -> tuple[ImportJob, bool]:
+        """The job once the batch in flight committed, and whether it had to be decided again: a single create took
+        one of its ID numbers, mobiles or customer numbers since it was decided, which the batch, decided again,
+        sees as a duplicate (or avoids)."""
         try:
-            return await writing, False
+            return await in_flight.writing, False
         except IntegrityError:
-            return await self._store.apply_batch(job, batch, plan, utcnow()), True
+            return await self._store.apply_batch(job, in_flight.prepared, plan, utcnow()), True
 
     @staticmethod
     def _plan(job: ImportJob) -> DistributionPlan:

@@ -143,17 +143,17 @@ class RowPreparer:
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
         self._customers = CustomerStore(None, None, keyring)  # type: ignore[arg-type]  # its column mapping only
-        self._template: list[Any] = []  # the customer record of the batch prepared last, but for its own values
-        self._template_of: BatchContext | None = None
 
     def prepare_rows(self, context: BatchContext, rows: Sequence[SourceRow]) -> list[PreparedRow]:
         """:meth:`prepare` for each of ``rows``."""
-        return [self.prepare(context, source) for source in rows]
+        template = _customer_template(context)
+        return [self.prepare(context, source, template) for source in rows]
 
-    def prepare(self, context: BatchContext, source: SourceRow) -> PreparedRow:
+    def prepare(self, context: BatchContext, source: SourceRow, template: list[Any]) -> PreparedRow:
         """Validate ``source``; for a valid row, its duplicate facts and lookup hashes and, unless a dry run, its
-        new id and its rows ready to write: the customer (but for its number and owner), its wrapped data key,
-        its history entry, and its ``customer.created`` payload (but for the owner)."""
+        new id and its rows ready to write: the customer (but for its number and owner; set into ``template``,
+        :func:`_customer_template`), its wrapped data key, its history entry, and its ``customer.created``
+        payload (but for the owner)."""
         outcome = validate_row(source, context.today)
         if not isinstance(outcome, ValidRow):
             return PreparedRow(source.row, tuple((v.field, v.description) for v in outcome))
@@ -188,40 +188,42 @@ class RowPreparer:
             tuple(lookups),
             outcome.owner,
             customer_id,
-            self._customer_record(context, customer_id, outcome.kind.value, columns),
+            _customer_record(template, customer_id, outcome.kind.value, columns),
             _key_record(key_row(customer_id, wrapped, now)),
             _history_record(history_row(customer_id, "created", context.actor, now, context.note, changes)),
             created.SerializeToString(),
         )
 
-    def _customer_record(
-        self, context: BatchContext, customer_id: str, kind: str, columns: dict[str, Any]
-    ) -> tuple[Any, ...]:
-        """The customer's row after :data:`WRITER_COLUMNS`: what :func:`customer_row` gives for it, set into the
-        batch's template (its defaults and the job's facts) by position instead of merged as dictionaries."""
-        if self._template_of is not context:
-            stub = Customer(
-                id="",
-                customer_no="",
-                kind=CustomerKind.INDIVIDUAL,
-                profile=_EMPTY,
-                owner_id="",
-                team_id="",
-                branch_id=context.branch_id,
-                region=context.region,
-                version=1,
-                created_by=context.actor,
-                created_at=context.now,
-                updated_at=context.now,
-            )
-            self._template = list(_customer_tail(customer_row(stub, "", {})))
-            self._template_of = context
-        record = self._template.copy()
-        record[_TAIL_AT["id"]] = customer_id
-        record[_TAIL_AT["kind"]] = kind
-        for name, value in columns.items():
-            record[_TAIL_AT[name]] = value
-        return tuple(record)
+
+def _customer_template(context: BatchContext) -> list[Any]:
+    """The customer record (after :data:`WRITER_COLUMNS`) every new customer of the batch starts from: the column
+    defaults and the job's facts, as :func:`customer_row` gives them."""
+    stub = Customer(
+        id="",
+        customer_no="",
+        kind=CustomerKind.INDIVIDUAL,
+        profile=_EMPTY,
+        owner_id="",
+        team_id="",
+        branch_id=context.branch_id,
+        region=context.region,
+        version=1,
+        created_by=context.actor,
+        created_at=context.now,
+        updated_at=context.now,
+    )
+    return list(_customer_tail(customer_row(stub, "", {})))
+
+
+def _customer_record(template: list[Any], customer_id: str, kind: str, columns: dict[str, Any]) -> tuple[Any, ...]:
+    """A customer's record: what :func:`customer_row` gives for it, set into the batch's ``template`` by position
+    instead of merged as dictionaries."""
+    record = template.copy()
+    record[_TAIL_AT["id"]] = customer_id
+    record[_TAIL_AT["kind"]] = kind
+    for name, value in columns.items():
+        record[_TAIL_AT[name]] = value
+    return tuple(record)
 
 
 # The helper process's side.

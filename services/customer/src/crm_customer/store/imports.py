@@ -78,6 +78,7 @@ from crm_customer.store.import_prepare import (
 from crm_customer.store.tables import customer_history, customer_holdings, customer_keys, customer_tags, customers
 from crm_platform.auth_context import Identity, Scope
 from crm_platform.db import as_utc, is_postgres
+from crm_platform.driver import driver_of
 from crm_platform.errors import Conflict, FailedPrecondition, NotFound
 from crm_platform.ids import new_id
 from crm_platform.outbox import TYPE_URL_PREFIX, Outbox, PendingEvent, make_envelope
@@ -235,7 +236,11 @@ class DecidedBatch:
     file_keys: list[tuple[Any, ...]]  # a dry run's keys of its rows that would import
     creates: tuple[list[tuple[Any, ...]], ...]  # customers, data keys, history and outbox rows
     keys: dict[str, tuple[int, str]]  # its rows' file keys → (row, customer id): the next batch's earlier rows
-    numbers: frozenset[str]  # the customer numbers it gives
+
+    @property
+    def numbers(self) -> frozenset[str]:
+        """The customer numbers it gives (the first column of its customer records)."""
+        return frozenset(record[0] for record in self.creates[0])
 
 
 @dataclass(frozen=True)
@@ -577,9 +582,9 @@ class ImportStore:
 
     async def prepare_batch(self, job: ImportJob, rows: Sequence[SourceRow], now: dt.datetime) -> PreparedBatch:
         """The CPU work of a batch that needs no database: validation, lookup hashes and, for each valid row,
-        its data key, encrypted columns and history entry (:mod:`crm_customer.store.import_prepare`: here, or in
-        the helper process for a large job). The worker prepares the next batch while the previous one is
-        written (:meth:`apply_batch` only decides duplicates and owners, and writes)."""
+        its data key, encrypted columns and records ready to write (:mod:`crm_customer.store.import_prepare`:
+        here, or in the helper process for a large job). The worker prepares a batch while the ones before it are
+        decided (:meth:`decide_batch`) and written (:meth:`write_batch`)."""
         context = BatchContext(job.dry_run, now, job.branch_id, job.region, job.created_by, f"import {job.id}")
         items = await self.preparation.prepare_rows(context, rows, job.total)
         return PreparedBatch(rows, items)
@@ -603,9 +608,11 @@ class ImportStore:
         which owner and customer number) — and build its rows to write. Reads only.
 
         ``before`` is the batch decided before this one when it may not have committed yet (the worker writes it
-        meanwhile): its rows are this batch's earlier rows of the file too, and its numbers are taken. ``job`` is
-        then the job as that batch leaves it.
+        meanwhile): its rows are this batch's earlier rows of the file too, its numbers are taken, and this batch
+        goes on from the job as ``before`` leaves it (``job`` is the job before it).
         """
+        if before is not None:
+            job = dataclasses.replace(job, **before.values)
         valid = [item for item in batch.items if item.valid]
         async with self.sessions() as session:
             lookups = {fact: hashes for item in valid for fact, hashes in item.lookups}
@@ -675,7 +682,6 @@ class ImportStore:
             file_keys=new_keys,
             creates=await self._created_rows(job, creates, now),
             keys=seen,
-            numbers=frozenset(number for _, number, _, _ in creates),
         )
 
     async def write_batch(self, job: ImportJob, decided: DecidedBatch) -> ImportJob:
@@ -770,18 +776,18 @@ class ImportStore:
         job_id: str | None = None,
         live: bool = False,
     ) -> list[Sequence[Any]]:
-        """The ``wanted`` columns of the rows of ``table`` whose unique ``column`` holds one of ``values`` (of the
-        job's rows only, or of live rows only, when asked).
+        """The ``wanted`` columns of a row of ``table`` whose ``column`` holds each of ``values`` (of the job's rows
+        only, or of live rows only, when asked).
 
-        PostgreSQL: one statement for the whole batch on the transaction's asyncpg connection, each value probing
-        the column's unique index (:func:`_probe_sql`). Elsewhere: a query per :data:`LOOKUP_PART` values.
+        PostgreSQL: one statement for the whole batch on the session's asyncpg connection, each value probing the
+        column's index (:func:`_probe_sql`). Elsewhere: a query per :data:`LOOKUP_PART` values.
         """
         if not values:
             return []
         if self._postgres:
             sql = _probe_sql(table.name, column, wanted, job_id is not None, live)
             args = [job_id, list(values)] if job_id is not None else [list(values)]
-            return list(await (await _driver(session)).fetch(sql, *args))
+            return list(await (await driver_of(await session.connection())).fetch(sql, *args))
         t = table.c
         rows: list[Sequence[Any]] = []
         for part in _parts(values):
@@ -865,7 +871,8 @@ class ImportStore:
         if not self._postgres:
             await session.execute(insert(table), [dict(zip(columns, record, strict=True)) for record in records])
             return
-        await (await _driver(session)).copy_records_to_table(table.name, records=records, columns=list(columns))
+        driver = await driver_of(await session.connection())
+        await driver.copy_records_to_table(table.name, records=records, columns=list(columns))
 
     async def finish(self, job: ImportJob, now: dt.datetime) -> ImportJob:
         """Close a job whose rows are all done: drop its file and keys, publish ``import.imported``."""
@@ -1092,13 +1099,6 @@ def _probe_sql(table: str, column: str, wanted: tuple[str, ...], by_job: bool, l
         f"SELECT f.* FROM unnest(${2 if by_job else 1}::varchar[]) AS v(value) CROSS JOIN LATERAL"
         f" (SELECT {', '.join(wanted)} FROM {table} WHERE {' AND '.join(conditions)} LIMIT 1) AS f"
     )
-
-
-async def _driver(session: AsyncSession) -> Any:
-    """The asyncpg connection under the session's transaction."""
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    return raw.driver_connection
 
 
 def _pending(event_rows: list[tuple[Any, ...]]) -> list[PendingEvent]:
