@@ -229,3 +229,42 @@ async def test_a_large_import_refreshes_the_statistics_once_finished(parts: Any)
             break
         await asyncio.sleep(0.1)
     assert await analysed()
+
+
+async def test_an_import_whose_file_fails_to_read_stops_with_the_reason_after_its_good_batches(parts: Any) -> None:
+    """The worker reads and prepares batches ahead of the one it writes; a read failure further on reaches the job
+    after the batches before it were written, as that failure, instead of leaving the worker waiting."""
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from import_files import RM1, good_row, to_csv
+
+    from crm_customer.domain.imports import Distribution, ImportFormat, Undecodable, inspect, plan_distribution
+    from crm_customer.import_worker import ImportWorker
+    from crm_customer.store import imports as import_store
+
+    store, _, _ = parts
+    imports = import_store.ImportStore(store._sessions.kw["bind"], store._sessions, store._outbox, store)
+    content = to_csv([good_row(i) for i in range(20)])
+    plan = plan_distribution(RM1, Distribution.NONE, "", [])
+    upload = await imports.begin_upload(RM1, ImportFormat.CSV, "customers.csv", False, plan, utcnow())
+    await upload.write(content)
+    sha256 = await upload.close()
+    facts = await inspect(imports.file(upload.job_id), ImportFormat.CSV)
+    await imports.queue(upload.job_id, sha256, len(content), facts, utcnow())
+    # The stored file goes on with bytes that are not UTF-8 (as if its storage broke after the upload's check).
+    async with store._sessions() as session, session.begin():
+        await session.execute(
+            import_store.chunks.insert().values(job_id=upload.job_id, seq=2, data=b"\xff\xfe" + "张".encode("gb18030"))
+        )
+    assert hashlib.sha256(content).hexdigest() == sha256
+
+    with pytest.raises(Undecodable, match=f"not utf-8 at byte {len(content)}"):
+        await asyncio.wait_for(ImportWorker(imports, batch_rows=5).process(upload.job_id), timeout=60)
+    job = await imports.load(upload.job_id)
+    assert job is not None
+    assert (job.status, job.checkpoint_row, job.processed, job.imported) == (import_store.RUNNING, 21, 20, 20)
+    async with store._sessions() as session:
+        assert (await session.execute(select(text("count(*)")).select_from(customers))).scalar_one() == 20

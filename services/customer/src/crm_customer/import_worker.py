@@ -19,6 +19,7 @@ from crm_platform.outbox import utcnow
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1000
+PREPARE_AHEAD = 2  # batches handed to the helper and not yet taken back: the one it prepares, the one queued
 POLL_SECONDS = 5.0
 ABANDONED_UPLOAD = dt.timedelta(hours=1)
 
@@ -108,23 +109,53 @@ class ImportWorker:
     async def _batches(self, job: ImportJob, plan: DistributionPlan) -> ImportJob:
         """Run the job's batches from its checkpoint; return the job after the last.
 
-        Three batches are in hand at once: while one is written (a transaction from the checkpoint the one before
-        committed; the writes stay in file order), the next is decided (duplicates, owners, numbers: reads and
-        CPU) and the one after it prepared (validation, hashes, encryption: in the helper process). A batch is
-        decided before the one ahead of it has committed, so it takes that batch's rows and customer numbers
-        from memory (:meth:`ImportStore.decide_batch`).
+        While one batch is written (a transaction from the checkpoint the one before committed; the writes stay
+        in file order), the next is decided (duplicates, owners, numbers: reads and CPU) and the :data:`PREPARE_AHEAD`
+        after it are prepared (validation, hashes, encryption: in the helper process, which finds the next batch
+        queued when it returns one, rather than waiting for this process to come round). A batch is decided
+        before the one ahead of it has committed, so it takes that batch's rows and customer numbers from memory
+        (:meth:`ImportStore.decide_batch`).
         """
-        rows = aiter(read_rows(self._store.file(job.id), job.format, job.facts, job.checkpoint_row, self._batch_rows))
+        rows = read_rows(self._store.file(job.id), job.format, job.facts, job.checkpoint_row, self._batch_rows)
+        # Batches in file order, each as the future of its preparation; a failure to read the file as a failed
+        # future in its place; ``None`` after the last.
+        prepared_ahead: asyncio.Queue[asyncio.Future[PreparedBatch] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(PREPARE_AHEAD)
 
-        async def prepare_next() -> PreparedBatch | None:
-            batch = await anext(rows, None)
-            return None if batch is None else await self._store.prepare_batch(job, batch, utcnow())
+        async def feed() -> None:
+            # The helper gets the next batch while it still prepares one, so it never waits for this process.
+            try:
+                async for batch in rows:
+                    await slots.acquire()
+                    preparing = self._store.prepare_batch(job, batch, utcnow())
+                    prepared_ahead.put_nowait(asyncio.create_task(preparing, name=f"import-prepare-{job.id}"))
+            except Exception as exc:  # noqa: BLE001 - handed to the loop below, which raises it
+                failed: asyncio.Future[PreparedBatch] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                prepared_ahead.put_nowait(failed)
+            prepared_ahead.put_nowait(None)
 
-        preparing = asyncio.create_task(prepare_next(), name=f"import-prepare-{job.id}")
+        async def next_prepared() -> PreparedBatch | None:
+            preparing = await prepared_ahead.get()
+            if preparing is None:
+                return None
+            prepared = await preparing
+            slots.release()
+            return prepared
+
+        feeding = asyncio.create_task(feed(), name=f"import-read-{job.id}")
         in_flight: _InFlight | None = None  # the batch being written
         try:
-            while (prepared := await preparing) is not None:
-                preparing = asyncio.create_task(prepare_next(), name=f"import-prepare-{job.id}")
+            while True:
+                try:
+                    prepared = await next_prepared()
+                except Exception:
+                    if in_flight is not None:  # a failure to read or prepare further on: keep the batch decided
+                        await self._written(job, in_flight, plan)
+                        in_flight = None
+                    raise
+                if prepared is None:
+                    break
                 before = in_flight.decided if in_flight is not None else None
                 decided = await self._store.decide_batch(job, prepared, plan, utcnow(), before)
                 if in_flight is not None:
@@ -137,8 +168,12 @@ class ImportWorker:
                 job, _ = await self._written(job, in_flight, plan)
                 in_flight = None
         finally:
-            for task in (preparing, in_flight.writing if in_flight is not None else None):
-                if task is not None and not task.done():
+            pending = [feeding] if in_flight is None else [feeding, in_flight.writing]
+            while not prepared_ahead.empty():
+                if (task := prepared_ahead.get_nowait()) is not None:
+                    pending.append(task)
+            for task in pending:
+                if not task.done():
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
