@@ -1,4 +1,5 @@
-"""The start-up heap freeze: once per process, and objects made afterwards are still collected."""
+"""The start-up heap freeze: once per process, and objects made afterwards are still collected — by the
+collector's own schedule too, with its larger young generation."""
 
 from __future__ import annotations
 
@@ -20,4 +21,17 @@ def test_freeze_happens_once_and_later_cycles_are_still_collected() -> None:
     ref = weakref.ref(node)
     del node
     gc.collect()
+    assert ref() is None
+
+
+def test_cycles_are_collected_without_an_explicit_collection() -> None:
+    heap.freeze_startup_heap()
+    assert gc.get_threshold()[0] == heap.YOUNG_THRESHOLD
+    gc.collect()
+    node = _Node()
+    ref = weakref.ref(node)
+    del node
+    kept = [[] for _ in range(heap.YOUNG_THRESHOLD // 2)]  # allocations alone, below the threshold: it waits
+    assert ref() is not None
+    kept.extend([] for _ in range(heap.YOUNG_THRESHOLD))  # past it: the collector runs by itself
     assert ref() is None
