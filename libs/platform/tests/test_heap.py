@@ -1,5 +1,6 @@
-"""The start-up heap freeze: once per process, and objects made afterwards are still collected — by the
-collector's own schedule too, with its larger young generation."""
+"""The start-up heap freeze: once per process, and objects made afterwards are still collected; batch work's
+larger young generation: set while a batch runs, restored after, and cycles still collected on the
+collector's own schedule."""
 
 from __future__ import annotations
 
@@ -24,14 +25,18 @@ def test_freeze_happens_once_and_later_cycles_are_still_collected() -> None:
     assert ref() is None
 
 
-def test_cycles_are_collected_without_an_explicit_collection() -> None:
-    heap.freeze_startup_heap()
-    assert gc.get_threshold()[0] == heap.YOUNG_THRESHOLD
-    gc.collect()
-    node = _Node()
-    ref = weakref.ref(node)
-    del node
-    kept = [[] for _ in range(heap.YOUNG_THRESHOLD // 2)]  # allocations alone, below the threshold: it waits
-    assert ref() is not None
-    kept.extend([] for _ in range(heap.YOUNG_THRESHOLD))  # past it: the collector runs by itself
-    assert ref() is None
+def test_batch_work_collects_less_often_and_still_collects() -> None:
+    default = gc.get_threshold()
+    with heap.batch_collection():
+        with heap.batch_collection():  # an overlapping job
+            assert gc.get_threshold() == (heap.BATCH_YOUNG_THRESHOLD, *default[1:])
+        assert gc.get_threshold()[0] == heap.BATCH_YOUNG_THRESHOLD  # the first job still runs
+        gc.collect()
+        node = _Node()
+        ref = weakref.ref(node)
+        del node
+        kept = [[] for _ in range(heap.BATCH_YOUNG_THRESHOLD // 2)]  # below the threshold: the cycle waits
+        assert ref() is not None
+        kept.extend([] for _ in range(heap.BATCH_YOUNG_THRESHOLD))  # past it: the collector runs by itself
+        assert ref() is None
+    assert gc.get_threshold() == default

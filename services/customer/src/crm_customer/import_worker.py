@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from crm_customer.domain.imports import DistributionPlan, plan_distribution, read_rows
 from crm_customer.store.imports import QUEUED, RUNNING, DecidedBatch, ImportJob, ImportStore, PreparedBatch
+from crm_platform.heap import batch_collection
 from crm_platform.outbox import utcnow
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ class ImportWorker:
                 assert job is not None
             if job.checkpoint_row > 1:
                 log.info("resuming import", extra={"import_id": job.id, "after_row": job.checkpoint_row})
-            job = await self._batches(job, self._plan(job))
+            with batch_collection():  # fewer collections while the job's batches are in flight (crm_platform.heap)
+                job = await self._batches(job, self._plan(job))
             finished = await self._store.finish(job, utcnow())
             log.info(
                 "import finished",

@@ -37,7 +37,7 @@ from crm_customer.domain import PROFILE_FIELDS, SENSITIVE_FIELDS, Customer, Cust
 from crm_customer.domain.imports import SourceRow, ValidRow, duplicate_keys, validate_row
 from crm_customer.store import CustomerStore, customer_row, history_row, key_row
 from crm_customer.store.tables import customer_history, customer_keys, customers
-from crm_platform.heap import freeze_startup_heap
+from crm_platform.heap import freeze_startup_heap, use_batch_collection
 from crm_platform.ids import new_id
 from crm_platform.pii import Keyring
 
@@ -240,7 +240,8 @@ def _start_child(keyring: Keyring, parent: int) -> None:
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(0)
     _child = RowPreparer(keyring)
-    freeze_startup_heap()  # as the service does: its modules out of the collector's way, a larger young generation
+    freeze_startup_heap()  # as the service does: its modules out of the collector's way
+    use_batch_collection()
 
 
 def _prepare_in_child(context: BatchContext, rows: Sequence[SourceRow]) -> list[tuple[Any, ...]]:
