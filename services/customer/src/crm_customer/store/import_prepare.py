@@ -1,15 +1,15 @@
 """The database-free work of an import, per row: validation, lookup hashes, a data key, the encrypted columns, and
 the row's records ready to write — in this process, or in a helper process on a core of its own.
 
-A row costs about 100 µs of CPU here, its transfer included (measured on a 2-core machine: more than the
-customer service's own work per imported row). The import worker prepares the batch after next while the next is
-decided and the last written. In one process that overlap is only of waiting: preparing holds the event loop, so
-the writer's own CPU work waits behind it. :class:`PrepareProcess` moves preparing to one helper process, and the
-processes run side by side. Its batches travel pickled: the rows as plain tuples (:class:`PreparedRow`), about
-20 µs a row both ways, where dataclass trees cost the service 45 µs a row to unpickle alone. The helper gets the
-keyring once when it starts, and it ends with the service (``PR_SET_PDEATHSIG`` on Linux; the pool is also shut
-down when the worker stops). Should it die, the batch is prepared here instead and a new helper is started for
-the next one.
+A row costs about 100 µs of CPU here, its transfer included (measured on a 2-core machine: more than the customer
+service's own work per imported row). The import worker has the next batches prepared while one is decided and the
+one before written (``import_worker.PREPARE_AHEAD``). In one process that overlap is only of waiting: preparing
+holds the event loop, so the writer's own CPU work waits behind it. :class:`PrepareProcess` moves preparing to one
+helper process, and the processes run side by side. Its batches travel pickled: the rows as plain tuples
+(:class:`PreparedRow`), about 20 µs a row both ways, where dataclass trees cost the service 45 µs a row to unpickle
+alone. The helper gets the keyring once when it starts, and it ends with the service (``PR_SET_PDEATHSIG`` on Linux;
+the pool is also shut down when the worker stops). Should it die, the batch is prepared here instead and a new
+helper is started for the next one.
 
 Small jobs stay in-process (see :data:`PROCESS_MIN_ROWS`): starting the helper costs about a second once.
 """
