@@ -22,6 +22,7 @@ import csv
 import datetime as dt
 import http.client
 import json
+import math
 import os
 import tempfile
 import time
@@ -35,6 +36,7 @@ from crm_testing.processes import spawned_children
 ROWS = int(os.environ.get("BENCH_IMPORT_ROWS", "100000"))
 WARM_UP_ROWS = min(10_000, ROWS)
 TARGET_ROWS_PER_S = 10_000.0
+RAW_COPY_REFERENCE = 480_000.0  # rows/s: issue #4's "raw COPY on this machine"
 TARGET_RSS_MB = 200.0
 COLUMNS = ["kind", "name", "gender", "id_type", "id_number", "mobile", "email", "address", "tier"]
 
@@ -141,6 +143,33 @@ def _import(base: str, port: int, token: str, path: Path, database: str) -> dict
     return {"job": reply["job"], "upload_s": uploaded, "finished_s": finished, "published_s": published}
 
 
+def _raw_copy(database: str, path: Path) -> float:
+    """Rows per second of a bare ``COPY … FROM STDIN (FORMAT csv)`` of the file into a table of its columns as
+    text, with no index, check or trigger: the floor the issue's "raw COPY" figure names, on this machine now."""
+
+    async def run() -> float:
+        import asyncpg
+
+        conn = await asyncpg.connect(pg_dsn(database))
+        try:
+            columns = ", ".join(f"{name} text" for name in COLUMNS)
+            await conn.execute(f"CREATE TABLE bench_raw_copy ({columns})")
+            started = time.perf_counter()
+            result = await conn.copy_to_table(
+                "bench_raw_copy", source=path, columns=COLUMNS, format="csv", header=True, encoding="utf-8"
+            )
+            elapsed = time.perf_counter() - started
+            await conn.execute("DROP TABLE bench_raw_copy")
+        finally:
+            await conn.close()
+        copied = int(result.split()[-1])
+        if copied != ROWS:
+            raise RuntimeError(f"raw COPY copied {copied} of {ROWS} rows")
+        return copied / elapsed
+
+    return asyncio.run(run())
+
+
 def _measure(database: str) -> dict[str, Any]:
     from bench.gateway import (
         _cpu_seconds,
@@ -198,6 +227,7 @@ def _measure(database: str) -> dict[str, Any]:
                     for name in ("customer", "gateway")
                 )
                 raise RuntimeError(f"{exc}\n{logs}") from exc
+        raw_copy = _raw_copy(database, big)  # the services stopped: the machine as the import had it
     job = second["job"]
     if job["imported"] != ROWS:
         raise RuntimeError(f"imported {job['imported']} of {ROWS}: {job}")
@@ -212,6 +242,7 @@ def _measure(database: str) -> dict[str, Any]:
         "rss_after_warm_up_mb": rss_warm,
         "rss_peak_mb": rss,
         "cpu_us_per_row": cpu,
+        "raw_copy_rows_per_s": raw_copy,
     }
 
 
@@ -237,12 +268,25 @@ def section(figures: dict[str, Any]) -> Section:
     rate = figures["rows_per_s"]
     peak = figures["rss_peak_mb"]
     warm = figures["rss_after_warm_up_mb"]
+    raw = figures.get("raw_copy_rows_per_s", math.nan)
     rows = [
+        Row(
+            "Bare PostgreSQL COPY (the same CSV file, a table of text columns, no index)",
+            "rows/s",
+            raw,
+            "rows/s",
+            bare_label="issue #4 reference",
+            bare_value=RAW_COPY_REFERENCE,
+            ratio=raw / RAW_COPY_REFERENCE,
+        ),
         Row(
             name,
             "rows/s, upload to job finished",
             rate,
             "rows/s",
+            bare_label="bare COPY of the same file",
+            bare_value=raw,
+            ratio=rate / raw,
             target=f"≥ {TARGET_ROWS_PER_S:,.0f} rows/s",
             met=rate >= TARGET_ROWS_PER_S,
         ),
@@ -270,7 +314,10 @@ def section(figures: dict[str, Any]) -> Section:
         f"at {figures['published_s']:.1f} s. Each row: validation (the single-create rules), a data key, four "
         "fields encrypted, two lookup hashes, duplicate checks (database and file), a history row and an event; "
         "batches of 1,000 rows per transaction written with COPY. Peak RSS is `VmHWM` of each process. "
-        f"Warm-up ({WARM_UP_ROWS:,} rows): {figures['warm_up_rows_per_s']:,.0f} rows/s. CPU per row of the main import"
+        f"Warm-up ({WARM_UP_ROWS:,} rows): {figures['warm_up_rows_per_s']:,.0f} rows/s. The bare COPY, after the "
+        f"services stopped: the same file into a table of its nine columns as text, without index, check or "
+        f"trigger, {raw:,.0f} rows/s (issue #4 quotes about {RAW_COPY_REFERENCE:,.0f} for this machine). "
+        "CPU per row of the main import"
         f" (utime + stime from the upload's start until every event was published): customer service"
         f" {figures['cpu_us_per_row']['customer']:,.0f} µs"
         + (
