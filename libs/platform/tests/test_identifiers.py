@@ -49,6 +49,19 @@ def test_check_digits_computed() -> None:
     assert ids.credit_code_check_char("91350100M000100Y4") == "3"
 
 
+def test_resident_check_char_is_the_standards_weighted_sum_for_any_body() -> None:
+    import random
+
+    draw = random.Random(11643)
+    for _ in range(2000):
+        body = "".join(draw.choice("0123456789") for _ in range(17))
+        total = sum((2 ** (17 - i) % 11) * int(digit) for i, digit in enumerate(body))  # GB 11643: 2^(18-i) mod 11
+        assert ids.resident_id_check_char(body) == "10X98765432"[total % 11], body
+    for bad in ("1101051949123100", "110105194912310021", "1101051949123100X", "11010519491231 02"):
+        with pytest.raises(ValueError):
+            ids.resident_id_check_char(bad)
+
+
 @pytest.mark.parametrize("value", ["91350100M000100Y43", "91110000MA01XXXX0Q", "12100000400000624D"])
 def test_valid_credit_codes(value: str) -> None:
     assert ids.check_credit_code(value) is None

@@ -161,7 +161,10 @@ def new_customer_numbers(now: dt.datetime, count: int) -> list[str]:
 
 
 def _text(v: Violations, raw: Mapping[str, object], name: str) -> str:
-    value = str(raw.get(name) or "").strip()
+    given = raw.get(name)
+    if not given:  # most of a file's fields are absent: no string work for them
+        return ""
+    value = str(given).strip()
     limit = _TEXT_LIMITS.get(name, 100)
     if len(value) > limit:
         v.add(name, f"must be at most {limit} characters")
@@ -169,7 +172,10 @@ def _text(v: Violations, raw: Mapping[str, object], name: str) -> str:
 
 
 def _choice(v: Violations, raw: Mapping[str, object], name: str, allowed: tuple[str, ...]) -> str:
-    value = str(raw.get(name) or "").strip()
+    given = raw.get(name)
+    if not given:
+        return ""
+    value = str(given).strip()
     if value and value not in allowed:
         v.add(name, f"must be one of {', '.join(allowed)}")
         return ""

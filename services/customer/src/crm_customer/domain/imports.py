@@ -522,8 +522,15 @@ class ValidRow:
 
 
 def _alias(name: str, value: str) -> str:
-    lowered = value.strip().lower()
-    return ALIASES.get(name, {}).get(value.strip(), ALIASES.get(name, {}).get(lowered, lowered))
+    """The API value a cell of an aliased column stands for: its alias (as written, then in lower case), else the
+    cell in lower case."""
+    aliases = ALIASES.get(name, {})
+    stripped = value.strip()
+    found = aliases.get(stripped)
+    if found is not None:
+        return found
+    lowered = stripped.lower()
+    return aliases.get(lowered, lowered)
 
 
 def row_to_raw(cells: Mapping[str, str], v: Violations) -> tuple[str, dict[str, object]]:
