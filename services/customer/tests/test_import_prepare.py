@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import signal
+import uuid
 
 from import_files import BAD_KINDS, good_row
 
@@ -67,6 +68,7 @@ async def test_the_helper_prepares_rows_as_the_service_process_does() -> None:
     assert len(there) == len(here) == len(rows)
     tail = CUSTOMER_COLUMNS[len(WRITER_COLUMNS) :]
     valid = 0
+    seen_ids: set[str] = set()
     for source, mine, theirs in zip(rows, here, there, strict=True):
         assert theirs.row == mine.row == source.row
         assert theirs.errors == mine.errors  # the same validation: the same violations
@@ -83,6 +85,9 @@ async def test_the_helper_prepares_rows_as_the_service_process_does() -> None:
         my_history = dict(zip(HISTORY_COLUMNS, mine.history, strict=True))
         assert history["changes"] == my_history["changes"] and history["customer_id"] == theirs.customer_id
         assert (history["action"], history["actor"], history["note"]) == ("created", "u-rm1", "import j1")
+        assert uuid.UUID(history["id"]).version == 7 and history["id"] not in seen_ids
+        assert uuid.UUID(theirs.customer_id).version == 7 and theirs.customer_id not in seen_ids
+        seen_ids.update((history["id"], theirs.customer_id))
         columns, my_columns = dict(zip(tail, theirs.customer, strict=True)), dict(zip(tail, mine.customer, strict=True))
         assert columns["id"] == theirs.customer_id and columns["branch_id"] == "BJ001"
         plain = {k: v for k, v in columns.items() if not k.endswith("_enc") and k != "id"}
@@ -160,3 +165,33 @@ async def test_a_small_job_is_prepared_in_the_service_process() -> None:
         assert preparation.helper is not None and preparation.helper.pid is None  # never started
     finally:
         preparation.close()
+
+
+def test_an_import_events_envelope_reads_as_the_message_it_stands_for() -> None:
+    """The import writes its envelopes' own fields after the batch's shared ones in protobuf's wire format: read
+    back, they are the envelope the outbox would build (any payload size, an empty subject)."""
+    from google.protobuf import empty_pb2
+
+    from crm.common.v1 import envelope_pb2
+    from crm_customer.store.imports import _Envelopes
+    from crm_platform.outbox import TYPE_URL_PREFIX, make_envelope
+
+    envelopes = _Envelopes(events.CUSTOMER_CREATED, "crm.customer", "u-rm1", NOW)
+    shared = make_envelope(events.CUSTOMER_CREATED, "crm.customer", empty_pb2.Empty(), subject_id="", actor="u-rm1")
+    for subject_id, name in (("c-1", "客户"), ("", "x" * 300)):
+        payload = events_pb2.CustomerCreated(customer_id=subject_id, branch_id="BJ001", region=name).SerializeToString()
+        event_id, subject, packed, at = envelopes.packed_row(subject_id, events.CUSTOMER_CREATED_TYPE, payload, "e-1")
+        assert (event_id, subject, at) == ("e-1", events.CUSTOMER_CREATED, NOW)
+        read = envelope_pb2.EventEnvelope.FromString(packed)
+        assert (read.id, read.subject_id) == ("e-1", subject_id)
+        assert read.payload.type_url == TYPE_URL_PREFIX + events.CUSTOMER_CREATED_TYPE and read.payload.value == payload
+        assert (read.type, read.source, read.actor, read.schema_version) == (
+            shared.type,
+            shared.source,
+            shared.actor,
+            shared.schema_version,
+        )
+        assert abs(read.occurred_at.ToDatetime(dt.UTC) - shared.occurred_at.ToDatetime(dt.UTC)) < dt.timedelta(
+            seconds=5
+        )
+    assert envelopes.packed_row("c-2", events.CUSTOMER_CREATED_TYPE, b"")[0] != "e-1"  # a new id when none is given

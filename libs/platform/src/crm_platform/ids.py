@@ -42,3 +42,36 @@ def new_id() -> str:
     more, and building the ``UUID`` object to print it tripled the cost)."""
     h = f"{_uuid7_int():032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` new ids, as ``count`` calls of :func:`new_id` would give them (in order, on the same clock), for
+    less than half the cost each: the clock is read, the lock taken and the random bits drawn once for all (a
+    batch import takes three ids a row)."""
+    global _last_ms, _counter
+    if count <= 0:
+        return []
+    slots = []
+    with _lock:
+        now_ms = time.time_ns() // 1_000_000
+        ms, counter = (now_ms, -1) if now_ms > _last_ms else (_last_ms, _counter)
+        for _ in range(count):
+            counter += 1
+            if counter > 0xFFF:  # as in _uuid7_int: borrow the next millisecond
+                ms += 1
+                counter = 0
+            slots.append((ms, counter))
+        _last_ms, _counter = ms, counter
+    tails = bytearray(os.urandom(8 * count))
+    for at in range(0, 8 * count, 8):
+        tails[at] = tails[at] & 0x3F | 0x80  # the variant bits, 10
+    hexed = tails.hex()
+    out = []
+    stamp_ms, stamp = -1, ""
+    for index, (ms, counter) in enumerate(slots):
+        if ms != stamp_ms:
+            stamp_ms, digits = ms, f"{ms & ((1 << 48) - 1):012x}"
+            stamp = f"{digits[:8]}-{digits[8:]}-7"
+        tail = hexed[16 * index : 16 * index + 16]
+        out.append(f"{stamp}{counter:03x}-{tail[:4]}-{tail[4:]}")
+    return out

@@ -629,11 +629,12 @@ def key_row(customer_id: str, wrapped: WrappedKey, at: dt.datetime) -> dict[str,
 
 
 def history_row(
-    customer_id: str, action: str, actor: str, at: dt.datetime, note: str, changes_json: str
+    customer_id: str, action: str, actor: str, at: dt.datetime, note: str, changes_json: str, row_id: str = ""
 ) -> dict[str, Any]:
-    """A ``customer_history`` row; ``changes_json`` is its field changes as JSON (sensitive values masked)."""
+    """A ``customer_history`` row; ``changes_json`` is its field changes as JSON (sensitive values masked); its id
+    ``row_id``, else a new one."""
     return {
-        "id": new_id(),
+        "id": row_id or new_id(),
         "customer_id": customer_id,
         "action": action,
         "actor": actor,

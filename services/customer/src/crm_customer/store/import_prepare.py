@@ -25,7 +25,7 @@ import multiprocessing
 import operator
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -38,7 +38,7 @@ from crm_customer.domain.imports import SourceRow, ValidRow, duplicate_keys, val
 from crm_customer.store import CustomerStore, customer_row, history_row, key_row
 from crm_customer.store.tables import customer_history, customer_keys, customers
 from crm_platform.heap import freeze_startup_heap, use_batch_collection
-from crm_platform.ids import new_id
+from crm_platform.ids import new_ids
 from crm_platform.pii import Keyring
 
 log = logging.getLogger(__name__)
@@ -148,13 +148,14 @@ class RowPreparer:
     def prepare_rows(self, context: BatchContext, rows: Sequence[SourceRow]) -> list[PreparedRow]:
         """:meth:`prepare` for each of ``rows``."""
         template = _customer_template(context)
-        return [self.prepare(context, source, template) for source in rows]
+        ids = iter(new_ids(0 if context.dry_run else 2 * len(rows)))  # a customer's and its history row's
+        return [self.prepare(context, source, template, ids) for source in rows]
 
-    def prepare(self, context: BatchContext, source: SourceRow, template: list[Any]) -> PreparedRow:
+    def prepare(self, context: BatchContext, source: SourceRow, template: list[Any], ids: Iterator[str]) -> PreparedRow:
         """Validate ``source``; for a valid row, its duplicate facts and lookup hashes and, unless a dry run, its
         new id and its rows ready to write: the customer (but for its number and owner; set into ``template``,
         :func:`_customer_template`), its wrapped data key, its history entry, and its ``customer.created``
-        payload (but for the owner)."""
+        payload (but for the owner). A row written takes two of ``ids``: its customer's and its history row's."""
         outcome = validate_row(source, context.today)
         if not isinstance(outcome, ValidRow):
             return PreparedRow(source.row, tuple((v.field, v.description) for v in outcome))
@@ -176,7 +177,7 @@ class RowPreparer:
         if context.dry_run:
             return PreparedRow(source.row, (), facts, tuple(file_keys), tuple(lookups), outcome.owner)
         now = context.now
-        customer_id = new_id()
+        customer_id, history_id = next(ids), next(ids)
         data_key, wrapped = keyring.new_data_key(customer_id)
         columns = self._customers._profile_columns(customer_id, data_key, profile, hashed)
         changes = created_changes_json(profile)
@@ -191,7 +192,7 @@ class RowPreparer:
             customer_id,
             _customer_record(template, customer_id, outcome.kind.value, columns),
             _key_record(key_row(customer_id, wrapped, now)),
-            _history_record(history_row(customer_id, "created", context.actor, now, context.note, changes)),
+            _history_record(history_row(customer_id, "created", context.actor, now, context.note, changes, history_id)),
             created.SerializeToString(),
         )
 
