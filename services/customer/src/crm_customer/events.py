@@ -54,6 +54,7 @@ def enum_text(descriptor: EnumDescriptor, number: int) -> str:
     return value.name.removeprefix(_prefix(descriptor)).lower()
 
 
+@functools.cache  # a handful of values per enum; every event and imported row asks
 def enum_number(descriptor: EnumDescriptor, text: str) -> int:
     """``male`` → ``GENDER_MALE``'s number; ``""`` → 0."""
     if not text:

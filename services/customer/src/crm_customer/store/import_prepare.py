@@ -160,7 +160,6 @@ class RowPreparer:
         if not isinstance(outcome, ValidRow):
             return PreparedRow(source.row, tuple((v.field, v.description) for v in outcome))
         keyring = self._keyring
-        active = f"{keyring.active_kid}:"
         profile = outcome.profile
         facts = tuple(duplicate_keys(profile))
         lookups = []
@@ -172,7 +171,7 @@ class RowPreparer:
                 continue
             hashes = tuple(keyring.lookup_hashes(name, value))
             lookups.append(((name, value), hashes))
-            hashed[name] = next(h for h in hashes if h.startswith(active))
+            hashed[name] = hashes[0]  # the active key's
             file_keys.append(f"{name}:{hashed[name]}")
         if context.dry_run:
             return PreparedRow(source.row, (), facts, tuple(file_keys), tuple(lookups), outcome.owner)
