@@ -101,7 +101,12 @@ def with_ownership(created: bytes, owner_id: str, team_id: str) -> bytes:
     """A serialized ``customer.created`` payload made without ownership, with it: protobuf parses concatenated
     messages of one type as one message merged, so appending the two fields gives what building the payload with
     them would (the import prepares the rest of each payload before its owner is decided)."""
-    return created + events_pb2.CustomerCreated(owner_id=owner_id, team_id=team_id).SerializeToString()
+    return created + _ownership(owner_id, team_id)
+
+
+@functools.lru_cache(maxsize=1024)  # an import's owners are a team at most: the same few pairs, row after row
+def _ownership(owner_id: str, team_id: str) -> bytes:
+    return events_pb2.CustomerCreated(owner_id=owner_id, team_id=team_id).SerializeToString()
 
 
 def customer_updated(customer: Customer, changed_fields: list[str]) -> events_pb2.CustomerUpdated:
