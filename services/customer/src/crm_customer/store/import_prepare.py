@@ -244,10 +244,11 @@ def _start_child(keyring: Keyring, parent: int) -> None:
     use_batch_collection()
 
 
-def _prepare_in_child(context: BatchContext, rows: Sequence[SourceRow]) -> list[tuple[Any, ...]]:
+def _prepare_in_child(context: BatchContext, rows: Sequence[tuple[int, dict[str, str], bool]]) -> list[tuple[Any, ...]]:
     assert _child is not None, "the helper process was not initialised"
-    # As plain tuples: a named tuple pickles through a Python-level __getnewargs__ call per row.
-    return [tuple(item) for item in _child.prepare_rows(context, rows)]
+    # Both ways as plain tuples: a dataclass or a named tuple pickles through a Python-level call per row.
+    prepared = _child.prepare_rows(context, [SourceRow(row, cells, extra) for row, cells, extra in rows])
+    return [tuple(item) for item in prepared]
 
 
 class PrepareProcess:
@@ -275,7 +276,8 @@ class PrepareProcess:
             )
         pool = self._pool
         try:
-            items = await asyncio.get_running_loop().run_in_executor(pool, _prepare_in_child, context, rows)
+            sources = [(source.row, source.cells, source.extra) for source in rows]
+            items = await asyncio.get_running_loop().run_in_executor(pool, _prepare_in_child, context, sources)
             return [PreparedRow._make(item) for item in items]
         except BrokenProcessPool:
             if self._pool is pool:
