@@ -497,7 +497,11 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
         # Earlier history may hold masked fragments and plain names: keep only which fields changed.
         for row in (await session.execute(select(h.id, h.changes).where(h.customer_id == before.id))).all():
             scrubbed = [{**c, "before": "", "after": ""} for c in json.loads(row.changes)]
-            await session.execute(update(customer_history).where(h.id == row.id).values(changes=json.dumps(scrubbed)))
+            await session.execute(
+                update(customer_history)
+                .where(h.customer_id == before.id, h.id == row.id)
+                .values(changes=json.dumps(scrubbed))
+            )
         await self._record(session, before.id, "erased", identity.user_id, now, reason, [])
         await self._outbox.add(
             session,

@@ -14,9 +14,10 @@ Lists and searches (``GET /api/v1/customers``, segment members) are the same sta
 ``CustomerStore._conditions``), keyset pagination as a row comparison — ``(created_at, id) < ($n, $m)`` — that
 PostgreSQL takes as a range on the scope's ``(scope, sort, id)`` index (the ``sort < x OR (sort = x AND id < y)``
 form used before is only a filter there, so page *n* walked every row of the pages before it), and a name prefix
-as the range ``name ~>=~ $n AND name ~<~ $m`` of the ``text_pattern_ops`` indexes, which a generic plan of the
-prepared statement can use too (``LIKE $n`` cannot) and whose row count PostgreSQL estimates from the column's
-histogram. The page is chosen from ``customers`` alone and only its rows are joined with their keys and tags.
+as the range ``name >= $n AND name < $m`` of the name indexes (the column compares in byte order, ``COLLATE "C"``,
+migration 0015), which a generic plan of the prepared statement can use too (``LIKE $n`` cannot) and whose row
+count PostgreSQL estimates from the column's histogram. The page is chosen from ``customers`` alone and only its
+rows are joined with their keys and tags.
 Over a million customers the session path spent ~7 ms of the service's CPU on a page of 50 that PostgreSQL
 answers in ~1 ms (issue #4, "Performance"; ``bench/customers.py``).
 
@@ -67,7 +68,8 @@ _JOIN = (
 
 def prefix_upper_bound(prefix: str) -> str | None:
     """The least string above every string that starts with ``prefix``, in code point order (which is UTF-8
-    byte order, the order of ``text_pattern_ops``); ``None`` when there is none (only U+10FFFF characters)."""
+    byte order, the order of the ``name`` column's ``C`` collation); ``None`` when there is none (only U+10FFFF
+    characters)."""
     chars = list(prefix)
     while chars:
         point = ord(chars[-1]) + 1
@@ -99,13 +101,13 @@ def list_conditions(keyring: Keyring, identity: Identity, where: CustomerFilter,
     if where.name:
         conditions.append(f"c.name = {p(where.name)}")
     if where.name_prefix:
-        # "Starts with" as a range in code point order, which the text_pattern_ops indexes serve (a generic plan
-        # of the prepared statement too, where LIKE $n is only a filter) and whose row estimate PostgreSQL takes
-        # from the column's histogram; LIKE only when no string bounds the range from above.
-        conditions.append(f"c.name ~>=~ {p(where.name_prefix)}")
+        # "Starts with" as a range in code point order (the column's collation), which the name indexes serve (a
+        # generic plan of the prepared statement too, where LIKE $n is only a filter) and whose row estimate
+        # PostgreSQL takes from the column's histogram; LIKE only when no string bounds the range from above.
+        conditions.append(f"c.name >= {p(where.name_prefix)}")
         upper = prefix_upper_bound(where.name_prefix)
         if upper is not None:
-            conditions.append(f"c.name ~<~ {p(upper)}")
+            conditions.append(f"c.name < {p(upper)}")
         else:
             escaped = where.name_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             conditions.append(f"c.name LIKE {p(escaped + '%')} ESCAPE '\\'")
