@@ -22,6 +22,7 @@ from crm_customer.store.import_prepare import (
     CUSTOMER_COLUMNS,
     HISTORY_COLUMNS,
     KEY_COLUMNS,
+    PIPE_BYTES,
     PROCESS_MIN_ROWS,
     WRITER_COLUMNS,
     BatchContext,
@@ -64,6 +65,8 @@ async def test_the_helper_prepares_rows_as_the_service_process_does() -> None:
         dry = await helper.prepare_rows(_context(dry_run=True), rows[:20])
     finally:
         helper.close()
+    # A batch crosses each pipe in a few writes, not one per 64 KiB (Linux: see import_prepare.widen_pipes).
+    assert len(helper.pipe_bytes) == 2 and min(helper.pipe_bytes) >= PIPE_BYTES
     here = RowPreparer(keyring).prepare_rows(_context(), rows)
     assert len(there) == len(here) == len(rows)
     tail = CUSTOMER_COLUMNS[len(WRITER_COLUMNS) :]

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ctypes
 import datetime as dt
+import fcntl
 import logging
 import multiprocessing
 import operator
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 PROCESS_MIN_ROWS = 5000
 # Rows of CPU work done in the event loop before it lets other tasks run.
 SLICE = 200
+# Capacity asked for the pipes to and from the helper (Linux's default is 64 KiB; an unprivileged process may ask
+# up to /proc/sys/fs/pipe-max-size, 1 MiB by default).
+PIPE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -251,12 +255,35 @@ def _prepare_in_child(context: BatchContext, rows: Sequence[tuple[int, dict[str,
     return [tuple(item) for item in prepared]
 
 
+def widen_pipes(pool: ProcessPoolExecutor, size: int = PIPE_BYTES) -> list[int]:
+    """Give the pool's call and result pipes ``size`` bytes of capacity, where the system allows; their
+    capacities after.
+
+    A prepared batch of 1,000 rows is about 1.5 MB pickled. Through a 64 KiB pipe it goes in some 23 writes, each
+    waiting for the service's result thread to read the one before, a thread that needs the GIL for each read.
+    Measured over 8 s of a 100,000-row import: the helper's context switches went from 3,572 to 1,778, the
+    service's from 6,336 to 5,433; the import's throughput moved less than the machine's own noise. The pools'
+    queues are private attributes of ``concurrent.futures``: a Python that names them differently leaves the pipes
+    as they are (a test checks that this one widens them)."""
+    sizes = []
+    for queue in (getattr(pool, "_call_queue", None), getattr(pool, "_result_queue", None)):
+        reader = getattr(queue, "_reader", None)
+        try:
+            fd = reader.fileno()  # type: ignore[union-attr]
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+            sizes.append(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
+        except (AttributeError, OSError) as exc:
+            log.debug("import helper pipe left at its default capacity: %s", exc)
+    return sizes
+
+
 class PrepareProcess:
     """One helper process preparing batches (started on first use, ended by :meth:`close`)."""
 
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
         self._pool: ProcessPoolExecutor | None = None
+        self.pipe_bytes: list[int] = []  # the capacities of the pipes to and from the helper, once started
 
     @property
     def pid(self) -> int | None:
@@ -274,6 +301,7 @@ class PrepareProcess:
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=spawn, initializer=_start_child, initargs=(self._keyring, os.getpid())
             )
+            self.pipe_bytes = widen_pipes(self._pool)
         pool = self._pool
         try:
             sources = [(source.row, source.cells, source.extra) for source in rows]
