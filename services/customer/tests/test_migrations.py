@@ -188,3 +188,35 @@ async def test_an_imports_look_ups_probe_their_index_without_statistics(
         await engine.dispose()
     assert f"using {index} on {table}" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+@pytest.mark.parametrize(("scope", "index"), [("branch", "ix_customers_branch_name"), ("all", "ix_customers_name")])
+async def test_a_name_prefix_search_is_a_range_of_a_plain_name_index(postgres_url: str, scope: str, index: str) -> None:
+    # Names compare in byte order (0015): the plain name indexes serve "starts with" as a range, as the two
+    # text_pattern_ops indexes did before, for the generic plan of the prepared statement too.
+    from crm_customer.store import CustomerFilter
+    from crm_customer.store.fastread import list_conditions
+    from crm_platform.auth_context import Identity, Scope
+    from crm_platform.pii import Keyring, generate_master_keys
+
+    await _migrated(postgres_url)
+    who = Identity("u-head", scope=Scope.BRANCH if scope == "branch" else Scope.ALL, branch_id="BJ001")
+    params: list[object] = []
+    keyring = Keyring.from_spec(generate_master_keys("k1"), "k1")
+    where = " AND ".join(list_conditions(keyring, who, CustomerFilter(name_prefix="张"), params))
+    types = ", ".join("varchar" for _ in params)
+    args = ", ".join(f"'{value}'" for value in params)
+    engine = create_engine(normalise_url(postgres_url))
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+            await conn.execute(text("SET LOCAL enable_seqscan = off"))
+            sql = f"SELECT c.id FROM customers c WHERE {where} ORDER BY c.name, c.id LIMIT 50"
+            await conn.execute(text(f"PREPARE q({types}) AS {sql}"))
+            plan = "\n".join((await conn.execute(text(f"EXPLAIN EXECUTE q({args})"))).scalars())
+            await conn.rollback()
+    finally:
+        await engine.dispose()
+    assert f"using {index} on customers" in plan, plan
+    condition = next(line for line in plan.splitlines() if "Index Cond" in line)
+    assert "(name)::text >= " in condition and "(name)::text < " in condition, plan  # the range, not a filter
