@@ -119,6 +119,23 @@ async def _plan_without(url: str, drops: list[str], query: str) -> str:
         await engine.dispose()
 
 
+async def _generic_plan(url: str, types: str, query: str, args: str, *, seqscan: bool = True) -> str:
+    """PostgreSQL's generic plan for ``query`` prepared with parameters of ``types`` (what a prepared statement
+    settles on), explained for ``args``; sequential scans priced out when not ``seqscan``."""
+    engine = create_engine(normalise_url(url))
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+            if not seqscan:
+                await conn.execute(text("SET LOCAL enable_seqscan = off"))
+            await conn.execute(text(f"PREPARE q({types}) AS {query}"))
+            plan = "\n".join((await conn.execute(text(f"EXPLAIN EXECUTE q({args})"))).scalars())
+            await conn.rollback()
+            return plan
+    finally:
+        await engine.dispose()
+
+
 @pytest.mark.parametrize("column", ["id_number_hash", "mobile_hash", "credit_code"])
 async def test_a_duplicate_look_up_can_use_its_own_unique_index_only(postgres_url: str, column: str) -> None:
     # Each duplicate index once held every live customer (partial on erased_at IS NULL alone): without
@@ -177,15 +194,7 @@ async def test_an_imports_look_ups_probe_their_index_without_statistics(
     await _migrated(postgres_url)
     sql = _probe_sql(table, column, (column,), by_job, live)
     params, args = ("varchar, varchar[]", "'j', '{a,b}'") if by_job else ("varchar[]", "'{a,b}'")
-    engine = create_engine(normalise_url(postgres_url))
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
-            await conn.execute(text(f"PREPARE q({params}) AS {sql}"))
-            plan = "\n".join((await conn.execute(text(f"EXPLAIN EXECUTE q({args})"))).scalars())
-            await conn.rollback()
-    finally:
-        await engine.dispose()
+    plan = await _generic_plan(postgres_url, params, sql, args)
     assert f"using {index} on {table}" in plan, plan
     assert "Seq Scan" not in plan, plan
 
@@ -206,17 +215,8 @@ async def test_a_name_prefix_search_is_a_range_of_a_plain_name_index(postgres_ur
     where = " AND ".join(list_conditions(keyring, who, CustomerFilter(name_prefix="张"), params))
     types = ", ".join("varchar" for _ in params)
     args = ", ".join(f"'{value}'" for value in params)
-    engine = create_engine(normalise_url(postgres_url))
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
-            await conn.execute(text("SET LOCAL enable_seqscan = off"))
-            sql = f"SELECT c.id FROM customers c WHERE {where} ORDER BY c.name, c.id LIMIT 50"
-            await conn.execute(text(f"PREPARE q({types}) AS {sql}"))
-            plan = "\n".join((await conn.execute(text(f"EXPLAIN EXECUTE q({args})"))).scalars())
-            await conn.rollback()
-    finally:
-        await engine.dispose()
+    sql = f"SELECT c.id FROM customers c WHERE {where} ORDER BY c.name, c.id LIMIT 50"
+    plan = await _generic_plan(postgres_url, types, sql, args, seqscan=False)
     assert f"using {index} on customers" in plan, plan
     condition = next(line for line in plan.splitlines() if "Index Cond" in line)
     assert "(name)::text >= " in condition and "(name)::text < " in condition, plan  # the range, not a filter
