@@ -102,30 +102,27 @@ async def _migrated(url: str) -> None:
         await engine.dispose()
 
 
-async def _plan_without(url: str, drops: list[str], query: str) -> str:
-    """PostgreSQL's plan for ``query`` (``$1`` a text array) once ``drops`` (DDL statements) ran and sequential
-    scans are priced out: which other index it would take instead (the drops are rolled back)."""
+async def _plan(
+    url: str,
+    query: str,
+    types: str = "varchar[]",
+    args: str = "'{a}'",
+    *,
+    drops: tuple[str, ...] = (),
+    generic: bool = False,
+    seqscan: bool = False,
+) -> str:
+    """PostgreSQL's plan for ``query`` prepared with parameters of ``types`` and explained for ``args``, once
+    ``drops`` (DDL statements) ran: with sequential scans priced out unless ``seqscan``, which other index it
+    would take instead; the generic plan (what a prepared statement settles on) when ``generic``. The drops are
+    rolled back."""
     engine = create_engine(normalise_url(url))
     try:
         async with engine.connect() as conn:
             for drop in drops:
                 await conn.execute(text(drop))
-            await conn.execute(text("SET LOCAL enable_seqscan = off"))
-            await conn.execute(text(f"PREPARE q(varchar[]) AS {query}"))
-            plan = "\n".join((await conn.execute(text("EXPLAIN EXECUTE q('{a}')"))).scalars())
-            await conn.rollback()
-            return plan
-    finally:
-        await engine.dispose()
-
-
-async def _generic_plan(url: str, types: str, query: str, args: str, *, seqscan: bool = True) -> str:
-    """PostgreSQL's generic plan for ``query`` prepared with parameters of ``types`` (what a prepared statement
-    settles on), explained for ``args``; sequential scans priced out when not ``seqscan``."""
-    engine = create_engine(normalise_url(url))
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+            if generic:
+                await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
             if not seqscan:
                 await conn.execute(text("SET LOCAL enable_seqscan = off"))
             await conn.execute(text(f"PREPARE q({types}) AS {query}"))
@@ -141,10 +138,10 @@ async def test_a_duplicate_look_up_can_use_its_own_unique_index_only(postgres_ur
     # Each duplicate index once held every live customer (partial on erased_at IS NULL alone): without
     # statistics, the create's cached plan read them all through another column's index and filtered.
     await _migrated(postgres_url)
-    plan = await _plan_without(
+    plan = await _plan(
         postgres_url,
-        [f"DROP INDEX uq_customers_{column}"],
         f"SELECT id FROM customers WHERE {column} = ANY($1) AND erased_at IS NULL LIMIT 1",
+        drops=(f"DROP INDEX uq_customers_{column}",),
     )
     assert "uq_customers_" not in plan, plan
     assert "Seq Scan on customers" in plan, plan
@@ -157,8 +154,8 @@ async def test_the_outbox_mark_cannot_walk_the_sent_rows_index(postgres_url: str
     mark = _MARK_SQL.replace("$2", "now()")  # the statement as the relay runs it, its time a constant here
     # Without the index of unsent rows and the primary key, an index on published_at over every row was the
     # one left that matched "published_at IS NULL".
-    plan = await _plan_without(
-        postgres_url, ["DROP INDEX ix_outbox_pending", "ALTER TABLE outbox DROP CONSTRAINT outbox_pkey"], mark
+    plan = await _plan(
+        postgres_url, mark, drops=("DROP INDEX ix_outbox_pending", "ALTER TABLE outbox DROP CONSTRAINT outbox_pkey")
     )
     assert "ix_outbox_published_at" not in plan, plan
 
@@ -167,7 +164,7 @@ async def test_the_idempotency_look_up_uses_the_partial_request_id_index(postgre
     # Only single creates carry a request id: the unique index holds those alone (an imported customer adds no NULL
     # entry), and "request_id = $1" implies its predicate.
     await _migrated(postgres_url)
-    plan = await _plan_without(postgres_url, [], "SELECT id FROM customers WHERE request_id = ($1)[1] LIMIT 1")
+    plan = await _plan(postgres_url, "SELECT id FROM customers WHERE request_id = ($1)[1] LIMIT 1")
     assert "uq_customers_request_id" in plan, plan
     indexes = await _indexes(postgres_url)
     assert "customers_request_id_key" not in indexes
@@ -194,7 +191,7 @@ async def test_an_imports_look_ups_probe_their_index_without_statistics(
     await _migrated(postgres_url)
     sql = _probe_sql(table, column, (column,), by_job, live)
     params, args = ("varchar, varchar[]", "'j', '{a,b}'") if by_job else ("varchar[]", "'{a,b}'")
-    plan = await _generic_plan(postgres_url, params, sql, args)
+    plan = await _plan(postgres_url, sql, params, args, generic=True, seqscan=True)
     assert f"using {index} on {table}" in plan, plan
     assert "Seq Scan" not in plan, plan
 
@@ -216,7 +213,7 @@ async def test_a_name_prefix_search_is_a_range_of_a_plain_name_index(postgres_ur
     types = ", ".join("varchar" for _ in params)
     args = ", ".join(f"'{value}'" for value in params)
     sql = f"SELECT c.id FROM customers c WHERE {where} ORDER BY c.name, c.id LIMIT 50"
-    plan = await _generic_plan(postgres_url, types, sql, args, seqscan=False)
+    plan = await _plan(postgres_url, sql, types, args, generic=True)
     assert f"using {index} on customers" in plan, plan
     condition = next(line for line in plan.splitlines() if "Index Cond" in line)
     assert "(name)::text >= " in condition and "(name)::text < " in condition, plan  # the range, not a filter

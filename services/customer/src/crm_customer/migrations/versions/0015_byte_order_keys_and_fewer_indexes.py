@@ -53,7 +53,11 @@ _BYTE_ORDER = {
     "id_number_hash": "VARCHAR(80)",
     "mobile_hash": "VARCHAR(80)",
 }
-_PATTERN = {"ix_customers_name_pattern": "name", "ix_customers_branch_name_pattern": "branch_id, name"}
+# the text_pattern_ops indexes this drops → their columns
+_PATTERN = {
+    "ix_customers_name_pattern": ["name text_pattern_ops"],
+    "ix_customers_branch_name_pattern": ["branch_id", "name text_pattern_ops"],
+}
 # newest-first index → its scope column; the tier index it replaces is ix_customers_<scope>_tier_created
 _NEWEST_FIRST = {
     "ix_customers_team_created": "team_id",
@@ -71,41 +75,43 @@ def _tier_index(name: str) -> str:
 
 
 def upgrade() -> None:
-    if _postgres():
-        create_index_online(op, "customer_history_key", "customer_history", ["customer_id", "id"], unique=True)
-        op.execute(
-            "ALTER TABLE customer_history DROP CONSTRAINT customer_history_pkey, "
-            "ADD CONSTRAINT customer_history_pkey PRIMARY KEY USING INDEX customer_history_key"
-        )
-        drop_index_online(op, "ix_customer_history_customer")
     for name, scope in _NEWEST_FIRST.items():
         create_index_online(op, name, "customers", [scope, "created_at", "id", "birth_date", "tier"])
         drop_index_online(op, _tier_index(name))
-    if _postgres():
-        for name in _PATTERN:
-            drop_index_online(op, name)
-        op.execute(
-            "ALTER TABLE customers "
-            + ", ".join(f'ALTER COLUMN {column} TYPE {kind} COLLATE "C"' for column, kind in _BYTE_ORDER.items())
-        )
+    if not _postgres():
+        return
+    for name in _PATTERN:
+        drop_index_online(op, name)
+    _collate("C")
+    create_index_online(op, "customer_history_key", "customer_history", ["customer_id", "id"], unique=True)
+    _history_key_from("customer_history_key")
+    drop_index_online(op, "ix_customer_history_customer")
 
 
 def downgrade() -> None:
     if _postgres():
-        op.execute(
-            "ALTER TABLE customers "
-            + ", ".join(f'ALTER COLUMN {column} TYPE {kind} COLLATE "default"' for column, kind in _BYTE_ORDER.items())
-        )
+        create_index_online(op, "ix_customer_history_customer", "customer_history", ["customer_id", "id"])
+        create_index_online(op, "customer_history_key", "customer_history", ["id"], unique=True)
+        _history_key_from("customer_history_key")
+        _collate("default")
         for name, columns in _PATTERN.items():
-            pattern = columns.replace("name", "name text_pattern_ops")
-            create_index_online(op, name, "customers", [c.strip() for c in pattern.split(",")])
+            create_index_online(op, name, "customers", columns)
     for name, scope in _NEWEST_FIRST.items():
         create_index_online(op, _tier_index(name), "customers", [scope, "tier", "created_at", "id"])
         create_index_online(op, name, "customers", [scope, "created_at", "id", "birth_date"])
-    if _postgres():
-        create_index_online(op, "ix_customer_history_customer", "customer_history", ["customer_id", "id"])
-        create_index_online(op, "customer_history_key", "customer_history", ["id"], unique=True)
-        op.execute(
-            "ALTER TABLE customer_history DROP CONSTRAINT customer_history_pkey, "
-            "ADD CONSTRAINT customer_history_pkey PRIMARY KEY USING INDEX customer_history_key"
-        )
+
+
+def _collate(collation: str) -> None:
+    """The :data:`_BYTE_ORDER` columns in ``collation`` (one statement: their indexes rebuilt once)."""
+    changes = ", ".join(
+        f'ALTER COLUMN {column} TYPE {kind} COLLATE "{collation}"' for column, kind in _BYTE_ORDER.items()
+    )
+    op.execute(f"ALTER TABLE customers {changes}")
+
+
+def _history_key_from(index: str) -> None:
+    """``customer_history``'s primary key becomes unique index ``index`` (renamed to the key's name)."""
+    op.execute(
+        "ALTER TABLE customer_history DROP CONSTRAINT customer_history_pkey, "
+        f"ADD CONSTRAINT customer_history_pkey PRIMARY KEY USING INDEX {index}"
+    )
