@@ -19,6 +19,7 @@ from crm_customer.domain.imports import (
     ImportFormat,
     SourceRow,
     Staff,
+    UploadInspection,
     ValidRow,
     check_header,
     inspect,
@@ -52,10 +53,22 @@ async def rows_of(data: bytes, piece: int = 7, file_format: ImportFormat = Impor
     return out
 
 
+async def inspected_on_upload(data: bytes, piece: int, file_format: ImportFormat = ImportFormat.CSV) -> object:
+    """The facts of a file inspected as its upload arrives in chunks of ``piece`` bytes (:class:`UploadInspection`)."""
+    inspection = UploadInspection(file_format)
+    for start in range(0, len(data), piece):
+        inspection.feed(data[start : start + piece])
+    return await inspection.facts(source(data, piece))  # type: ignore[arg-type]
+
+
 async def rejected(data: bytes, file_format: ImportFormat = ImportFormat.CSV) -> str:
+    """Why a file is refused, the same whether inspected once stored or as it is uploaded."""
     with pytest.raises(ImportFileRejected) as err:
         await inspect(source(data, 5), file_format)  # type: ignore[arg-type]
     assert err.value.violations[0].field == "file"
+    with pytest.raises(ImportFileRejected) as on_upload:
+        await inspected_on_upload(data, 5, file_format)
+    assert on_upload.value.violations == err.value.violations
     return err.value.violations[0].description
 
 
@@ -76,6 +89,7 @@ async def test_utf8_with_or_without_bom_and_gb18030(encoding: str) -> None:
     data = to_csv([good_row(1, name="张三丰", address="广州市天河区")], encoding=encoding)
     facts = await inspect(source(data, 3), ImportFormat.CSV)  # type: ignore[arg-type]
     assert facts.encoding == ("gb18030" if encoding == "gb18030" else "utf-8")
+    assert await inspected_on_upload(data, 3) == facts  # GB18030: found not UTF-8 on the way, then read whole
     (row,) = await rows_of(data, 3)
     assert row.cells["name"] == "张三丰" and row.cells["kind"] == "individual"  # no BOM left on the first header
 
@@ -88,6 +102,21 @@ async def test_files_refused_with_their_reason() -> None:
     assert "never closed" in await rejected(b'kind,name\nindividual,"open\n')
     assert "spreadsheet (XLSX)" in await rejected(b"PK\x03\x04rest")
     assert "not a zip" in await rejected(b"kind,name\n", ImportFormat.XLSX)
+
+
+@pytest.mark.parametrize("piece", [1, 4, 64, 10_000])
+async def test_an_upload_is_inspected_as_it_arrives(piece: int) -> None:
+    text = 'kind,name,address\r\nindividual,"李, ""明""","北京市\n朝阳区"\r\n\r\ncorporate,公司,上海\r\nindividual,王,'
+    data = text.encode("utf-8")
+    assert await inspected_on_upload(data, piece) == await inspect(source(data, piece), ImportFormat.CSV)  # type: ignore[arg-type]
+    # A bad header is refused with the chunk that completes it, before the rest of the upload arrives.
+    inspection = UploadInspection(ImportFormat.CSV)
+    with pytest.raises(ImportFileRejected) as err:
+        inspection.feed(b"kind,nom,name\n" + b"individual,x,y\n" * 1000)
+    assert "unknown column(s) nom" in err.value.violations[0].description
+    # A file cut inside a UTF-8 character at its very end is not UTF-8: it is read whole as GB18030 instead.
+    cut = "kind,name\nindividual,王\n".encode()[:-2]
+    assert (await inspected_on_upload(cut, 4)).encoding == "gb18030"  # type: ignore[attr-defined]
 
 
 def test_header_rules() -> None:

@@ -20,7 +20,7 @@ from crm_customer.domain.imports import (
     ImportFileRejected,
     ImportFormat,
     Staff,
-    inspect,
+    UploadInspection,
     plan_distribution,
     template,
 )
@@ -154,12 +154,16 @@ class CustomerImportServicer(import_service_pb2_grpc.CustomerImportServiceServic
         staff = [Staff(s.user_id, s.username, s.team_id, s.branch_id, tuple(s.roles)) for s in options.staff]
         plan = plan_distribution(identity, rule, options.team_id.strip(), staff)
         upload = await self._store.begin_upload(identity, file_format, file_name, options.dry_run, plan, utcnow())
+        # Checked as it arrives: a bad file is refused at its first bad chunk, and a good one's facts are ready
+        # when its last chunk is stored (while the gateway still streams, rather than in a second pass after).
+        inspection = UploadInspection(file_format)
         try:
             async for message in messages:
                 if not message.HasField("chunk"):
                     raise InvalidArgument([FieldViolation("chunk", "only file chunks may follow the options")])
                 if upload.size + len(message.chunk) > MAX_FILE_BYTES:
                     raise ImportFileRejected(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; split the file")
+                inspection.feed(message.chunk)
                 await upload.write(message.chunk)
             sha256 = await upload.close()
             if upload.size == 0:
@@ -169,7 +173,7 @@ class CustomerImportServicer(import_service_pb2_grpc.CustomerImportServiceServic
                 if earlier is not None:
                     await self._store.discard(upload.job_id)
                     return self._reused(identity, earlier)
-            facts = await inspect(self._store.file(upload.job_id), file_format)
+            facts = await inspection.facts(self._store.file(upload.job_id))
             job = await self._store.queue(upload.job_id, sha256, upload.size, facts, utcnow())
         except BaseException:
             await asyncio.shield(self._store.discard(upload.job_id))

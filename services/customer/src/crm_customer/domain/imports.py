@@ -13,6 +13,7 @@ No SQL or gRPC here: the store hands the file back as an async stream of byte ch
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime as dt
 import decimal
@@ -20,8 +21,7 @@ import enum
 import io
 import tempfile
 import zipfile
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -171,7 +171,7 @@ def _row(columns: tuple[str, ...], values: Sequence[object], row: int) -> Source
 
 
 def _csv_row(columns: tuple[str, ...], values: Sequence[str], row: int) -> SourceRow | None:
-    cells = {c: v.strip() for c, v in zip(columns, values, strict=False) if v and not v.isspace()}
+    cells = {c: text for c, v in zip(columns, values, strict=False) if (text := v.strip())}
     extra = len(values) > len(columns) and any(v.strip() for v in values[len(columns) :])
     if not cells and not extra:
         return None
@@ -195,75 +195,65 @@ def _cell_text(value: object) -> str:
 # CSV
 
 
-class _Lines:
-    """The iterator a ``csv.reader`` reads: lines handed over by :class:`CsvRecords`, resumable when empty."""
-
-    def __init__(self) -> None:
-        self.lines: deque[str] = deque()
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        if not self.lines:
-            raise StopIteration
-        return self.lines.popleft()
-
-
 class CsvRecords:
     """Incremental CSV parsing of decoded text: feed text pieces, take the complete records parsed so far.
 
-    Lines are handed to ``csv.reader`` only when they complete a record (an even count of quote characters
-    so far), so a quoted field spanning lines is never cut at a chunk boundary.
+    Lines are parsed only when they complete a record (an even count of quote characters so far), so a quoted
+    field spanning lines is never cut at a chunk boundary. A piece's complete lines usually end outside quotes:
+    they are then counted, split and parsed whole, in C; only a piece that ends inside a quoted field is taken
+    line by line, up to where its last complete record ends.
     """
 
     def __init__(self) -> None:
-        self._lines = _Lines()
-        self._reader = csv.reader(self._lines, strict=False)
         self._partial = ""
-        self._pending: list[str] = []
-        self._quotes = 0
+        self._pending: list[str] = []  # the lines of a record not complete yet
+        self._quotes = 0  # the quote characters in them
         self.unterminated = False
 
     def feed(self, text: str) -> list[list[str]]:
         """Add text; return the records it completed."""
         if not text:
             return []
-        pieces = (self._partial + text).split("\n")
-        self._partial = pieces.pop()
-        for piece in pieces:
-            self._line(piece + "\n")
-        return self._drain()
+        text = self._partial + text
+        end = text.rfind("\n") + 1
+        self._partial = text[end:]
+        if not end:
+            return []
+        complete = text[:end]
+        if not self._pending and complete.count('"') % 2 == 0:
+            return _parse(io.StringIO(complete))  # its lines, each with its "\n"
+        ready: list[str] = []
+        for line in io.StringIO(complete):
+            self._line(line, ready)
+        return _parse(ready)
 
     def close(self) -> list[list[str]]:
         """The end of the text: the last records (a last line without a newline included)."""
+        ready: list[str] = []
         if self._partial:
-            self._line(self._partial)
+            self._line(self._partial, ready)
             self._partial = ""
         if self._pending:  # an odd number of quotes up to the end: a quoted field never closed
             self.unterminated = True
-            self._lines.lines.extend(self._pending)
+            ready.extend(self._pending)
             self._pending = []
-        return self._drain()
+        return _parse(ready)
 
-    def _line(self, line: str) -> None:
+    def _line(self, line: str, ready: list[str]) -> None:
         self._pending.append(line)
         self._quotes += line.count('"')
         if self._quotes % 2 == 0:
-            self._lines.lines.extend(self._pending)
+            ready.extend(self._pending)
             self._pending = []
             self._quotes = 0
 
-    def _drain(self) -> list[list[str]]:
-        out = []
-        while self._lines.lines:
-            try:
-                out.append(next(self._reader))
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                raise ImportFileRejected(f"not a readable CSV file ({exc})") from None
-        return out
+
+def _parse(lines: Iterable[str]) -> list[list[str]]:
+    """The records of lines that end where a record ends."""
+    try:
+        return list(csv.reader(lines, strict=False))
+    except csv.Error as exc:
+        raise ImportFileRejected(f"not a readable CSV file ({exc})") from None
 
 
 def _decoder(encoding: str) -> codecs.IncrementalDecoder:
@@ -278,50 +268,98 @@ class Undecodable(ValueError):
         self.offset = offset
 
 
-async def _csv_records(chunks: AsyncIterator[bytes], encoding: str) -> AsyncIterator[list[list[str]]]:
-    """Batches of raw records of a CSV stream in ``encoding`` (:class:`Undecodable` when it does not decode)."""
-    decoder = _decoder(encoding)
-    records = CsvRecords()
-    offset = 0
-    async for chunk in chunks:
+class CsvText:
+    """A CSV byte stream in one encoding, chunk by chunk: decoded (:class:`Undecodable` where it does not), checked
+    for NUL characters, and parsed into the records each chunk completes."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._decoder = _decoder(encoding)
+        self._records = CsvRecords()
+        self._offset = 0
+
+    def feed(self, chunk: bytes) -> list[list[str]]:
+        """The records completed by the next chunk of bytes."""
         try:
-            text = decoder.decode(chunk)
+            text = self._decoder.decode(chunk)
         except UnicodeDecodeError as exc:
-            raise Undecodable(encoding, offset + exc.start) from None
-        offset += len(chunk)
+            raise Undecodable(self.encoding, self._offset + exc.start) from None
+        self._offset += len(chunk)
         if "\x00" in text:
             raise ImportFileRejected("the file holds NUL characters: it is not CSV text (UTF-8 or GB18030)")
-        batch = records.feed(text)
+        return self._records.feed(text)
+
+    def close(self) -> list[list[str]]:
+        """The last records, at the end of the stream."""
+        try:
+            rest = self._decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise Undecodable(self.encoding, self._offset) from None
+        tail = self._records.feed(rest) + self._records.close()
+        if self._records.unterminated:
+            raise ImportFileRejected(
+                "a quoted field is never closed (a '\"' is missing); the file is cut short or broken"
+            )
+        return tail
+
+
+async def _csv_records(chunks: AsyncIterator[bytes], encoding: str) -> AsyncIterator[list[list[str]]]:
+    """Batches of raw records of a CSV stream in ``encoding`` (:class:`Undecodable` when it does not decode)."""
+    text = CsvText(encoding)
+    async for chunk in chunks:
+        batch = text.feed(chunk)
         if batch:
             yield batch
-    try:
-        rest = decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise Undecodable(encoding, offset) from None
-    tail = records.feed(rest) + records.close()
-    if records.unterminated:
-        raise ImportFileRejected("a quoted field is never closed (a '\"' is missing); the file is cut short or broken")
+    tail = text.close()
     if tail:
         yield tail
 
 
+class CsvInspection:
+    """The whole-file check of a CSV in one encoding (header, quoting, row count), fed the file's bytes chunk by
+    chunk: :class:`ImportFileRejected` as soon as the file is found bad, :class:`Undecodable` when it is not in
+    this encoding."""
+
+    def __init__(self, encoding: str) -> None:
+        self._text = CsvText(encoding)
+        self._columns: tuple[str, ...] | None = None
+        self._total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Check the next chunk of the file."""
+        self._count(self._text.feed(chunk))
+
+    def close(self) -> FileFacts:
+        """What the file is, once all of it was fed."""
+        self._count(self._text.close())
+        if self._columns is None:
+            raise ImportFileRejected("the file is empty; the first row must name the columns (see the template)")
+        return FileFacts(self._text.encoding, self._columns, self._total)
+
+    def _count(self, records: list[list[str]]) -> None:
+        if self._columns is None and records:
+            self._columns = check_header(records[0])
+            records = records[1:]
+        for record in records:
+            if "".join(record).strip():  # not blank (what _csv_row gives None for)
+                self._total += 1
+        if self._total > MAX_ROWS:
+            raise ImportFileRejected(f"more than {MAX_ROWS:,} rows; split the file")
+
+
+def _check_start(first: bytes) -> None:
+    """Refuse, by its first bytes, a file uploaded as CSV that is plainly something else."""
+    if first.startswith(b"PK\x03\x04"):
+        raise ImportFileRejected("this is a spreadsheet (XLSX), not CSV text; upload it as xlsx")
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ImportFileRejected("bad encoding: the file is UTF-16; save it as UTF-8 (or GB18030) CSV")
+
+
 async def _inspect_csv_as(source: ChunkSource, encoding: str) -> FileFacts:
-    columns: tuple[str, ...] | None = None
-    total = 0
-    row = 0
-    async for batch in _csv_records(source(), encoding):
-        for record in batch:
-            row += 1
-            if columns is None:
-                columns = check_header(record)
-                continue
-            if _row(columns, record, row) is not None:
-                total += 1
-                if total > MAX_ROWS:
-                    raise ImportFileRejected(f"more than {MAX_ROWS:,} rows; split the file")
-    if columns is None:
-        raise ImportFileRejected("the file is empty; the first row must name the columns (see the template)")
-    return FileFacts(encoding, columns, total)
+    inspection = CsvInspection(encoding)
+    async for chunk in source():
+        inspection.feed(chunk)
+    return inspection.close()
 
 
 async def inspect_csv(source: ChunkSource) -> FileFacts:
@@ -329,14 +367,9 @@ async def inspect_csv(source: ChunkSource) -> FileFacts:
 
     ``source()`` opens the file's byte stream from its start (called again when UTF-8 fails and GB18030 is tried).
     """
-    first = b""
     async for chunk in source():
-        first = chunk[:4]
+        _check_start(chunk[:4])
         break
-    if first.startswith(b"PK\x03\x04"):
-        raise ImportFileRejected("this is a spreadsheet (XLSX), not CSV text; upload it as xlsx")
-    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ImportFileRejected("bad encoding: the file is UTF-16; save it as UTF-8 (or GB18030) CSV")
     try:
         return await _inspect_csv_as(source, "utf-8")
     except Undecodable as utf8_error:
@@ -347,6 +380,37 @@ async def inspect_csv(source: ChunkSource) -> FileFacts:
                 f"bad encoding: the file is neither UTF-8 (undecodable byte at offset {utf8_error.offset}) nor "
                 f"GB18030 (undecodable byte at offset {gb_error.offset}); save it as UTF-8 CSV"
             ) from None
+
+
+class UploadInspection:
+    """:func:`inspect` done as an upload arrives, as far as it can be: a CSV file is checked as UTF-8 chunk by chunk
+    (refused at the first bad chunk, not after the whole upload), so that its facts are ready when the upload
+    ends. An XLSX file (a zip, read from its end), or a CSV file that turns out not to be UTF-8 (GB18030 is then
+    tried from its start), is inspected whole once stored (:meth:`facts`)."""
+
+    def __init__(self, file_format: ImportFormat) -> None:
+        self._format = file_format
+        self._csv = CsvInspection("utf-8") if file_format is ImportFormat.CSV else None
+        self._started = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Check the next chunk of the upload."""
+        if self._csv is None or not chunk:
+            return
+        if not self._started:
+            self._started = True
+            _check_start(chunk[:4])
+        try:
+            self._csv.feed(chunk)
+        except Undecodable:
+            self._csv = None
+
+    async def facts(self, source: ChunkSource) -> FileFacts:
+        """What the whole uploaded file is (``source`` opens it as stored)."""
+        if self._csv is not None:
+            with contextlib.suppress(Undecodable):  # cut inside a character at its end: see whether GB18030 reads it
+                return self._csv.close()
+        return await inspect(source, self._format)
 
 
 async def csv_rows(
@@ -360,7 +424,7 @@ async def csv_rows(
             row += 1
             if row == 1 or row <= after_row:
                 continue
-            parsed = _row(facts.columns, record, row)
+            parsed = _csv_row(facts.columns, record, row)
             if parsed is not None:
                 out.append(parsed)
         if len(out) >= batch_size:
