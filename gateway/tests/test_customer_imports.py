@@ -126,6 +126,16 @@ async def test_refused_uploads_are_problems_naming_why(gateway: Gateway) -> None
     assert problem["reason"] == "IMPORT_FILE_REJECTED" and problem["errors"][0]["field"] == "file"
     assert "unknown column(s) nom" in problem["errors"][0]["message"] and "name" in problem["errors"][0]["message"]
 
+    # A large file (3.7 MB), streamed: the service refuses it by its header while the rest still streams in, and
+    # the gateway answers with the same problem.
+    async def large_bad_file() -> AsyncIterator[bytes]:
+        yield b"kind,nom\r\n"
+        for _ in range(64):
+            yield b"individual,x\r\n" * 4096
+
+    streamed = await gateway.client.post("/api/v1/customers/imports", content=large_bad_file(), headers=csv_type)
+    assert streamed.status_code == 422 and "unknown column(s) nom" in streamed.json()["detail"]
+
     bad_encoding = await gateway.client.post(
         "/api/v1/customers/imports", content=b"kind,name\r\nindividual,\xff\xfe\xfa\r\n", headers=csv_type
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -33,6 +34,7 @@ from crm_customer.server import SPEC
 from crm_customer.store.imports import jobs, report
 from crm_customer.store.tables import customer_history, customers
 from crm_platform.auth_context import Scope
+from crm_platform.grpc_client import parse_failure
 from crm_platform.schema import outbox
 from crm_testing.nats_server import NatsServer
 from crm_testing.services import identity, running_service
@@ -311,6 +313,25 @@ async def test_files_refused_whole_and_encodings_accepted(
             assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, label
             assert failure.violations[0].field == "file", label
             assert why in failure.violations[0].description, (label, failure.violations[0].description)
+
+        # A file is checked as its upload arrives: a bad header is refused while the rest of the file still streams.
+        sent = 0
+
+        async def endless_upload() -> AsyncIterator[ipb.UploadImportRequest]:
+            nonlocal sent
+            yield ipb.UploadImportRequest(options=ipb.ImportOptions(format=ipb.IMPORT_FORMAT_CSV, file_name="f.csv"))
+            yield ipb.UploadImportRequest(chunk=b"kind,nom\r\n")
+            for _ in range(2000):  # 128 MB
+                yield ipb.UploadImportRequest(chunk=b"individual,x\r\n" * 4681)
+                sent += 1
+                await asyncio.sleep(0.001)
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await imports.stub.UploadImport(endless_upload(), metadata=svc.md(RM1), timeout=60)
+        early = parse_failure(err.value)
+        assert early.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown column(s) nom" in early.violations[0].description
+        assert sent < 100, f"refused only after {sent} of 2,000 chunks"
         assert await count(sqlite_url, customers) == 0
         assert await count(sqlite_url, jobs) == 0, "a refused file leaves no job behind"
 
