@@ -11,7 +11,16 @@ from sqlalchemy import insert, update
 from crm.common.v1 import paging_pb2
 from crm_platform.bus import Bus
 from crm_platform.ids import new_id
-from crm_platform.outbox import Outbox, OutboxRelay
+from crm_platform.outbox import (
+    BUNDLE_SUBJECT,
+    MAX_BUNDLE_EVENTS,
+    Outbox,
+    OutboxRelay,
+    PendingEvent,
+    bundle_rows,
+    unbundled,
+    utcnow,
+)
 from crm_platform.schema import outbox as outbox_table
 from crm_testing.nats_server import NatsServer
 from crm_testing.outbox_env import OutboxEnv as Env
@@ -143,3 +152,104 @@ async def test_old_published_rows_are_purged(outbox_env: Env) -> None:
     relay = OutboxRelay(env.engine, bus=None)  # type: ignore[arg-type]
     await relay._housekeeping()
     assert await env.count(outbox_table) == 0
+
+
+async def _write_with_bundles(env: Env, sizes: list[int]) -> tuple[list[str], list[PendingEvent]]:
+    """Commit, in one transaction: an event in a row of its own, then a bundle of each of ``sizes`` events, then
+    another event in a row of its own. Return every event id, and the outbox rows of the bundles."""
+    outbox = Outbox("test")
+    ids: list[str] = []
+    bundles: list[PendingEvent] = []
+    async with env.sessions() as session, session.begin():
+
+        async def single() -> None:
+            ids.append(
+                await outbox.add(
+                    session, f"{env.root}.note.created", paging_pb2.PageInfo(), subject_id=new_id(), actor="tester"
+                )
+            )
+
+        await single()
+        for size in sizes:
+            events = [
+                outbox.prepare(f"{env.root}.note.created", paging_pb2.PageInfo(), subject_id=new_id(), actor="tester")
+                for _ in range(size)
+            ]
+            ids.extend(e.id for e in events)
+            for row in bundle_rows(events):
+                bundles.append(row)
+                await session.execute(insert(outbox_table).values(**row._asdict(), created_at=utcnow()))
+        await single()
+    return ids, bundles
+
+
+async def test_a_bundle_is_published_event_by_event_and_marked_once(outbox_env: Env, nats_url: str) -> None:
+    env = outbox_env
+    bus = await connect_bus(nats_url, env.stream)
+    try:
+        ids, bundles = await _write_with_bundles(env, [MAX_BUNDLE_EVENTS, 5])
+        assert len(bundles) == 2 and await env.count(outbox_table) == 4
+        relay = OutboxRelay(env.engine, bus, batch_size=MAX_BUNDLE_EVENTS)
+        # Batches of at most MAX_BUNDLE_EVENTS events, a bundle counted as the most it may hold, always whole:
+        # the first row alone (the big bundle would make it 1,001), the big bundle, the small one, the last row.
+        assert [await relay.publish_batch() for _ in range(5)] == [1, MAX_BUNDLE_EVENTS, 5, 1, 0]
+        published = await _stream_ids(bus, env, expected=len(ids), timeout=20)
+        assert published == ids  # each event a message of its own, with its id, in the order written
+        assert await env.count(outbox_table, outbox_table.c.published_at.is_(None)) == 0
+    finally:
+        await bus.close()
+        await delete_stream(nats_url, env.stream)
+
+
+async def test_a_bundle_handed_over_is_published_from_memory(outbox_env: Env, nats_url: str) -> None:
+    env = outbox_env
+    bus = await connect_bus(nats_url, env.stream)
+    relay = OutboxRelay(env.engine, bus, poll_interval=30.0)  # a long poll: the publish comes from the hand-over
+    relay.start()
+    try:
+        ids, bundles = await _write_with_bundles(env, [300])
+        Outbox("test", notify=relay.wake).handed_over(bundles)
+        published = await _stream_ids(bus, env, expected=300, timeout=5)
+        assert published == ids[1:-1]
+        assert await _unmarked_after(env, timeout=2) == 2  # only the two rows of their own, never handed over
+    finally:
+        await relay.stop()
+        await bus.close()
+        await delete_stream(nats_url, env.stream)
+
+
+async def test_a_bundle_republished_after_a_crash_reaches_the_stream_once(outbox_env: Env, nats_url: str) -> None:
+    env = outbox_env
+    bus = await connect_bus(nats_url, env.stream)
+    ids, _ = await _write_with_bundles(env, [40])
+    crashing = OutboxRelay(env.engine, bus)
+
+    async def crash_after_publish(events: list[object]) -> None:
+        await OutboxRelay._publish(crashing, events)  # the events reach JetStream …
+        raise ConnectionError("process killed before marking the batch sent")  # … but the mark is lost
+
+    crashing._publish = crash_after_publish  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ConnectionError):
+            await crashing.publish_batch()
+        assert await env.count(outbox_table, outbox_table.c.published_at.is_(None)) == 3
+        restarted = OutboxRelay(env.engine, bus)
+        while await restarted.publish_batch():
+            pass
+        assert sorted(await _stream_ids(bus, env, expected=len(ids))) == sorted(ids)  # the copies were dropped
+        assert await env.count(outbox_table, outbox_table.c.published_at.is_(None)) == 0
+    finally:
+        await bus.close()
+        await delete_stream(nats_url, env.stream)
+
+
+def test_bundles_hold_at_most_their_maximum_and_open_in_order() -> None:
+    outbox = Outbox("test")
+    events = [
+        outbox.prepare("crm.t.note.created", paging_pb2.PageInfo(), subject_id=str(i), actor="a") for i in range(2001)
+    ]
+    rows = bundle_rows(events)
+    assert [r.subject for r in rows] == [BUNDLE_SUBJECT] * 3
+    single = ("id-1", "crm.t.note.created", b"envelope")
+    assert unbundled([single, *rows, single]) == [single, *[tuple(e) for e in events], single]
+    assert bundle_rows([]) == []

@@ -21,6 +21,8 @@ from crm_customer.domain.imports import COLUMNS
 from crm_platform.auth_context import Identity
 from crm_platform.grpc_client import parse_failure
 from crm_platform.identifiers import resident_id_check_char
+from crm_platform.outbox import unbundled
+from crm_platform.schema import outbox
 from crm_testing.services import RunningService, identity
 
 IMPORT = ("customer:read", "customer:write", "customer:create", "customer:import")
@@ -150,6 +152,17 @@ async def count(db_url: str, table: Any, *where: Any) -> int:
             return int((await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one())
     finally:
         await engine.dispose()
+
+
+async def outbox_events(db_url: str) -> list[tuple[str, str, bytes]]:
+    """Every event in the outbox, a bundle's each as a row of its own (:func:`crm_platform.outbox.unbundled`)."""
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(outbox.c.id, outbox.c.subject, outbox.c.envelope))).all()
+    finally:
+        await engine.dispose()
+    return unbundled(rows)
 
 
 def exact_file(existing_mobiles: list[str]) -> tuple[bytes, dict[int, tuple[str, str]]]:

@@ -11,6 +11,11 @@ Every publish carries ``Nats-Msg-Id`` = event id and waits for its acknowledgeme
 crash between publish and mark only re-publishes: JetStream drops duplicates inside its window and the
 consumers' inboxes drop any that arrive later.
 
+A batch writer (the customer import) may store many events in one row, a bundle (:func:`bundle_rows`,
+``crm.common.v1.EventBundle``): one row to insert and to mark instead of thousands. The relay publishes each event
+of a bundle as its own message, exactly as if it had a row of its own, and marks the row once all of them are
+acknowledged; a batch it publishes always holds whole bundles.
+
 On PostgreSQL the hot statements (the outbox insert once the transaction has begun, the claim, the mark)
 go straight through the asyncpg connection of the same pooled connection (:mod:`crm_platform.driver`); on
 SQLite everything goes through SQLAlchemy. Sent rows are marked (``published_at``), not deleted, and purged
@@ -52,14 +57,19 @@ _DRIVER = "crm_outbox_driver"  # the asyncpg connection of the session's current
 _MAX_FRESH = 50_000
 _FRESH_IN_FLIGHT = 4  # batches published from memory and still awaiting their acknowledgements
 
+BUNDLE_SUBJECT = "crm.outbox.bundle"  # the subject column of a row holding an EventBundle (never published)
+MAX_BUNDLE_EVENTS = 1000  # events in one bundle, at most: a relay batch holds whole bundles
+
 _INSERT_SQL = "INSERT INTO outbox (id, subject, envelope, created_at) VALUES ($1, $2, $3, $4)"
-_CLAIM_SQL = (
-    "SELECT id, subject, envelope FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
-)
+# A claimed bundle comes without its envelope (NULL): the relay takes as many rows as make one batch of events,
+# then reads the envelopes of the bundles among them (:meth:`OutboxRelay._claim`).
+_CLAIMED = f"id, subject, CASE WHEN subject = '{BUNDLE_SUBJECT}' THEN NULL ELSE envelope END AS envelope"
+_CLAIM_SQL = f"SELECT {_CLAIMED} FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
 _CLAIM_AGED_SQL = (
-    "SELECT id, subject, envelope FROM outbox WHERE published_at IS NULL AND created_at <= $2"
+    f"SELECT {_CLAIMED} FROM outbox WHERE published_at IS NULL AND created_at <= $2"
     " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
 )
+_BUNDLES_SQL = "SELECT id, envelope FROM outbox WHERE id = ANY($1::varchar[])"
 _MARK_SQL = "UPDATE outbox SET published_at = $2 WHERE id = ANY($1::varchar[]) AND published_at IS NULL"
 
 
@@ -72,6 +82,36 @@ class PendingEvent(NamedTuple):
 
 
 Notify = Callable[[Sequence[PendingEvent]], None]
+
+
+def bundle_rows(events: Sequence[PendingEvent]) -> list[PendingEvent]:
+    """Outbox rows holding ``events``, in order, :data:`MAX_BUNDLE_EVENTS` to a row: insert each one's ``id``,
+    ``subject`` and ``envelope`` as a row's, and hand them over once committed as events'
+    (:meth:`Outbox.handed_over`)."""
+    rows = []
+    for start in range(0, len(events), MAX_BUNDLE_EVENTS):
+        part = events[start : start + MAX_BUNDLE_EVENTS]
+        bundle = envelope_pb2.EventBundle(
+            events=[envelope_pb2.BundledEvent(id=e.id, subject=e.subject, envelope=e.envelope) for e in part]
+        )
+        rows.append(PendingEvent(new_id(), BUNDLE_SUBJECT, bundle.SerializeToString()))
+    return rows
+
+
+def unbundled(rows: Sequence[Sequence[Any]]) -> list[tuple[str, str, bytes]]:
+    """The events of outbox rows ``(id, subject, envelope)``, in order: a bundle's, each as a row of its own."""
+    events: list[tuple[str, str, bytes]] = []
+    for row in rows:
+        if row[1] == BUNDLE_SUBJECT:
+            events.extend((e.id, e.subject, e.envelope) for e in envelope_pb2.EventBundle.FromString(row[2]).events)
+        else:
+            events.append((row[0], row[1], row[2]))
+    return events
+
+
+def _weight(row: Sequence[Any]) -> int:
+    """How many events a row counts for in a batch (a bundle: as many as it may hold)."""
+    return MAX_BUNDLE_EVENTS if row[1] == BUNDLE_SUBJECT else 1
 
 
 DEFER_AFTER_COMMIT = "crm_defer_after_commit"
@@ -211,6 +251,7 @@ class OutboxRelay:
         self._scan_grace = scan_grace
         self._mark_interval = mark_interval
         self._fresh: deque[PendingEvent] = deque()
+        self._fresh_weight = 0  # the events in _fresh (a bundle counted as MAX_BUNDLE_EVENTS)
         self._wake = asyncio.Event()
         self._stopping = False
         self._last_scan = 0.0
@@ -225,8 +266,9 @@ class OutboxRelay:
 
     def wake(self, committed: Sequence[PendingEvent] = ()) -> None:
         """Hand over events this process just committed, to publish now (called after such a commit)."""
-        if len(self._fresh) < _MAX_FRESH:  # beyond that (broker down), the table alone holds them
+        if self._fresh_weight < _MAX_FRESH:  # beyond that (broker down), the table alone holds them
             self._fresh.extend(committed)
+            self._fresh_weight += sum(map(_weight, committed))
         self._wake.set()
 
     def start(self) -> None:
@@ -262,6 +304,7 @@ class OutboxRelay:
                         await self._publish_fresh()
                     except Exception:
                         self._fresh.clear()  # their rows stay unpublished: the scan takes them from the table
+                        self._fresh_weight = 0
                         raise
                 loop_time = asyncio.get_running_loop().time()
                 if self._stopping or loop_time - self._last_scan >= self._poll_interval:
@@ -304,7 +347,12 @@ class OutboxRelay:
             raise error
         while len(self._fresh_in_flight) >= _FRESH_IN_FLIGHT:
             await asyncio.wait(self._fresh_in_flight, return_when=asyncio.FIRST_COMPLETED)
-        batch = [self._fresh.popleft() for _ in range(min(len(self._fresh), self._batch_size))]
+        batch: list[PendingEvent] = []
+        weight = 0
+        while self._fresh and (not batch or weight + _weight(self._fresh[0]) <= self._batch_size):
+            batch.append(self._fresh.popleft())
+            weight += _weight(batch[-1])
+        self._fresh_weight -= weight
         if not batch:
             return
         sent = asyncio.Event()
@@ -318,14 +366,15 @@ class OutboxRelay:
             written.cancel()
 
     async def _publish_fresh_batch(self, batch: list[PendingEvent], sent: Callable[[], object]) -> None:
+        events = unbundled(batch)
         try:
-            await self._bus.publish_batch(batch, self._publish_timeout, sent=sent)
+            await self._bus.publish_batch(events, self._publish_timeout, sent=sent)
         except Exception as exc:  # noqa: BLE001 - handed to the relay loop, which logs it and backs off
             self._fresh_error = exc
             self._wake.set()
             return
-        metrics.OUTBOX_PUBLISHED.inc(len(batch))
-        self._to_mark.extend(e.id for e in batch)
+        metrics.OUTBOX_PUBLISHED.inc(len(events))
+        self._to_mark.extend(e.id for e in batch)  # the rows: a bundle's once, all of its events acknowledged
         if self._marker is None or self._marker.done():
             self._marker = asyncio.create_task(self._mark_published(), name="outbox-mark")
 
@@ -404,37 +453,59 @@ class OutboxRelay:
         # anywhere before the commit leaves the rows unmarked, to be published again (as duplicates).
         async with pooled_driver(self._engine) as driver, driver.transaction():
             if min_age > 0:
-                rows = await driver.fetch(_CLAIM_AGED_SQL, self._batch_size, utcnow() - dt.timedelta(seconds=min_age))
+                claimed = await driver.fetch(
+                    _CLAIM_AGED_SQL, self._batch_size, utcnow() - dt.timedelta(seconds=min_age)
+                )
             else:
-                rows = await driver.fetch(_CLAIM_SQL, self._batch_size)
+                claimed = await driver.fetch(_CLAIM_SQL, self._batch_size)
+            rows = self._batch_of(claimed)
             if not rows:
                 return 0
+            bundles = [row[0] for row in rows if row[2] is None]
+            if bundles:
+                envelopes: dict[str, bytes] = {row[0]: row[1] for row in await driver.fetch(_BUNDLES_SQL, bundles)}
+                rows = [(row[0], row[1], envelopes[row[0]]) if row[2] is None else row for row in rows]
+            events = unbundled(rows)
             if sent is None:
-                await self._publish(rows)
+                await self._publish(events)
             else:
-                await self._bus.publish_batch(rows, self._publish_timeout, sent=sent)
+                await self._bus.publish_batch(events, self._publish_timeout, sent=sent)
             await driver.execute(_MARK_SQL, [row[0] for row in rows], utcnow())
-        return len(rows)
+        return len(events)
 
     async def _publish_batch_sqlalchemy(self, min_age: float) -> int:
-        query = select(outbox_table.c.id, outbox_table.c.subject, outbox_table.c.envelope)
+        query = select(outbox_table.c.id, outbox_table.c.subject)
         query = query.where(outbox_table.c.published_at.is_(None)).order_by(outbox_table.c.id)
         if min_age > 0:
             query = query.where(outbox_table.c.created_at <= utcnow() - dt.timedelta(seconds=min_age))
         query = query.limit(self._batch_size)
         async with self._engine.begin() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = self._batch_of((await conn.execute(query)).all())
             if not rows:
                 return 0
-            await self._publish(rows)
-            await conn.execute(
-                update(outbox_table).where(outbox_table.c.id.in_([r.id for r in rows])).values(published_at=utcnow())
-            )
-        return len(rows)
+            ids = [row[0] for row in rows]
+            read = select(outbox_table.c.id, outbox_table.c.envelope).where(outbox_table.c.id.in_(ids))
+            envelopes: dict[str, bytes] = {row[0]: row[1] for row in await conn.execute(read)}
+            events = unbundled([(row[0], row[1], envelopes[row[0]]) for row in rows])
+            await self._publish(events)
+            await conn.execute(update(outbox_table).where(outbox_table.c.id.in_(ids)).values(published_at=utcnow()))
+        return len(events)
 
-    async def _publish(self, rows: Sequence[Any]) -> None:
-        """Publish ``(id, subject, envelope)`` rows and wait for every acknowledgement, within one deadline."""
-        await self._bus.publish_batch(rows, self._publish_timeout)
+    async def _publish(self, events: Sequence[tuple[str, str, bytes]]) -> None:
+        """Publish ``(id, subject, envelope)`` events and wait for every acknowledgement, within one deadline."""
+        await self._bus.publish_batch(events, self._publish_timeout)
+
+    def _batch_of(self, claimed: Sequence[Any]) -> list[Any]:
+        """The first claimed rows that make one batch of events (at least one row; a bundle counted as the most
+        it may hold). The rest stay unpublished for the next batch."""
+        rows: list[Any] = []
+        weight = 0
+        for row in claimed:
+            weight += _weight(row)
+            if rows and weight > self._batch_size:
+                break
+            rows.append(row)
+        return rows
 
     async def _housekeeping(self) -> None:
         # Off the hot path: gauges at most once a second, the purge of old sent rows once a minute.

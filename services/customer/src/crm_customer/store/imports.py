@@ -81,7 +81,7 @@ from crm_platform.db import as_utc, is_postgres
 from crm_platform.driver import driver_of
 from crm_platform.errors import Conflict, FailedPrecondition, NotFound
 from crm_platform.ids import new_id, new_ids
-from crm_platform.outbox import TYPE_URL_PREFIX, Outbox, PendingEvent, make_envelope
+from crm_platform.outbox import TYPE_URL_PREFIX, Outbox, PendingEvent, bundle_rows, make_envelope
 from crm_platform.schema import outbox as outbox_table
 from crm_platform.scope import in_scope, scope_condition
 
@@ -847,9 +847,12 @@ class ImportStore:
     async def _created_rows(
         self, job: ImportJob, creates: list[tuple[PreparedRow, str, str, str]], now: dt.datetime
     ) -> tuple[list[tuple[Any, ...]], ...]:
-        """The customers, data keys, history rows and ``customer.created`` outbox rows of a batch's imported rows.
-        They come prepared (:class:`PreparedRow`): here each customer gets its number and owner."""
-        customer_rows, key_rows, history_rows, event_rows = [], [], [], []
+        """The customers, data keys, history rows and outbox rows of a batch's imported rows: its
+        ``customer.created`` events go in bundles (:func:`crm_platform.outbox.bundle_rows`), one outbox row to
+        insert and to mark sent per thousand events instead of one each (measured: 14 µs of PostgreSQL's CPU per
+        event for the row and its mark). They come prepared (:class:`PreparedRow`): here each customer gets its
+        number and owner."""
+        customer_rows, key_rows, history_rows, created = [], [], [], []
         envelopes = _Envelopes(events.CUSTOMER_CREATED, self._outbox.source, job.created_by, now)
         event_ids = new_ids(len(creates))
         for index, (item, number, owner_id, team_id) in enumerate(creates):
@@ -859,9 +862,8 @@ class ImportStore:
             key_rows.append(item.key)
             history_rows.append(item.history)
             payload = events.with_ownership(item.created, owner_id, team_id)
-            event_rows.append(
-                envelopes.packed_row(item.customer_id, events.CUSTOMER_CREATED_TYPE, payload, event_ids[index])
-            )
+            created.append(envelopes.event(item.customer_id, events.CUSTOMER_CREATED_TYPE, payload, event_ids[index]))
+        event_rows = [(*bundle, now) for bundle in bundle_rows(created)]
         return customer_rows, key_rows, history_rows, event_rows
 
     async def _bulk(
@@ -1069,6 +1071,10 @@ class _Envelopes:
     def packed_row(self, subject_id: str, type_name: str, payload: bytes, event_id: str = "") -> tuple[Any, ...]:
         """:meth:`row` of a payload already serialized: a message of type ``type_name``; its id ``event_id``, else
         a new one."""
+        return (*self.event(subject_id, type_name, payload, event_id), self._now)
+
+    def event(self, subject_id: str, type_name: str, payload: bytes, event_id: str = "") -> PendingEvent:
+        """The event of :meth:`packed_row`, to write in a bundle (:func:`crm_platform.outbox.bundle_rows`)."""
         event_id = event_id or new_id()
         packed = _wire_text(_ANY_TYPE_URL, f"{TYPE_URL_PREFIX}{type_name}") + _wire_bytes(_ANY_VALUE, payload)
         envelope = b"".join(
@@ -1079,7 +1085,7 @@ class _Envelopes:
                 _wire_bytes(_ENVELOPE_PAYLOAD, packed),
             )
         )
-        return event_id, self._subject, envelope, self._now
+        return PendingEvent(event_id, self._subject, envelope)
 
 
 _FIELDS = envelope_pb2.EventEnvelope.DESCRIPTOR.fields_by_name
