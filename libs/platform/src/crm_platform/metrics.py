@@ -16,7 +16,9 @@ HTTP_REQUESTS = Counter("crm_http_requests", "HTTP requests handled.", ["method"
 HTTP_LATENCY = Histogram(
     "crm_http_request_seconds", "HTTP request latency.", ["method", "route"], buckets=_LATENCY_BUCKETS
 )
-OUTBOX_BACKLOG = Gauge("crm_outbox_backlog", "Outbox events committed but not yet published.")
+OUTBOX_BACKLOG = Gauge(
+    "crm_outbox_backlog", "Outbox rows committed but not yet published (a bundle of up to 1,000 events counts once)."
+)
 OUTBOX_OLDEST_AGE = Gauge("crm_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox event.")
 OUTBOX_PUBLISHED = Counter("crm_outbox_published", "Outbox events published to JetStream.")
 OUTBOX_PUBLISH_ERRORS = Counter("crm_outbox_publish_errors", "Failed attempts to publish an outbox batch.")
