@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, update
@@ -65,6 +66,18 @@ async def _unmarked_after(env: Env, timeout: float) -> int:
         await asyncio.sleep(0.05)
 
 
+def _crashing_relay(env: Env, bus: Bus, **options: Any) -> OutboxRelay:
+    """A relay whose process dies after publishing a batch and before marking it sent."""
+    relay = OutboxRelay(env.engine, bus, **options)
+
+    async def crash_after_publish(events: list[tuple[str, str, bytes]]) -> None:
+        await OutboxRelay._publish(relay, events)  # the events reach JetStream …
+        raise ConnectionError("process killed before marking the batch sent")  # … but the mark is lost
+
+    relay._publish = crash_after_publish  # type: ignore[method-assign]
+    return relay
+
+
 async def test_change_and_event_commit_together_or_not_at_all(outbox_env: Env) -> None:
     env = outbox_env
     outbox = Outbox("test")
@@ -120,13 +133,7 @@ async def test_relay_crash_between_publish_and_mark_publishes_each_event_once(ou
     bus = await connect_bus(nats_url, env.stream)
     outbox = Outbox("test")
     ids = await _write(env, outbox, 30)
-    crashing = OutboxRelay(env.engine, bus, batch_size=20)
-
-    async def crash_after_publish(rows: list[object]) -> None:
-        await OutboxRelay._publish(crashing, rows)  # the events reach JetStream …
-        raise ConnectionError("process killed before marking the batch sent")  # … but the mark is lost
-
-    crashing._publish = crash_after_publish  # type: ignore[method-assign]
+    crashing = _crashing_relay(env, bus, batch_size=20)
     try:
         with pytest.raises(ConnectionError):
             await crashing.publish_batch()
@@ -222,13 +229,7 @@ async def test_a_bundle_republished_after_a_crash_reaches_the_stream_once(outbox
     env = outbox_env
     bus = await connect_bus(nats_url, env.stream)
     ids, _ = await _write_with_bundles(env, [40])
-    crashing = OutboxRelay(env.engine, bus)
-
-    async def crash_after_publish(events: list[object]) -> None:
-        await OutboxRelay._publish(crashing, events)  # the events reach JetStream …
-        raise ConnectionError("process killed before marking the batch sent")  # … but the mark is lost
-
-    crashing._publish = crash_after_publish  # type: ignore[method-assign]
+    crashing = _crashing_relay(env, bus)
     try:
         with pytest.raises(ConnectionError):
             await crashing.publish_batch()
