@@ -268,3 +268,56 @@ async def test_an_import_whose_file_fails_to_read_stops_with_the_reason_after_it
     assert (job.status, job.checkpoint_row, job.processed, job.imported) == (import_store.RUNNING, 21, 20, 20)
     async with store._sessions() as session:
         assert (await session.execute(select(text("count(*)")).select_from(customers))).scalar_one() == 20
+
+
+async def test_a_single_create_racing_an_import_batch_makes_that_row_a_duplicate(parts: Any) -> None:
+    """A batch is decided (duplicates, numbers) before it is written, while the batch before it is written. A single
+    create that takes one of its ID numbers in between makes its write fail on the unique index; the worker decides
+    that batch again — the row is now a duplicate of the new customer — and the batch after it too, since it was
+    decided on what the failed one would have written."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from import_files import RM1, good_row, resident_id, to_csv
+
+    from crm_customer.domain.imports import Distribution, ImportFormat, inspect, plan_distribution
+    from crm_customer.import_worker import ImportWorker
+    from crm_customer.store import imports as import_store
+
+    store, writes, _ = parts
+    imports = import_store.ImportStore(store._sessions.kw["bind"], store._sessions, store._outbox, store)
+    content = to_csv([good_row(i) for i in range(20)])
+    plan = plan_distribution(RM1, Distribution.NONE, "", [])
+    upload = await imports.begin_upload(RM1, ImportFormat.CSV, "customers.csv", False, plan, utcnow())
+    await upload.write(content)
+    sha256 = await upload.close()
+    facts = await inspect(imports.file(upload.job_id), ImportFormat.CSV)
+    await imports.queue(upload.job_id, sha256, len(content), facts, utcnow())
+
+    # Index 7 is the file's row 9, in the second batch of five rows.
+    rival = register_customer(
+        RM1,
+        "individual",
+        {"name": "抢先", "id_type": "resident_id", "id_number": resident_id(7), "mobile": "13700000007"},
+        utcnow(),
+    )
+    write_batch = imports.write_batch
+    raced: list[str] = []
+
+    async def racing_write(job: Any, decided: Any) -> Any:
+        if not raced and job.checkpoint_row == 6:  # the second batch, decided already, about to be written
+            raced.append((await writes.create(RM1, rival, "")).id)
+        return await write_batch(job, decided)
+
+    imports.write_batch = racing_write  # type: ignore[method-assign]
+    job = await asyncio.wait_for(ImportWorker(imports, batch_rows=5).process(upload.job_id), timeout=60)
+    assert job is not None and raced
+    assert (job.status, job.processed, job.imported, job.duplicates, job.failed) == ("finished", 20, 19, 1, 0)
+    rows = {row.row: row for row in (await imports.rows(RM1, upload.job_id, 0, 100, ""))[0]}
+    assert (rows[9].status, rows[9].duplicate_of) == ("duplicate", raced[0])
+    assert all(rows[r].status == "imported" for r in rows if r != 9)
+    async with store._sessions() as session:
+        assert (await session.execute(select(text("count(*)")).select_from(customers))).scalar_one() == 20
+        hashes = select(text("count(DISTINCT id_number_hash)")).select_from(customers)
+        assert (await session.execute(hashes)).scalar_one() == 20

@@ -11,9 +11,11 @@ invalidated so the pool does not hand it out again.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncpg
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
@@ -21,6 +23,17 @@ async def driver_of(conn: AsyncConnection) -> Any:
     """The asyncpg connection of ``conn`` (which must be on PostgreSQL)."""
     raw = await conn.get_raw_connection()
     return raw.driver_connection
+
+
+@contextlib.contextmanager
+def integrity_as_sqlalchemy(statement: str) -> Iterator[None]:
+    """Raise a constraint violation reported by the driver (a unique index, a foreign key) as SQLAlchemy's
+    ``IntegrityError``, as the same statement through a session would, so that a caller handles one exception
+    whichever path wrote. ``statement`` names what was written, for the message."""
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise IntegrityError(statement, None, exc) from exc
 
 
 async def driver_in_transaction(conn: AsyncConnection) -> Any | None:

@@ -78,7 +78,7 @@ from crm_customer.store.import_prepare import (
 from crm_customer.store.tables import customer_history, customer_holdings, customer_keys, customer_tags, customers
 from crm_platform.auth_context import Identity, Scope
 from crm_platform.db import as_utc, is_postgres
-from crm_platform.driver import driver_of
+from crm_platform.driver import driver_of, integrity_as_sqlalchemy
 from crm_platform.errors import Conflict, FailedPrecondition, NotFound
 from crm_platform.ids import new_id, new_ids
 from crm_platform.outbox import TYPE_URL_PREFIX, Outbox, PendingEvent, bundle_rows, make_envelope
@@ -877,7 +877,8 @@ class ImportStore:
             await session.execute(insert(table), [dict(zip(columns, record, strict=True)) for record in records])
             return
         driver = await driver_of(await session.connection())
-        await driver.copy_records_to_table(table.name, records=records, columns=list(columns))
+        with integrity_as_sqlalchemy(f"COPY {table.name}"):  # as the session's insert raises it, on SQLite
+            await driver.copy_records_to_table(table.name, records=records, columns=list(columns))
 
     async def finish(self, job: ImportJob, now: dt.datetime) -> ImportJob:
         """Close a job whose rows are all done: drop its file and keys, publish ``import.imported``."""
