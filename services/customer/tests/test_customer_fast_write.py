@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from import_files import RM1, good_row, resident_id, to_csv
 from sqlalchemy import select, text, update
 
 from crm_customer import events
@@ -231,21 +232,12 @@ async def test_a_large_import_refreshes_the_statistics_once_finished(parts: Any)
     assert await analysed()
 
 
-async def test_an_import_whose_file_fails_to_read_stops_with_the_reason_after_its_good_batches(parts: Any) -> None:
-    """The worker reads and prepares batches ahead of the one it writes; a read failure further on reaches the job
-    after the batches before it were written, as that failure, instead of leaving the worker waiting."""
-    import hashlib
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from import_files import RM1, good_row, to_csv
-
-    from crm_customer.domain.imports import Distribution, ImportFormat, Undecodable, inspect, plan_distribution
-    from crm_customer.import_worker import ImportWorker
+async def _queued_import(store: CustomerStore) -> tuple[Any, str, bytes, str]:
+    """An import store on ``store``'s database, and a job it queued for a valid file of 20 customers uploaded by
+    rm1: (import store, job id, the file, its SHA-256)."""
+    from crm_customer.domain.imports import Distribution, ImportFormat, inspect, plan_distribution
     from crm_customer.store import imports as import_store
 
-    store, _, _ = parts
     imports = import_store.ImportStore(store._sessions.kw["bind"], store._sessions, store._outbox, store)
     content = to_csv([good_row(i) for i in range(20)])
     plan = plan_distribution(RM1, Distribution.NONE, "", [])
@@ -254,16 +246,30 @@ async def test_an_import_whose_file_fails_to_read_stops_with_the_reason_after_it
     sha256 = await upload.close()
     facts = await inspect(imports.file(upload.job_id), ImportFormat.CSV)
     await imports.queue(upload.job_id, sha256, len(content), facts, utcnow())
+    return imports, upload.job_id, content, sha256
+
+
+async def test_an_import_whose_file_fails_to_read_stops_with_the_reason_after_its_good_batches(parts: Any) -> None:
+    """The worker reads and prepares batches ahead of the one it writes; a read failure further on reaches the job
+    after the batches before it were written, as that failure, instead of leaving the worker waiting."""
+    import hashlib
+
+    from crm_customer.domain.imports import Undecodable
+    from crm_customer.import_worker import ImportWorker
+    from crm_customer.store import imports as import_store
+
+    store, _, _ = parts
+    imports, job_id, content, sha256 = await _queued_import(store)
     # The stored file goes on with bytes that are not UTF-8 (as if its storage broke after the upload's check).
     async with store._sessions() as session, session.begin():
         await session.execute(
-            import_store.chunks.insert().values(job_id=upload.job_id, seq=2, data=b"\xff\xfe" + "张".encode("gb18030"))
+            import_store.chunks.insert().values(job_id=job_id, seq=2, data=b"\xff\xfe" + "张".encode("gb18030"))
         )
     assert hashlib.sha256(content).hexdigest() == sha256
 
     with pytest.raises(Undecodable, match=f"not utf-8 at byte {len(content)}"):
-        await asyncio.wait_for(ImportWorker(imports, batch_rows=5).process(upload.job_id), timeout=60)
-    job = await imports.load(upload.job_id)
+        await asyncio.wait_for(ImportWorker(imports, batch_rows=5).process(job_id), timeout=60)
+    job = await imports.load(job_id)
     assert job is not None
     assert (job.status, job.checkpoint_row, job.processed, job.imported) == (import_store.RUNNING, 21, 20, 20)
     async with store._sessions() as session:
@@ -275,25 +281,10 @@ async def test_a_single_create_racing_an_import_batch_makes_that_row_a_duplicate
     create that takes one of its ID numbers in between makes its write fail on the unique index; the worker decides
     that batch again — the row is now a duplicate of the new customer — and the batch after it too, since it was
     decided on what the failed one would have written."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from import_files import RM1, good_row, resident_id, to_csv
-
-    from crm_customer.domain.imports import Distribution, ImportFormat, inspect, plan_distribution
     from crm_customer.import_worker import ImportWorker
-    from crm_customer.store import imports as import_store
 
     store, writes, _ = parts
-    imports = import_store.ImportStore(store._sessions.kw["bind"], store._sessions, store._outbox, store)
-    content = to_csv([good_row(i) for i in range(20)])
-    plan = plan_distribution(RM1, Distribution.NONE, "", [])
-    upload = await imports.begin_upload(RM1, ImportFormat.CSV, "customers.csv", False, plan, utcnow())
-    await upload.write(content)
-    sha256 = await upload.close()
-    facts = await inspect(imports.file(upload.job_id), ImportFormat.CSV)
-    await imports.queue(upload.job_id, sha256, len(content), facts, utcnow())
+    imports, job_id, _, _ = await _queued_import(store)
 
     # Index 7 is the file's row 9, in the second batch of five rows.
     rival = register_customer(
@@ -311,10 +302,10 @@ async def test_a_single_create_racing_an_import_batch_makes_that_row_a_duplicate
         return await write_batch(job, decided)
 
     imports.write_batch = racing_write  # type: ignore[method-assign]
-    job = await asyncio.wait_for(ImportWorker(imports, batch_rows=5).process(upload.job_id), timeout=60)
+    job = await asyncio.wait_for(ImportWorker(imports, batch_rows=5).process(job_id), timeout=60)
     assert job is not None and raced
     assert (job.status, job.processed, job.imported, job.duplicates, job.failed) == ("finished", 20, 19, 1, 0)
-    rows = {row.row: row for row in (await imports.rows(RM1, upload.job_id, 0, 100, ""))[0]}
+    rows = {row.row: row for row in (await imports.rows(RM1, job_id, 0, 100, ""))[0]}
     assert (rows[9].status, rows[9].duplicate_of) == ("duplicate", raced[0])
     assert all(rows[r].status == "imported" for r in rows if r != 9)
     async with store._sessions() as session:

@@ -30,12 +30,12 @@ import datetime as dt
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy import case, delete, event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
@@ -61,8 +61,8 @@ BUNDLE_SUBJECT = "crm.outbox.bundle"  # the subject column of a row holding an E
 MAX_BUNDLE_EVENTS = 1000  # events in one bundle, at most: a relay batch holds whole bundles
 
 _INSERT_SQL = "INSERT INTO outbox (id, subject, envelope, created_at) VALUES ($1, $2, $3, $4)"
-# A claimed bundle comes without its envelope (NULL): the relay takes as many rows as make one batch of events,
-# then reads the envelopes of the bundles among them (:meth:`OutboxRelay._claim`).
+# A claimed bundle comes without its envelope (NULL): the relay takes as many rows as make one batch of events
+# (:func:`_fitting`), then reads the envelopes of the bundles among them (:func:`_bundle_ids`).
 _CLAIMED = f"id, subject, CASE WHEN subject = '{BUNDLE_SUBJECT}' THEN NULL ELSE envelope END AS envelope"
 _CLAIM_SQL = f"SELECT {_CLAIMED} FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
 _CLAIM_AGED_SQL = (
@@ -112,6 +112,28 @@ def unbundled(rows: Sequence[Sequence[Any]]) -> list[tuple[str, str, bytes]]:
 def _weight(row: Sequence[Any]) -> int:
     """How many events a row counts for in a batch (a bundle: as many as it may hold)."""
     return MAX_BUNDLE_EVENTS if row[1] == BUNDLE_SUBJECT else 1
+
+
+def _fitting(rows: Iterable[Sequence[Any]], limit: int) -> tuple[int, int]:
+    """How many of the first ``rows`` make one batch of at most ``limit`` events (at least one row: whole
+    bundles), and how many events they count for (:func:`_weight`)."""
+    count = weight = 0
+    for row in rows:
+        if count and weight + _weight(row) > limit:
+            break
+        count += 1
+        weight += _weight(row)
+    return count, weight
+
+
+def _bundle_ids(rows: Sequence[Sequence[Any]]) -> list[str]:
+    """The claimed rows that are bundles, their envelope still to read (see :data:`_CLAIMED`)."""
+    return [row[0] for row in rows if row[2] is None]
+
+
+def _with_envelopes(rows: Sequence[Sequence[Any]], envelopes: dict[str, bytes]) -> list[Sequence[Any]]:
+    """Claimed rows, each bundle with its envelope from ``envelopes`` (by id)."""
+    return [(row[0], row[1], envelopes[row[0]]) if row[2] is None else row for row in rows]
 
 
 DEFER_AFTER_COMMIT = "crm_defer_after_commit"
@@ -347,11 +369,8 @@ class OutboxRelay:
             raise error
         while len(self._fresh_in_flight) >= _FRESH_IN_FLIGHT:
             await asyncio.wait(self._fresh_in_flight, return_when=asyncio.FIRST_COMPLETED)
-        batch: list[PendingEvent] = []
-        weight = 0
-        while self._fresh and (not batch or weight + _weight(self._fresh[0]) <= self._batch_size):
-            batch.append(self._fresh.popleft())
-            weight += _weight(batch[-1])
+        count, weight = _fitting(self._fresh, self._batch_size)
+        batch = [self._fresh.popleft() for _ in range(count)]
         self._fresh_weight -= weight
         if not batch:
             return
@@ -458,13 +477,11 @@ class OutboxRelay:
                 )
             else:
                 claimed = await driver.fetch(_CLAIM_SQL, self._batch_size)
-            rows = self._batch_of(claimed)
+            rows = claimed[: _fitting(claimed, self._batch_size)[0]]
             if not rows:
                 return 0
-            bundles = [row[0] for row in rows if row[2] is None]
-            if bundles:
-                envelopes: dict[str, bytes] = {row[0]: row[1] for row in await driver.fetch(_BUNDLES_SQL, bundles)}
-                rows = [(row[0], row[1], envelopes[row[0]]) if row[2] is None else row for row in rows]
+            if bundles := _bundle_ids(rows):
+                rows = _with_envelopes(rows, dict(await driver.fetch(_BUNDLES_SQL, bundles)))
             events = unbundled(rows)
             if sent is None:
                 await self._publish(events)
@@ -474,38 +491,30 @@ class OutboxRelay:
         return len(events)
 
     async def _publish_batch_sqlalchemy(self, min_age: float) -> int:
-        query = select(outbox_table.c.id, outbox_table.c.subject)
-        query = query.where(outbox_table.c.published_at.is_(None)).order_by(outbox_table.c.id)
+        c = outbox_table.c
+        envelope = case((c.subject == BUNDLE_SUBJECT, None), else_=c.envelope)  # as _CLAIMED
+        query = select(c.id, c.subject, envelope).where(c.published_at.is_(None)).order_by(c.id)
         if min_age > 0:
-            query = query.where(outbox_table.c.created_at <= utcnow() - dt.timedelta(seconds=min_age))
+            query = query.where(c.created_at <= utcnow() - dt.timedelta(seconds=min_age))
         query = query.limit(self._batch_size)
         async with self._engine.begin() as conn:
-            rows = self._batch_of((await conn.execute(query)).all())
+            claimed = (await conn.execute(query)).all()
+            rows: Sequence[Sequence[Any]] = claimed[: _fitting(claimed, self._batch_size)[0]]
             if not rows:
                 return 0
-            ids = [row[0] for row in rows]
-            read = select(outbox_table.c.id, outbox_table.c.envelope).where(outbox_table.c.id.in_(ids))
-            envelopes: dict[str, bytes] = {row[0]: row[1] for row in await conn.execute(read)}
-            events = unbundled([(row[0], row[1], envelopes[row[0]]) for row in rows])
+            if bundles := _bundle_ids(rows):
+                read = select(c.id, c.envelope).where(c.id.in_(bundles))
+                rows = _with_envelopes(rows, {row[0]: row[1] for row in await conn.execute(read)})
+            events = unbundled(rows)
             await self._publish(events)
-            await conn.execute(update(outbox_table).where(outbox_table.c.id.in_(ids)).values(published_at=utcnow()))
+            await conn.execute(
+                update(outbox_table).where(c.id.in_([row[0] for row in rows])).values(published_at=utcnow())
+            )
         return len(events)
 
     async def _publish(self, events: Sequence[tuple[str, str, bytes]]) -> None:
         """Publish ``(id, subject, envelope)`` events and wait for every acknowledgement, within one deadline."""
         await self._bus.publish_batch(events, self._publish_timeout)
-
-    def _batch_of(self, claimed: Sequence[Any]) -> list[Any]:
-        """The first claimed rows that make one batch of events (at least one row; a bundle counted as the most
-        it may hold). The rest stay unpublished for the next batch."""
-        rows: list[Any] = []
-        weight = 0
-        for row in claimed:
-            weight += _weight(row)
-            if rows and weight > self._batch_size:
-                break
-            rows.append(row)
-        return rows
 
     async def _housekeeping(self) -> None:
         # Off the hot path: gauges at most once a second, the purge of old sent rows once a minute.

@@ -324,9 +324,13 @@ class CsvInspection:
         self._text = CsvText(encoding)
         self._columns: tuple[str, ...] | None = None
         self._total = 0
+        self._started = False
 
     def feed(self, chunk: bytes) -> None:
-        """Check the next chunk of the file."""
+        """Check the next chunk of the file (the first one also for what a CSV file must not start with)."""
+        if not self._started and chunk:
+            self._started = True
+            _check_start(chunk[:4])
         self._count(self._text.feed(chunk))
 
     def close(self) -> FileFacts:
@@ -367,9 +371,6 @@ async def inspect_csv(source: ChunkSource) -> FileFacts:
 
     ``source()`` opens the file's byte stream from its start (called again when UTF-8 fails and GB18030 is tried).
     """
-    async for chunk in source():
-        _check_start(chunk[:4])
-        break
     try:
         return await _inspect_csv_as(source, "utf-8")
     except Undecodable as utf8_error:
@@ -391,15 +392,11 @@ class UploadInspection:
     def __init__(self, file_format: ImportFormat) -> None:
         self._format = file_format
         self._csv = CsvInspection("utf-8") if file_format is ImportFormat.CSV else None
-        self._started = False
 
     def feed(self, chunk: bytes) -> None:
         """Check the next chunk of the upload."""
-        if self._csv is None or not chunk:
+        if self._csv is None:
             return
-        if not self._started:
-            self._started = True
-            _check_start(chunk[:4])
         try:
             self._csv.feed(chunk)
         except Undecodable:
