@@ -26,7 +26,7 @@ from crm_platform.schema import outbox as outbox_table
 from crm_testing.nats_server import NatsServer
 from crm_testing.outbox_env import OutboxEnv as Env
 from crm_testing.outbox_env import notes
-from crm_testing.streams import connect_bus, delete_stream, stream_envelopes
+from crm_testing.streams import connect_bus, stream_bus, stream_envelopes
 
 
 async def _write(env: Env, outbox: Outbox, n: int, *, fail: bool = False) -> list[str]:
@@ -90,19 +90,17 @@ async def test_change_and_event_commit_together_or_not_at_all(outbox_env: Env) -
 
 async def test_relay_publishes_on_commit_with_msg_id(outbox_env: Env, nats_url: str) -> None:
     env = outbox_env
-    bus = await connect_bus(nats_url, env.stream)
-    relay = OutboxRelay(env.engine, bus, poll_interval=30.0)  # a long poll proves the wake-up comes from the commit
-    outbox = Outbox("test", notify=relay.wake)
-    relay.start()
-    try:
-        ids = await _write(env, outbox, 25)
-        published = await _stream_ids(bus, env, expected=25, timeout=5)
-        assert sorted(published) == sorted(ids)
-        assert await _unmarked_after(env, timeout=2) == 0
-    finally:
-        await relay.stop()
-        await bus.close()
-        await delete_stream(nats_url, env.stream)
+    async with stream_bus(nats_url, env.stream) as bus:
+        relay = OutboxRelay(env.engine, bus, poll_interval=30.0)  # a long poll: the wake-up comes from the commit
+        outbox = Outbox("test", notify=relay.wake)
+        relay.start()
+        try:
+            ids = await _write(env, outbox, 25)
+            published = await _stream_ids(bus, env, expected=25, timeout=5)
+            assert sorted(published) == sorted(ids)
+            assert await _unmarked_after(env, timeout=2) == 0
+        finally:
+            await relay.stop()
 
 
 async def test_changes_commit_while_nats_is_down_and_publish_after_it_returns(outbox_env: Env, tmp_path: Path) -> None:
@@ -130,11 +128,10 @@ async def test_changes_commit_while_nats_is_down_and_publish_after_it_returns(ou
 
 async def test_relay_crash_between_publish_and_mark_publishes_each_event_once(outbox_env: Env, nats_url: str) -> None:
     env = outbox_env
-    bus = await connect_bus(nats_url, env.stream)
-    outbox = Outbox("test")
-    ids = await _write(env, outbox, 30)
-    crashing = _crashing_relay(env, bus, batch_size=20)
-    try:
+    async with stream_bus(nats_url, env.stream) as bus:
+        outbox = Outbox("test")
+        ids = await _write(env, outbox, 30)
+        crashing = _crashing_relay(env, bus, batch_size=20)
         with pytest.raises(ConnectionError):
             await crashing.publish_batch()
         assert await env.count(outbox_table, outbox_table.c.published_at.is_(None)) == 30
@@ -143,9 +140,6 @@ async def test_relay_crash_between_publish_and_mark_publishes_each_event_once(ou
             pass
         published = await _stream_ids(bus, env, expected=30)
         assert sorted(published) == sorted(ids)  # JetStream dropped the 20 re-published duplicates
-    finally:
-        await bus.close()
-        await delete_stream(nats_url, env.stream)
 
 
 async def test_old_published_rows_are_purged(outbox_env: Env) -> None:
@@ -192,8 +186,7 @@ async def _write_with_bundles(env: Env, sizes: list[int]) -> tuple[list[str], li
 
 async def test_a_bundle_is_published_event_by_event_and_marked_once(outbox_env: Env, nats_url: str) -> None:
     env = outbox_env
-    bus = await connect_bus(nats_url, env.stream)
-    try:
+    async with stream_bus(nats_url, env.stream) as bus:
         ids, bundles = await _write_with_bundles(env, [MAX_BUNDLE_EVENTS, 5])
         assert len(bundles) == 2 and await env.count(outbox_table) == 4
         relay = OutboxRelay(env.engine, bus, batch_size=MAX_BUNDLE_EVENTS)
@@ -203,34 +196,28 @@ async def test_a_bundle_is_published_event_by_event_and_marked_once(outbox_env: 
         published = await _stream_ids(bus, env, expected=len(ids), timeout=20)
         assert published == ids  # each event a message of its own, with its id, in the order written
         assert await env.count(outbox_table, outbox_table.c.published_at.is_(None)) == 0
-    finally:
-        await bus.close()
-        await delete_stream(nats_url, env.stream)
 
 
 async def test_a_bundle_handed_over_is_published_from_memory(outbox_env: Env, nats_url: str) -> None:
     env = outbox_env
-    bus = await connect_bus(nats_url, env.stream)
-    relay = OutboxRelay(env.engine, bus, poll_interval=30.0)  # a long poll: the publish comes from the hand-over
-    relay.start()
-    try:
-        ids, bundles = await _write_with_bundles(env, [300])
-        Outbox("test", notify=relay.wake).handed_over(bundles)
-        published = await _stream_ids(bus, env, expected=300, timeout=5)
-        assert published == ids[1:-1]
-        assert await _unmarked_after(env, timeout=2) == 2  # only the two rows of their own, never handed over
-    finally:
-        await relay.stop()
-        await bus.close()
-        await delete_stream(nats_url, env.stream)
+    async with stream_bus(nats_url, env.stream) as bus:
+        relay = OutboxRelay(env.engine, bus, poll_interval=30.0)  # a long poll: the publish comes from the hand-over
+        relay.start()
+        try:
+            ids, bundles = await _write_with_bundles(env, [300])
+            Outbox("test", notify=relay.wake).handed_over(bundles)
+            published = await _stream_ids(bus, env, expected=300, timeout=5)
+            assert published == ids[1:-1]
+            assert await _unmarked_after(env, timeout=2) == 2  # only the two rows of their own, never handed over
+        finally:
+            await relay.stop()
 
 
 async def test_a_bundle_republished_after_a_crash_reaches_the_stream_once(outbox_env: Env, nats_url: str) -> None:
     env = outbox_env
-    bus = await connect_bus(nats_url, env.stream)
-    ids, _ = await _write_with_bundles(env, [40])
-    crashing = _crashing_relay(env, bus)
-    try:
+    async with stream_bus(nats_url, env.stream) as bus:
+        ids, _ = await _write_with_bundles(env, [40])
+        crashing = _crashing_relay(env, bus)
         with pytest.raises(ConnectionError):
             await crashing.publish_batch()
         assert await env.count(outbox_table, outbox_table.c.published_at.is_(None)) == 3
@@ -239,9 +226,6 @@ async def test_a_bundle_republished_after_a_crash_reaches_the_stream_once(outbox
             pass
         assert sorted(await _stream_ids(bus, env, expected=len(ids))) == sorted(ids)  # the copies were dropped
         assert await env.count(outbox_table, outbox_table.c.published_at.is_(None)) == 0
-    finally:
-        await bus.close()
-        await delete_stream(nats_url, env.stream)
 
 
 def test_bundles_hold_at_most_their_maximum_and_open_in_order() -> None:

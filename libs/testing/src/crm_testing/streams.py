@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import nats
 from nats.aio.msg import Msg
@@ -28,6 +30,17 @@ async def delete_stream(url: str, stream: StreamSpec) -> None:
     except Exception:  # noqa: BLE001 - already gone
         pass
     await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def stream_bus(url: str, stream: StreamSpec) -> AsyncIterator[Bus]:
+    """:func:`connect_bus` for a test's block; on leaving it, the bus is closed and ``stream`` deleted."""
+    bus = await connect_bus(url, stream)
+    try:
+        yield bus
+    finally:
+        await bus.close()
+        await delete_stream(url, stream)
 
 
 async def stream_envelopes(
