@@ -166,7 +166,7 @@ async def test_route_by_role_matrix(gateway: Gateway) -> None:
             if template.endswith("/logout"):
                 continue  # would revoke the token the rest of the matrix uses; covered in test_gateway
             reply = await gateway.client.request(method, path, json=body, headers=headers)
-            _, permissions = policy.grant((role,))
+            permissions = policy.grant((role,)).permissions
             allowed = permission == AUTHENTICATED or permission in permissions
             if allowed and reply.status_code in (401, 403):
                 failures.append(f"{method} {template} as {role} → {reply.status_code}, expected access")

@@ -44,6 +44,8 @@ async def permission_guard(connection: ASGIConnection[Any, Any, Any, Any], handl
     require_password_changed(claims)
     if not identity.has(permission):
         raise PermissionDenied(f"requires permission {permission}")
+    # The call acts under the route's permission, so in that permission's scope (services narrow it again).
+    connection.scope["state"]["identity"] = identity.acting_as(permission)
 
 
 def _authorization(headers: list[tuple[bytes, bytes]]) -> str:

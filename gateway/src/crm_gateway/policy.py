@@ -1,19 +1,14 @@
-"""RBAC policy: roles grant permissions and a data scope (``policy.yaml``), and the caller's identity."""
+"""The gateway's side of the RBAC policy (``crm_platform.policy``): route markers and the access explanation."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from crm_platform.auth_context import Identity, Scope
+from crm_platform.policy import POLICY_FILE, Policy, Role
 
-POLICY_FILE = Path(__file__).with_name("policy.yaml")
-
-# Scopes ordered from narrowest to widest; a user with several roles gets the widest.
-_ORDER = [Scope.NONE, Scope.OWN, Scope.TEAM, Scope.BRANCH, Scope.REGION, Scope.ALL]
+__all__ = ["AUTHENTICATED", "OPENAPI_PATH", "POLICY_FILE", "PUBLIC", "Explanation", "Policy", "Role", "explain"]
 
 # Permissions that exist; routes must name one of these (or ``public`` / ``authenticated``).
 PUBLIC = "public"
@@ -27,48 +22,6 @@ OPENAPI_PATH = "/schema"
 def is_automatic_options(handler: Any) -> bool:
     """Litestar adds an OPTIONS handler to every path (it answers ``Allow`` only, no data): public by design."""
     return getattr(handler, "http_methods", None) == {"OPTIONS"} and handler.handler_name == "options_handler"
-
-
-@dataclass(frozen=True)
-class Role:
-    """One role's grant."""
-
-    name: str
-    scope: Scope
-    permissions: frozenset[str]
-
-
-class Policy:
-    """The loaded policy file."""
-
-    def __init__(self, roles: dict[str, Role]) -> None:
-        self.roles = roles
-        self.permissions = frozenset(p for r in roles.values() for p in r.permissions)
-
-    @classmethod
-    def load(cls, path: Path = POLICY_FILE) -> Policy:
-        """Read and check the policy file; a malformed file stops the start."""
-        raw: dict[str, Any] = yaml.safe_load(path.read_text())
-        roles = {}
-        for name, spec in raw["roles"].items():
-            roles[name] = Role(name, Scope(spec["scope"]), frozenset(spec["permissions"]))
-        return cls(roles)
-
-    def grant(self, role_names: tuple[str, ...]) -> tuple[Scope, frozenset[str]]:
-        """The widest scope and the union of permissions of ``role_names`` (unknown roles grant nothing)."""
-        known = [self.roles[r] for r in role_names if r in self.roles]
-        if not known:
-            return Scope.NONE, frozenset()
-        scope = max((r.scope for r in known), key=_ORDER.index)
-        permissions = frozenset().union(*(r.permissions for r in known))
-        return scope, permissions
-
-    def identity(
-        self, user_id: str, roles: tuple[str, ...], branch_id: str, team_id: str, region: str, request_id: str
-    ) -> Identity:
-        """The identity a service receives for this user."""
-        scope, permissions = self.grant(roles)
-        return Identity(user_id, roles, scope, branch_id, team_id, region, request_id, permissions)
 
 
 @dataclass(frozen=True)
@@ -90,8 +43,12 @@ def explain(
     """
     from crm_platform.scope import in_scope
 
-    scope, permissions = policy.grant(roles)
-    identity = Identity(user["id"], roles, scope, user["branch"], user["team"], user["region"], "", permissions)
+    grant = policy.grant(roles)
+    permissions = grant.permissions
+    scope = grant.scopes.get(read, Scope.NONE)  # the scope of the read permission, from the roles granting it
+    identity = Identity(
+        user["id"], roles, scope, user["branch"], user["team"], user["region"], "", permissions, grant.scopes
+    )
     inside = in_scope(
         identity, owner=record["owner"], team=record["team"], branch=record["branch"], region=record["region"]
     )

@@ -23,7 +23,12 @@ from crm_platform import config as config_module
 from crm_platform.bus import DOMAIN_STREAMS, Bus
 from crm_platform.config import CommonSettings, SettingsError
 from crm_platform.db import create_engine, ensure_database, resolve_database_url, session_factory
-from crm_platform.grpc_server import add_health_and_reflection, create_server, set_serving
+from crm_platform.grpc_server import (
+    add_health_and_reflection,
+    create_server,
+    require_declared_permissions,
+    set_serving,
+)
 from crm_platform.heap import freeze_startup_heap
 from crm_platform.inbox import ConsumerRunner, Subscription
 from crm_platform.metrics import serve_metrics
@@ -95,6 +100,7 @@ async def run_service(spec: ServiceSpec, settings: CommonSettings, stop: asyncio
 
     server = create_server(spec.domain, settings.internal_secret)
     names = list(spec.wire(server, ctx))
+    require_declared_permissions(names)
     health = add_health_and_reflection(server, names)
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
     consumers = ConsumerRunner(bus, ctx.sessions, ctx.outbox, spec.subscriptions(ctx))

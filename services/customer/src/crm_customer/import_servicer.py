@@ -30,7 +30,7 @@ from crm_customer.store.imports import ImportJob, ImportStore, ReportRow
 from crm_platform import errors
 from crm_platform.auth_context import Identity, current_identity, reset_identity, set_identity
 from crm_platform.errors import AlreadyExists, FieldViolation, InvalidArgument
-from crm_platform.grpc_server import status_for
+from crm_platform.grpc_server import declare_permissions, status_for, verify_caller
 from crm_platform.outbox import utcnow
 from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
@@ -38,6 +38,7 @@ from crm_platform.runtime import Context
 from crm_platform.scope import in_scope
 
 PERMISSION = "customer:import"
+_UPLOAD_METHOD = f"/{pb.DESCRIPTOR.services_by_name['CustomerImportService'].full_name}/UploadImport"
 MAX_KEPT_SHOWN = 1000
 _FORMATS = {pb.IMPORT_FORMAT_CSV: ImportFormat.CSV, pb.IMPORT_FORMAT_XLSX: ImportFormat.XLSX}
 _FORMAT_TO_PROTO = {v: k for k, v in _FORMATS.items()}
@@ -126,7 +127,7 @@ class CustomerImportServicer(import_service_pb2_grpc.CustomerImportServiceServic
         """See the proto."""
         token = None
         try:
-            identity = Identity.from_metadata(tuple(context.invocation_metadata() or ()), self._secret)
+            identity = verify_caller(tuple(context.invocation_metadata() or ()), self._secret, _UPLOAD_METHOD)
             token = set_identity(identity)
             return await self._upload(identity, aiter(request_iterator))
         except errors.DomainError as exc:
@@ -241,3 +242,16 @@ def wire_imports(server: grpc.aio.Server, ctx: Context, customers: CustomerStore
     servicer = CustomerImportServicer(store, worker, ctx.settings.internal_secret)
     import_service_pb2_grpc.add_CustomerImportServiceServicer_to_server(servicer, server)
     return str(pb.DESCRIPTOR.services_by_name["CustomerImportService"].full_name)
+
+
+# The permission each method needs: the server refuses callers without it and applies its scope.
+declare_permissions(
+    pb.DESCRIPTOR.services_by_name["CustomerImportService"],
+    {
+        "GetImportTemplate": "customer:import",
+        "UploadImport": "customer:import",
+        "GetImport": "customer:import",
+        "ListImportRows": "customer:import",
+        "RollbackImport": "customer:import",
+    },
+)

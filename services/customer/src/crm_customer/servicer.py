@@ -16,6 +16,7 @@ from crm_customer.store.fastwrite import CustomerWrites
 from crm_platform import identifiers
 from crm_platform.auth_context import current_identity
 from crm_platform.errors import Conflict, FailedPrecondition, FieldViolation, InvalidArgument
+from crm_platform.grpc_server import declare_permissions
 from crm_platform.outbox import utcnow
 from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
@@ -590,3 +591,31 @@ def managed_tag_to_proto(tag: domain.ManagedTag) -> customer_pb2.ManagedTag:
         created_by=tag.created_by,
         created_at=timestamp(tag.created_at),
     )
+
+
+# The permission each method needs: the server refuses callers without it and applies its scope.
+declare_permissions(
+    customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"],
+    {
+        "GetCustomer": "customer:read",
+        "CreateCustomer": "customer:create",
+        "UpdateCustomer": "customer:write",
+        "ListCustomers": "customer:read",
+        "ListCustomerHistory": "customer:read",
+        "AssignCustomer": "customer:assign",
+        "ReclaimCustomer": "customer:assign",
+        "EraseCustomer": "customer:erase",
+        "TagCustomer": "customer:write",
+        "CreateSegment": "customer:read",
+        "ListSegments": "customer:read",
+        "ListSegmentMembers": "customer:read",
+        "ReplaceHoldings": "customer:write",
+        "ListHoldings": "customer:read",
+        "RevealCustomer": "pii:reveal",
+        "AssignCustomers": "customer:assign",
+        "ReplaceHoldingsBatch": "customer:write",
+        "DefineManagedTag": "tag:manage",
+        "ListManagedTags": "tag:read",
+        "MergeCustomers": "customer:merge",
+    },
+)

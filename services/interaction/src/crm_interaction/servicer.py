@@ -10,6 +10,7 @@ from crm_interaction.domain import Interaction, log_contact, require_read
 from crm_interaction.events import CHANNEL_TO_PROTO
 from crm_interaction.store import InteractionStore
 from crm_platform.auth_context import current_identity
+from crm_platform.grpc_server import declare_permissions
 from crm_platform.outbox import utcnow
 from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
@@ -56,3 +57,13 @@ class InteractionServicer(interaction_service_pb2_grpc.InteractionServiceService
         return interaction_service_pb2.ListInteractionsResponse(
             interactions=[to_proto(i) for i in items], page=paging_pb2.PageInfo(next_page_token=next_token)
         )
+
+
+# The permission each method needs: the server refuses callers without it and applies its scope.
+declare_permissions(
+    interaction_service_pb2.DESCRIPTOR.services_by_name["InteractionService"],
+    {
+        "LogInteraction": "interaction:write",
+        "ListInteractions": "interaction:read",
+    },
+)

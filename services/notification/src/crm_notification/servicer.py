@@ -9,6 +9,7 @@ from crm.notification.v1 import notification_pb2, notification_service_pb2, noti
 from crm_notification.domain import InboxMessage, inbox_page
 from crm_notification.store import InboxStore
 from crm_platform.auth_context import current_identity
+from crm_platform.grpc_server import declare_permissions
 from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
 
@@ -39,3 +40,12 @@ class NotificationServicer(notification_service_pb2_grpc.NotificationServiceServ
         return notification_service_pb2.ListInboxResponse(
             messages=[to_proto(m) for m in items], page=paging_pb2.PageInfo(next_page_token=next_token)
         )
+
+
+# The permission each method needs: the server refuses callers without it and applies its scope.
+declare_permissions(
+    notification_service_pb2.DESCRIPTOR.services_by_name["NotificationService"],
+    {
+        "ListInbox": "notification:read",
+    },
+)

@@ -10,6 +10,7 @@ from crm_opportunity.domain import Opportunity, ensure_may_read, open_opportunit
 from crm_opportunity.events import STAGE_TO_PROTO, money
 from crm_opportunity.store import OpportunityStore
 from crm_platform.auth_context import current_identity
+from crm_platform.grpc_server import declare_permissions
 from crm_platform.outbox import utcnow
 from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
@@ -74,3 +75,14 @@ class OpportunityServicer(opportunity_service_pb2_grpc.OpportunityServiceService
         return opportunity_service_pb2.ListOpportunitiesResponse(
             opportunities=[to_proto(i) for i in items], page=paging_pb2.PageInfo(next_page_token=next_token)
         )
+
+
+# The permission each method needs: the server refuses callers without it and applies its scope.
+declare_permissions(
+    opportunity_service_pb2.DESCRIPTOR.services_by_name["OpportunityService"],
+    {
+        "CreateOpportunity": "opportunity:write",
+        "GetOpportunity": "opportunity:read",
+        "ListOpportunities": "opportunity:read",
+    },
+)

@@ -6,6 +6,7 @@ from typing import Any
 
 from crm.reporting.v1 import reporting_pb2, reporting_service_pb2, reporting_service_pb2_grpc
 from crm_platform.auth_context import current_identity
+from crm_platform.grpc_server import declare_permissions
 from crm_reporting.domain import count_scope
 from crm_reporting.store import ReportStore
 
@@ -24,3 +25,12 @@ class ReportingServicer(reporting_service_pb2_grpc.ReportingServiceServicer):
         return reporting_service_pb2.GetCustomerCountsResponse(
             counts=[reporting_pb2.BranchCustomerCount(branch_id=c.branch_id, customers=c.customers) for c in counts]
         )
+
+
+# The permission each method needs: the server refuses callers without it and applies its scope.
+declare_permissions(
+    reporting_service_pb2.DESCRIPTOR.services_by_name["ReportingService"],
+    {
+        "GetCustomerCounts": "report:read",
+    },
+)

@@ -7,6 +7,7 @@ from typing import Any
 from crm.common.v1 import paging_pb2
 from crm.ticket.v1 import ticket_pb2, ticket_service_pb2, ticket_service_pb2_grpc
 from crm_platform.auth_context import current_identity
+from crm_platform.grpc_server import declare_permissions
 from crm_platform.outbox import utcnow
 from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
@@ -73,3 +74,14 @@ class TicketServicer(ticket_service_pb2_grpc.TicketServiceServicer):
         return ticket_service_pb2.ListTicketsResponse(
             tickets=[to_proto(t) for t in items], page=paging_pb2.PageInfo(next_page_token=next_token)
         )
+
+
+# The permission each method needs: the server refuses callers without it and applies its scope.
+declare_permissions(
+    ticket_service_pb2.DESCRIPTOR.services_by_name["TicketService"],
+    {
+        "OpenTicket": "ticket:write",
+        "GetTicket": "ticket:read",
+        "ListTickets": "ticket:read",
+    },
+)
