@@ -49,6 +49,10 @@ protos: $(STAMP) ## Regenerate Python code and type stubs from protos/
 protos-check: $(STAMP) ## Fail when generated protobuf code is stale
 	$(PY) tools/gen_protos.py --check
 
+.PHONY: catalogue
+catalogue: $(STAMP) ## Regenerate docs/events.md and docs/events.schema.json from protos/
+	$(PY) tools/gen_event_catalogue.py
+
 .PHONY: constraints
 constraints: ## Re-resolve the pins (after changing a dependency) into constraints.txt
 	rm -rf .venv-pins && $(PYTHON) -m venv .venv-pins
@@ -67,6 +71,7 @@ demo: $(STAMP) ## `make run` plus the demo branches and users (password: $$CRM_D
 .PHONY: test
 test: $(STAMP) ## Install, then run every test (PostgreSQL and NATS on 127.0.0.1 when present)
 	$(PY) tools/gen_protos.py --check
+	$(PY) tools/gen_event_catalogue.py --check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast

@@ -41,6 +41,7 @@ from crm_gateway.routes import (
 )
 from crm_gateway.seed import seed_demo
 from crm_platform.bus import DOMAIN_STREAMS, Bus
+from crm_platform.clients import Clients
 from crm_platform.config import load
 from crm_platform.db import create_engine, ensure_database, resolve_database_url, session_factory
 from crm_platform.heap import freeze_startup_heap
@@ -139,8 +140,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        from crm_gateway.clients import Services
-
         engine = await prepare_database(settings)
         store = IdentityStore(session_factory(engine))
         bus = Bus(settings.nats_url, name="crm-gateway", replicas=settings.nats_stream_replicas)
@@ -149,13 +148,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         relay = OutboxRelay(engine, bus)
         relay.start()
         store.outbox = Outbox("identity", notify=relay.wake)  # session revocations reach every replica
-        services = Services(settings.service_addresses(), settings.internal_secret, settings.call_timeout)
+        clients = Clients(settings.service_addresses(), settings.internal_secret, timeout=settings.call_timeout)
         app.state.update(
             settings=settings,
             engine=engine,
             store=store,
             bus=bus,
-            services=services,
+            clients=clients,
             audit=AuditLog(engine),
             policy=policy,
             oidc=OidcVerifier(
@@ -184,7 +183,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await revocation_feed.stop()
             await app.state.audit.close()
-            await services.close()
+            await clients.close()
             await relay.stop()
             await bus.close()
             await engine.dispose()

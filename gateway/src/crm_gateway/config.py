@@ -47,12 +47,6 @@ class Settings(CommonSettings):
     demo: bool = setting("CRM_DEMO", False, "Seed the demo branches and users at start when absent.")
     demo_password: str = setting("CRM_DEMO_PASSWORD", "Demo-Passw0rd!", "Password of the demo users.", secret=True)
     call_timeout: float = setting("CRM_GATEWAY_CALL_TIMEOUT", 5.0, "Deadline of each call to a service, seconds.")
-    customer_addr: str = setting("CRM_CUSTOMER_ADDR", "127.0.0.1:50051", "customer service host:port.")
-    interaction_addr: str = setting("CRM_INTERACTION_ADDR", "127.0.0.1:50052", "interaction service host:port.")
-    opportunity_addr: str = setting("CRM_OPPORTUNITY_ADDR", "127.0.0.1:50053", "opportunity service host:port.")
-    ticket_addr: str = setting("CRM_TICKET_ADDR", "127.0.0.1:50054", "service-ticket service host:port.")
-    notification_addr: str = setting("CRM_NOTIFICATION_ADDR", "127.0.0.1:50055", "notification service host:port.")
-    reporting_addr: str = setting("CRM_REPORTING_ADDR", "127.0.0.1:50056", "reporting service host:port.")
 
     def validate(self) -> None:
         """Common checks, plus: no development token key in production."""
@@ -66,14 +60,3 @@ class Settings(CommonSettings):
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise SettingsError(f"CRM_TRUSTED_PROXIES is not valid: {proxy!r} is no address or network") from None
-
-    def service_addresses(self) -> dict[str, str]:
-        """Service name → address."""
-        return {
-            "customer": self.customer_addr,
-            "interaction": self.interaction_addr,
-            "opportunity": self.opportunity_addr,
-            "ticket": self.ticket_addr,
-            "notification": self.notification_addr,
-            "reporting": self.reporting_addr,
-        }

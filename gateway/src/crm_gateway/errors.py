@@ -11,7 +11,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from crm_platform import errors
-from crm_platform.grpc_client import RpcFailure
+from crm_platform.clients import CallFailed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ _DOMAIN_TO_HTTP: dict[type[errors.DomainError], int] = {
     errors.Conflict: 409,
     errors.AlreadyExists: 409,
     errors.FailedPrecondition: 409,
+    errors.Unavailable: 503,
 }
 _TITLES = {
     400: "Bad request",
@@ -56,15 +57,6 @@ _TITLES = {
     503: "Service unavailable",
     504: "Gateway timeout",
 }
-
-
-class ServiceFailure(Exception):
-    """A service answered a call with an error status."""
-
-    def __init__(self, service: str, failure: RpcFailure) -> None:
-        super().__init__(f"{service}: {failure.code.name} {failure.message}")
-        self.service = service
-        self.failure = failure
 
 
 def problem(
@@ -94,7 +86,7 @@ def problem(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def on_service_failure(request: Request[Any, Any, Any], exc: ServiceFailure) -> Response[dict[str, Any]]:
+def on_service_failure(request: Request[Any, Any, Any], exc: CallFailed) -> Response[dict[str, Any]]:
     """gRPC status → problem; service internals (messages of 5xx) are never echoed."""
     failure = exc.failure
     status = _GRPC_TO_HTTP.get(failure.code, 502)
@@ -145,7 +137,7 @@ def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[d
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
-    ServiceFailure: on_service_failure,
+    CallFailed: on_service_failure,
     errors.DomainError: on_domain_error,
     ValidationException: on_validation_error,
     HTTPException: on_http_exception,

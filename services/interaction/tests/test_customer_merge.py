@@ -42,7 +42,13 @@ async def test_a_merged_duplicates_interactions_follow_the_survivor(
             nats_url=private_nats.url,
             data_dir=tmp_path / "c",
         ) as cust,
-        running_service(INTERACTION, database_url=db_url, nats_url=private_nats.url, data_dir=tmp_path / "i") as svc,
+        running_service(
+            INTERACTION,
+            database_url=db_url,
+            nats_url=private_nats.url,
+            data_dir=tmp_path / "i",
+            extra_env={"CRM_CUSTOMER_ADDR": f"127.0.0.1:{cust.grpc_port}"},
+        ) as svc,
     ):
         customers = customer_service_pb2_grpc.CustomerServiceStub(cust.channel)
 

@@ -81,7 +81,18 @@ async def opportunities(
 ) -> AsyncIterator[Opportunities]:
     data_dir = tmp_path_factory.mktemp("opportunity")
     url = f"sqlite+aiosqlite:///{data_dir / 'opportunity.db'}"
-    async with running_service(SPEC, database_url=url, nats_url=private_nats.url, data_dir=data_dir) as svc:
+    customer_db = f"sqlite+aiosqlite:///{data_dir / 'customer.db'}"
+    # A real customer service answers the lookups of customers the directory does not know (unknown → NOT_FOUND).
+    async with (
+        running_service(CUSTOMER_SPEC, database_url=customer_db, nats_url=private_nats.url, data_dir=data_dir) as cust,
+        running_service(
+            SPEC,
+            database_url=url,
+            nats_url=private_nats.url,
+            data_dir=data_dir,
+            extra_env={"CRM_CUSTOMER_ADDR": f"127.0.0.1:{cust.grpc_port}"},
+        ) as svc,
+    ):
         engine = create_engine(normalise_url(url))
         try:
             yield Opportunities(

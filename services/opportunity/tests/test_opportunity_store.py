@@ -10,16 +10,19 @@ from sqlalchemy import select, update
 
 from crm.common.v1 import envelope_pb2
 from crm.customer.v1 import events_pb2 as customer_events
-from crm_opportunity import events
+from crm_opportunity import subscriptions
 from crm_opportunity.domain import open_opportunity
 from crm_opportunity.store import OpportunityStore, opportunities
 from crm_platform.auth_context import Scope
+from crm_platform.config import DEV_MASTER_KEYS
 from crm_platform.db import create_engine, normalise_url, session_factory
-from crm_platform.directory import upsert
+from crm_platform.directory import CustomerDirectory, upsert
 from crm_platform.errors import NotFound
 from crm_platform.inbox import Event
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, utcnow
+from crm_platform.pii import Keyring
+from crm_platform.pii.keys import CustomerKeys
 from crm_platform.schema import outbox
 from crm_testing.services import identity
 
@@ -31,6 +34,9 @@ OTHER_HEAD = identity(
 )
 
 
+KEYS = CustomerKeys(Keyring.from_spec(DEV_MASTER_KEYS, "dev"))
+
+
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[OpportunityStore]:
     engine = create_engine(normalise_url(db_url))
@@ -39,7 +45,7 @@ async def store(db_url: str) -> AsyncIterator[OpportunityStore]:
     async with sessions() as session, session.begin():
         await upsert(session, customer_id="c1", owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
         await upsert(session, customer_id="c2", owner_id="rm2", team_id="T1", branch_id="BJ001", region="north")
-    yield OpportunityStore(sessions, Outbox("opportunity"))
+    yield OpportunityStore(sessions, Outbox("opportunity"), CustomerDirectory())
     await engine.dispose()
 
 
@@ -88,7 +94,7 @@ async def test_list_open_only_pages_and_scope(store: OpportunityStore) -> None:
 async def test_a_merged_customers_opportunities_move_to_the_survivor(store: OpportunityStore) -> None:
     stored = await store.create(RM1, open_opportunity(RM1, "c1", "CD", "1", "CNY", utcnow()), "")
     # The directory consumer re-points them when the customer service announces the merge.
-    handler = events.subscriptions()[0].handlers["crm.customer.customer.merged"]
+    handler = subscriptions.subscriptions(KEYS)[0].handlers["crm.customer.customer.merged"]
     payload = customer_events.CustomerMerged(survivor_id="c2", duplicate_id="c1", actor="head")
     event = Event(
         "e1", "crm.customer.customer.merged", "customer", "c2", "head", utcnow(), payload, envelope_pb2.EventEnvelope()
@@ -97,5 +103,8 @@ async def test_a_merged_customers_opportunities_move_to_the_survivor(store: Oppo
         await handler(session, event)
     moved = await store.get(HEAD, stored.id)
     assert moved.customer_id == "c2"
-    with pytest.raises(NotFound):  # it follows the survivor's owner now
-        await store.get(RM1, stored.id)
+    assert (await store.get(RM2, stored.id)).customer_id == "c2"  # it follows the survivor's owner now
+    # The opportunity's owner stays a party to it (it is theirs until reassigned), whoever owns the customer.
+    assert (await store.get(RM1, stored.id)).id == stored.id
+    with pytest.raises(NotFound):
+        await store.get(identity("rm3", team_id="T2"), stored.id)

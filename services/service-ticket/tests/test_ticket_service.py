@@ -78,7 +78,18 @@ class Tickets:
 async def tickets(private_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tickets]:
     data_dir = tmp_path_factory.mktemp("ticket")
     url = f"sqlite+aiosqlite:///{data_dir / 'ticket.db'}"
-    async with running_service(SPEC, database_url=url, nats_url=private_nats.url, data_dir=data_dir) as svc:
+    customer_db = f"sqlite+aiosqlite:///{data_dir / 'customer.db'}"
+    # A real customer service answers the lookups of customers the directory does not know (unknown → NOT_FOUND).
+    async with (
+        running_service(CUSTOMER_SPEC, database_url=customer_db, nats_url=private_nats.url, data_dir=data_dir) as cust,
+        running_service(
+            SPEC,
+            database_url=url,
+            nats_url=private_nats.url,
+            data_dir=data_dir,
+            extra_env={"CRM_CUSTOMER_ADDR": f"127.0.0.1:{cust.grpc_port}"},
+        ) as svc,
+    ):
         engine = create_engine(normalise_url(url))
         try:
             yield Tickets(svc, session_factory(engine), ticket_service_pb2_grpc.TicketServiceStub(svc.channel))
@@ -286,3 +297,32 @@ async def test_list_applies_scope_and_permission(tickets: Tickets) -> None:
     empty = await tickets.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
     got = await stub.ListTickets(list_request(empty), metadata=svc.md(RM1), timeout=5)
     assert list(got.tickets) == [] and not got.page.next_page_token
+
+
+async def test_a_ticket_routed_to_a_back_office_handler_is_theirs_to_see(tickets: Tickets) -> None:
+    """The policy's back-office role has scope ``own`` and owns no customer: a ticket routed to them is visible
+    to them as a party to it, not to another handler, and the customer's file stays out of their reach."""
+    from crm_platform.policy import default_policy
+
+    svc, stub = tickets.svc, tickets.stub
+    customer_id = await tickets.seed_customer(owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
+    routed = await stub.OpenTicket(
+        open_request(customer_id, kind=ticket_pb2.TICKET_KIND_SERVICE_REQUEST, handler_id="u-bo1"),
+        metadata=svc.md(RM1),
+        timeout=5,
+    )
+    policy = default_policy()
+    handler = policy.identity("u-bo1", ("back_office",), "BJ001", "", "north", "req-bo1")
+    other = policy.identity("u-bo2", ("back_office",), "BJ001", "", "north", "req-bo2")
+    get = ticket_service_pb2.GetTicketRequest(ticket_id=routed.ticket.id)
+    seen = await stub.GetTicket(get, metadata=svc.md(handler), timeout=5)
+    assert (seen.ticket.handler_id, seen.ticket.opened_by) == ("u-bo1", "rm1")
+    for outsider in (other,):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetTicket(get, metadata=svc.md(outsider), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListTickets(
+            ticket_service_pb2.ListTicketsRequest(customer_id=customer_id), metadata=svc.md(handler), timeout=5
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

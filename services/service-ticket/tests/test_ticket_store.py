@@ -11,15 +11,18 @@ from sqlalchemy import select, update
 from crm.common.v1 import envelope_pb2
 from crm.customer.v1 import events_pb2 as customer_events
 from crm_platform.auth_context import Scope
+from crm_platform.config import DEV_MASTER_KEYS
 from crm_platform.db import create_engine, normalise_url, session_factory
-from crm_platform.directory import upsert
+from crm_platform.directory import CustomerDirectory, upsert
 from crm_platform.errors import NotFound
 from crm_platform.inbox import Event
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, utcnow
+from crm_platform.pii import Keyring
+from crm_platform.pii.keys import CustomerKeys
 from crm_platform.schema import outbox
 from crm_testing.services import identity
-from crm_ticket import events
+from crm_ticket import subscriptions
 from crm_ticket.domain import open_ticket
 from crm_ticket.store import TicketStore, tickets
 
@@ -31,6 +34,9 @@ OTHER_HEAD = identity(
 )
 
 
+KEYS = CustomerKeys(Keyring.from_spec(DEV_MASTER_KEYS, "dev"))
+
+
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[TicketStore]:
     engine = create_engine(normalise_url(db_url))
@@ -38,7 +44,7 @@ async def store(db_url: str) -> AsyncIterator[TicketStore]:
     sessions = session_factory(engine)
     async with sessions() as session, session.begin():
         await upsert(session, customer_id="c1", owner_id="rm1", team_id="T1", branch_id="BJ001", region="north")
-    yield TicketStore(sessions, Outbox("ticket"))
+    yield TicketStore(sessions, Outbox("ticket"), CustomerDirectory(), KEYS)
     await engine.dispose()
 
 
@@ -84,7 +90,7 @@ async def test_a_merged_customers_tickets_move_to_the_survivor(store: TicketStor
         await upsert(session, customer_id="c9", owner_id="rm2", team_id="T1", branch_id="BJ001", region="north")
     stored = await store.open(RM1, open_ticket(RM1, "c1", "complaint", "high", "卡被吞了", utcnow()), "")
     # The directory consumer re-points them when the customer service announces the merge.
-    handler = events.subscriptions()[0].handlers["crm.customer.customer.merged"]
+    handler = subscriptions.subscriptions(KEYS)[0].handlers["crm.customer.customer.merged"]
     payload = customer_events.CustomerMerged(survivor_id="c9", duplicate_id="c1", actor="head")
     event = Event(
         "e1", "crm.customer.customer.merged", "customer", "c9", "head", utcnow(), payload, envelope_pb2.EventEnvelope()
@@ -92,5 +98,22 @@ async def test_a_merged_customers_tickets_move_to_the_survivor(store: TicketStor
     async with store._sessions() as session, session.begin():
         await handler(session, event)
     assert (await store.get(RM2, stored.id)).customer_id == "c9"  # it follows the survivor's owner now
+    assert (await store.get(RM1, stored.id)).description == "卡被吞了"  # the opener stays a party; resealed text
     with pytest.raises(NotFound):
-        await store.get(RM1, stored.id)
+        await store.get(identity("rm3", team_id="T2"), stored.id)
+
+
+async def test_a_handler_sees_a_ticket_routed_to_them_outside_their_scope(store: TicketStore) -> None:
+    # A back-office handler owns no customer: by scope alone they would see no ticket at all.
+    handler = identity("bo1", roles=("back_office",), scope=Scope.OWN, team_id="", permissions=("ticket:read",))
+    other = identity("bo2", roles=("back_office",), scope=Scope.OWN, team_id="", permissions=("ticket:read",))
+    routed = await store.open(
+        RM1, open_ticket(RM1, "c1", "service_request", "normal", "挂失补卡", utcnow(), handler_id="bo1"), ""
+    )
+    seen = await store.get(handler, routed.id)
+    assert (seen.handler_id, seen.description) == ("bo1", "挂失补卡")
+    with pytest.raises(NotFound):
+        await store.get(other, routed.id)
+    # Listing by customer still needs the customer in scope: a party sees the record, not the customer's file.
+    with pytest.raises(NotFound):
+        await store.list_for_customer(handler, "c1", open_only=False, limit=50, after_id="")

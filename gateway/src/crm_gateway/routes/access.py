@@ -15,9 +15,6 @@ from crm_platform.errors import NotFound
 
 _Id = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
-# The gateway reads only a customer's ownership facts for an explanation, never its personal data.
-_EXPLAINER = Identity("access-explainer", ("system",), Scope.ALL, permissions=frozenset({"customer:read"}))
-
 
 class AccessExplanation(msgspec.Struct):
     """The decision and its reason."""
@@ -38,22 +35,15 @@ async def explain_access(request: Request[Any, Any, Any], user: _Id, customer: _
     target = await state.store.user_by_id(user) or await state.store.user_by_username(user)
     if target is None:
         raise NotFound(f"user {user} not found")
-    reply = await state.services.call(
-        "customer",
-        "GetCustomer",
-        customer_service_pb2.GetCustomerRequest(customer_id=customer),
-        Identity(
-            _EXPLAINER.user_id,
-            _EXPLAINER.roles,
-            _EXPLAINER.scope,
-            request_id=caller.request_id,
-            permissions=_EXPLAINER.permissions,
-        ),
+    # The gateway reads the customer's ownership facts as itself (svc:gateway), on behalf of the caller.
+    explainer = state.policy.service_identity("gateway", on_behalf_of=caller.user_id, request_id=caller.request_id)
+    reply = await state.clients.customer.get_customer(
+        explainer, customer_service_pb2.GetCustomerRequest(customer_id=customer)
     )
     record = reply.customer
     region = await state.store.branch_region(record.branch_id)
     # A branch head explains only inside the branch; admin and auditor (scope none) explain everywhere.
-    if caller.scope is Scope.BRANCH and record.branch_id != caller.branch_id:
+    if caller.scope_for("access:explain") is Scope.BRANCH and record.branch_id != caller.branch_id:
         raise NotFound(f"customer {customer} not found")
     decision = explain(
         state.policy,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -24,13 +24,12 @@ from crm.customer.v1 import customer_service_pb2
 from crm.interaction.v1 import interaction_service_pb2
 from crm.opportunity.v1 import opportunity_service_pb2
 from crm.ticket.v1 import ticket_service_pb2
-from crm_gateway.clients import Services
-from crm_gateway.errors import ServiceFailure
 from crm_gateway.schemas.customers import CustomerOut
 from crm_gateway.schemas.interactions import InteractionOut
 from crm_gateway.schemas.opportunities import OpportunityOut
 from crm_gateway.schemas.tickets import TicketOut
 from crm_platform.auth_context import Identity
+from crm_platform.clients import CallFailed, Clients
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +73,11 @@ class Customer360Out(msgspec.Struct):
 
 @dataclass(frozen=True)
 class _Part:
-    """How to fetch one part: which service and method, the permission it needs, and how to map the reply."""
+    """How to fetch one part: the call, the permission it needs, and how to map the reply."""
 
     name: str
-    service: str
-    method: str
     permission: str
-    request: Any
+    call: Callable[[Clients, Identity], Awaitable[Any]]
     items: Callable[[Any], Sequence[Any]]
 
 
@@ -88,38 +85,41 @@ def _parts(customer_id: str) -> list[_Part]:
     return [
         _Part(
             "interactions",
-            "interaction",
-            "ListInteractions",
             "interaction:read",
-            interaction_service_pb2.ListInteractionsRequest(
-                customer_id=customer_id, page=paging_pb2.PageRequest(page_size=RECENT_INTERACTIONS)
+            lambda clients, identity: clients.interaction.list_interactions(
+                identity,
+                interaction_service_pb2.ListInteractionsRequest(
+                    customer_id=customer_id, page=paging_pb2.PageRequest(page_size=RECENT_INTERACTIONS)
+                ),
             ),
             lambda reply: [InteractionOut.from_proto(i) for i in reply.interactions],
         ),
         _Part(
             "opportunities",
-            "opportunity",
-            "ListOpportunities",
             "opportunity:read",
-            opportunity_service_pb2.ListOpportunitiesRequest(
-                customer_id=customer_id, open_only=True, page=paging_pb2.PageRequest(page_size=OPEN_ITEMS)
+            lambda clients, identity: clients.opportunity.list_opportunities(
+                identity,
+                opportunity_service_pb2.ListOpportunitiesRequest(
+                    customer_id=customer_id, open_only=True, page=paging_pb2.PageRequest(page_size=OPEN_ITEMS)
+                ),
             ),
             lambda reply: [OpportunityOut.from_proto(o) for o in reply.opportunities],
         ),
         _Part(
             "tickets",
-            "ticket",
-            "ListTickets",
             "ticket:read",
-            ticket_service_pb2.ListTicketsRequest(
-                customer_id=customer_id, open_only=True, page=paging_pb2.PageRequest(page_size=OPEN_ITEMS)
+            lambda clients, identity: clients.ticket.list_tickets(
+                identity,
+                ticket_service_pb2.ListTicketsRequest(
+                    customer_id=customer_id, open_only=True, page=paging_pb2.PageRequest(page_size=OPEN_ITEMS)
+                ),
             ),
             lambda reply: [TicketOut.from_proto(t) for t in reply.tickets],
         ),
     ]
 
 
-async def _fetch(services: Services, identity: Identity, part: _Part, deadline: float) -> Sequence[Any] | MissingPart:
+async def _fetch(clients: Clients, identity: Identity, part: _Part, deadline: float) -> Sequence[Any] | MissingPart:
     """One part's items, or why it is missing; never raises (one part's failure must not sink the others)."""
     if not identity.has(part.permission):
         # The gateway decides access: a role without the part's permission is not even asked for it.
@@ -127,12 +127,12 @@ async def _fetch(services: Services, identity: Identity, part: _Part, deadline: 
     reason: Reason
     try:
         async with asyncio.timeout(deadline):
-            reply = await services.call(part.service, part.method, part.request, identity)
+            reply = await part.call(clients, identity)
         return part.items(reply)
     except TimeoutError:
         reason = "timeout"
-    except ServiceFailure as exc:
-        reason = _REASONS.get(exc.failure.code, "error")
+    except CallFailed as exc:
+        reason = _REASONS.get(exc.code, "error")
     except Exception:  # captured per part: one part's fault must not sink the whole answer
         log.exception("customer 360 part failed", extra={"part": part.name})
         return MissingPart(part.name, "error")
@@ -154,15 +154,15 @@ async def get_customer_360(request: Request[Any, Any, Any], customer_id: _CUSTOM
     Open tasks are not part of the answer: the interaction service does not hold tasks yet, and they will join
     here as another part when it does.
     """
-    services: Services = request.app.state.services
+    clients: Clients = request.app.state.clients
     identity: Identity = request.scope["state"]["identity"]
-    profile = await services.call(
-        "customer", "GetCustomer", customer_service_pb2.GetCustomerRequest(customer_id=customer_id), identity
+    profile = await clients.customer.get_customer(
+        identity, customer_service_pb2.GetCustomerRequest(customer_id=customer_id)
     )
     deadline = min(PART_DEADLINE_SECONDS, request.app.state.settings.call_timeout)
     parts = _parts(customer_id)
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(_fetch(services, identity, part, deadline)) for part in parts]
+        tasks = [group.create_task(_fetch(clients, identity, part, deadline)) for part in parts]
     found: dict[str, list[Any] | None] = {}
     missing: list[MissingPart] = []
     for part, task in zip(parts, tasks, strict=True):

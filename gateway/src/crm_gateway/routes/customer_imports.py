@@ -23,6 +23,7 @@ from litestar.response import Stream
 from crm.common.v1 import paging_pb2
 from crm.customer.v1 import import_service_pb2 as pb
 from crm_gateway.schemas.paging import Cursor, Limit
+from crm_platform.clients import CustomerImportClient
 from crm_platform.errors import FieldViolation, InvalidArgument
 
 PERMISSION = "customer:import"
@@ -184,8 +185,8 @@ def _identity(request: Request[Any, Any, Any]) -> Any:
     return request.scope["state"]["identity"]
 
 
-async def _call(request: Request[Any, Any, Any], method: str, message: Any) -> Any:
-    return await request.app.state.services.call("customer_import", method, message, _identity(request))
+def _imports(request: Request[Any, Any, Any]) -> CustomerImportClient:
+    return request.app.state.clients.customer_import  # type: ignore[no-any-return]
 
 
 @get("/api/v1/customers/import-template", opt={"permission": PERMISSION})
@@ -193,7 +194,9 @@ async def import_template(request: Request[Any, Any, Any], format: Format = "csv
     """An empty import file whose header row is the create API's field names (plus ``owner`` for distribution
     by column): ``annual_income`` is the amount, ``annual_income_currency`` its currency (default CNY),
     ``interests`` are separated by ``;``, ``do_not_disturb`` is true or false."""
-    reply = await _call(request, "GetImportTemplate", pb.GetImportTemplateRequest(format=_FORMATS[format]))
+    reply = await _imports(request).get_import_template(
+        _identity(request), pb.GetImportTemplateRequest(format=_FORMATS[format])
+    )
     return Response(
         reply.content,
         media_type=reply.content_type,
@@ -285,10 +288,7 @@ async def upload_import(
         if buffer:
             yield pb.UploadImportRequest(chunk=bytes(buffer))
 
-    services = request.app.state.services
-    reply = await services.call_stream(
-        "customer_import", "UploadImport", messages(), _identity(request), UPLOAD_TIMEOUT
-    )
+    reply = await _imports(request).upload_import(_identity(request), messages(), timeout=UPLOAD_TIMEOUT)
     job = ImportOut.from_proto(reply.job, reused=reply.reused)
     return Response(
         job, status_code=200 if reply.reused else 201, headers={"Location": f"/api/v1/customers/imports/{job.id}"}
@@ -307,10 +307,9 @@ async def get_import(
     failed with each field and reason, duplicate of which customer (or which earlier row of the file)."""
     if cursor and not cursor.isdigit():
         raise InvalidArgument([FieldViolation("cursor", "is not a cursor this report returned")])
-    job = await _call(request, "GetImport", pb.GetImportRequest(import_id=import_id))
-    page = await _call(
-        request,
-        "ListImportRows",
+    job = await _imports(request).get_import(_identity(request), pb.GetImportRequest(import_id=import_id))
+    page = await _imports(request).list_import_rows(
+        _identity(request),
         pb.ListImportRowsRequest(
             import_id=import_id,
             status=status or "",
@@ -327,15 +326,16 @@ async def get_import(
 @get("/api/v1/customers/imports/{import_id:str}/report.csv", opt={"permission": PERMISSION})
 async def import_report_csv(request: Request[Any, Any, Any], import_id: _ID) -> Stream:
     """The whole per-row report as CSV (UTF-8 with BOM), streamed a page at a time."""
-    await _call(request, "GetImport", pb.GetImportRequest(import_id=import_id))  # 404 before the stream starts
+    await _imports(request).get_import(
+        _identity(request), pb.GetImportRequest(import_id=import_id)
+    )  # 404 before the stream starts
 
     async def lines() -> AsyncIterator[bytes]:
         yield "\ufeff".encode() + _csv_line(REPORT_COLUMNS)
         token = ""
         while True:
-            page = await _call(
-                request,
-                "ListImportRows",
+            page = await _imports(request).list_import_rows(
+                _identity(request),
                 pb.ListImportRowsRequest(
                     import_id=import_id, page=paging_pb2.PageRequest(page_size=500, page_token=token)
                 ),
@@ -376,8 +376,8 @@ def _csv_line(cells: tuple[object, ...]) -> bytes:
 async def rollback_import(request: Request[Any, Any, Any], import_id: _ID, data: RollbackIn) -> RollbackOut:
     """Roll a finished import back as a whole: its customers nobody changed since are removed (each announced as
     erased); the others are kept and listed with why."""
-    reply = await _call(
-        request, "RollbackImport", pb.RollbackImportRequest(import_id=import_id, reason=data.reason.strip())
+    reply = await _imports(request).rollback_import(
+        _identity(request), pb.RollbackImportRequest(import_id=import_id, reason=data.reason.strip())
     )
     return RollbackOut(job=ImportOut.from_proto(reply.job), kept=[ImportRowOut.from_proto(r) for r in reply.kept])
 

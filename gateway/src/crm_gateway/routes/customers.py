@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from litestar import Request, Response, get, patch, post, put
@@ -13,7 +14,6 @@ from litestar.params import Parameter
 
 from crm.common.v1 import paging_pb2
 from crm.customer.v1 import customer_service_pb2 as pb
-from crm_gateway.errors import ServiceFailure
 from crm_gateway.schemas.customers import (
     ENUMS,
     KIND_TO_PROTO,
@@ -48,6 +48,7 @@ from crm_gateway.schemas.customers import (
     to_profile,
 )
 from crm_gateway.schemas.paging import Cursor, Limit, Page
+from crm_platform.clients import CallFailed, CustomerClient
 from crm_platform.errors import FieldViolation, InvalidArgument
 
 _ID = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
@@ -55,6 +56,7 @@ _IDEMPOTENCY_KEY = Annotated[
     str | None, Parameter(header="Idempotency-Key", required=False, min_length=8, max_length=64)
 ]
 _IF_MATCH = Annotated[str | None, Parameter(header="If-Match", required=False, max_length=40)]
+T = TypeVar("T")
 _TERM = Annotated[str | None, Parameter(required=False, max_length=100)]
 
 
@@ -62,15 +64,15 @@ def _identity(request: Request[Any, Any, Any]) -> Any:
     return request.scope["state"]["identity"]
 
 
-async def _call(request: Request[Any, Any, Any], method: str, message: Any) -> Any:
-    return await request.app.state.services.call("customer", method, message, _identity(request))
+def _customers(request: Request[Any, Any, Any]) -> CustomerClient:
+    return request.app.state.clients.customer  # type: ignore[no-any-return]
 
 
-async def _call_versioned(request: Request[Any, Any, Any], method: str, message: Any, stale: str) -> Any:
-    """:func:`_call` for a change guarded by an expected version: a stale one answers 412 with ``stale``."""
+async def _versioned(call: Awaitable[T], stale: str) -> T:
+    """Await a change guarded by an expected version: a stale one answers 412 with ``stale``."""
     try:
-        return await _call(request, method, message)
-    except ServiceFailure as exc:
+        return await call
+    except CallFailed as exc:
         if exc.failure.reason == "VERSION_CONFLICT":
             raise HTTPException(status_code=412, detail=stale) from None
         raise
@@ -84,7 +86,7 @@ def _answer(customer: Any, status_code: int = 200, **headers: str) -> Response[C
 @get("/api/v1/customers/{customer_id:str}", opt={"permission": "customer:read"})
 async def get_customer(request: Request[Any, Any, Any], customer_id: _ID) -> Response[CustomerOut]:
     """One customer in the caller's scope (404 outside it); sensitive fields masked; ``ETag`` = version."""
-    reply = await _call(request, "GetCustomer", pb.GetCustomerRequest(customer_id=customer_id))
+    reply = await _customers(request).get_customer(_identity(request), pb.GetCustomerRequest(customer_id=customer_id))
     return _answer(reply.customer)
 
 
@@ -104,7 +106,7 @@ async def create_customer(
     message = pb.CreateCustomerRequest(
         kind=KIND_TO_PROTO[data.kind], name=data.name, request_id=request_id, profile=to_profile(data.values())
     )
-    reply = await _call(request, "CreateCustomer", message)
+    reply = await _customers(request).create_customer(_identity(request), message)
     return _answer(reply.customer, 201, Location=f"/api/v1/customers/{reply.customer.id}")
 
 
@@ -130,8 +132,9 @@ async def update_customer(
         update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)),
         note=data.note or "",
     )
-    reply = await _call_versioned(
-        request, "UpdateCustomer", message, "the customer changed since it was read; read it again"
+    reply = await _versioned(
+        _customers(request).update_customer(_identity(request), message),
+        "the customer changed since it was read; read it again",
     )
     return _answer(reply.customer)
 
@@ -207,7 +210,7 @@ async def list_customers(
         age_max=age_max or 0,
         order_by=sort,
     )
-    reply = await _call(request, "ListCustomers", message)
+    reply = await _customers(request).list_customers(_identity(request), message)
     return Page(
         items=[CustomerOut.from_proto(c) for c in reply.customers], next_cursor=reply.page.next_page_token or None
     )
@@ -221,7 +224,7 @@ async def customer_history(
     message = pb.ListCustomerHistoryRequest(
         customer_id=customer_id, page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or "")
     )
-    reply = await _call(request, "ListCustomerHistory", message)
+    reply = await _customers(request).list_customer_history(_identity(request), message)
     return Page(
         items=[CustomerChangeOut.from_proto(h) for h in reply.changes], next_cursor=reply.page.next_page_token or None
     )
@@ -241,15 +244,15 @@ async def assign_customer(request: Request[Any, Any, Any], customer_id: _ID, dat
         owner_roles=list(owner.roles),
         reason=data.reason,
     )
-    reply = await _call(request, "AssignCustomer", message)
+    reply = await _customers(request).assign_customer(_identity(request), message)
     return _answer(reply.customer)
 
 
 @post("/api/v1/customers/{customer_id:str}/reclaim", opt={"permission": "customer:assign"}, status_code=200)
 async def reclaim_customer(request: Request[Any, Any, Any], customer_id: _ID, data: ReclaimIn) -> Response[CustomerOut]:
     """Return the customer to the branch pool (the branch head)."""
-    reply = await _call(
-        request, "ReclaimCustomer", pb.ReclaimCustomerRequest(customer_id=customer_id, reason=data.reason)
+    reply = await _customers(request).reclaim_customer(
+        _identity(request), pb.ReclaimCustomerRequest(customer_id=customer_id, reason=data.reason)
     )
     return _answer(reply.customer)
 
@@ -281,8 +284,9 @@ async def merge_customers(
         expected_survivor_version=expected,
         expected_duplicate_version=data.duplicate_version or 0,
     )
-    reply = await _call_versioned(
-        request, "MergeCustomers", message, "a customer changed since it was read; read both again"
+    reply = await _versioned(
+        _customers(request).merge_customers(_identity(request), message),
+        "a customer changed since it was read; read both again",
     )
     out = MergeOut.from_proto(reply.survivor)
     out.filled_fields = list(reply.filled_fields)
@@ -295,7 +299,7 @@ async def tag_customer(request: Request[Any, Any, Any], customer_id: _ID, data: 
     message = pb.TagCustomerRequest(
         customer_id=customer_id, add=data.add, remove=data.remove, add_managed=data.add_managed
     )
-    reply = await _call(request, "TagCustomer", message)
+    reply = await _customers(request).tag_customer(_identity(request), message)
     return _answer(reply.customer)
 
 
@@ -304,7 +308,7 @@ async def create_segment(request: Request[Any, Any, Any], data: SegmentIn) -> Re
     """Save a dynamic segment, shared in the caller's branch."""
     data.filter.violations().raise_if_any()
     message = pb.CreateSegmentRequest(name=data.name, filter=data.filter.to_proto())
-    reply = await _call(request, "CreateSegment", message)
+    reply = await _customers(request).create_segment(_identity(request), message)
     return Response(SegmentOut.from_proto(reply.segment), status_code=201)
 
 
@@ -312,7 +316,7 @@ async def create_segment(request: Request[Any, Any, Any], data: SegmentIn) -> Re
 async def list_segments(request: Request[Any, Any, Any], limit: Limit = 50, cursor: Cursor = None) -> Page[SegmentOut]:
     """The segments of the caller's branch."""
     message = pb.ListSegmentsRequest(page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or ""))
-    reply = await _call(request, "ListSegments", message)
+    reply = await _customers(request).list_segments(_identity(request), message)
     return Page(
         items=[SegmentOut.from_proto(s) for s in reply.segments], next_cursor=reply.page.next_page_token or None
     )
@@ -326,7 +330,7 @@ async def segment_members(
     message = pb.ListSegmentMembersRequest(
         segment_id=segment_id, page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or "")
     )
-    reply = await _call(request, "ListSegmentMembers", message)
+    reply = await _customers(request).list_segment_members(_identity(request), message)
     return SegmentMembers(
         items=[CustomerOut.from_proto(c) for c in reply.customers],
         next_cursor=reply.page.next_page_token or None,
@@ -339,7 +343,7 @@ async def replace_holdings(request: Request[Any, Any, Any], customer_id: _ID, da
     """Replace a customer's holdings with a core-banking snapshot; answers the new AUM and derived signals
     (large_inflow, large_outflow, maturity_window, tier_threshold_reached), also published as an event."""
     message = pb.ReplaceHoldingsRequest(customer_id=customer_id, holdings=[h.to_proto() for h in data.holdings])
-    reply = await _call(request, "ReplaceHoldings", message)
+    reply = await _customers(request).replace_holdings(_identity(request), message)
     aum = reply.customer.aum
     return HoldingsOut(
         holdings=[HoldingIO.from_proto(h) for h in reply.holdings],
@@ -351,7 +355,7 @@ async def replace_holdings(request: Request[Any, Any, Any], customer_id: _ID, da
 @get("/api/v1/customers/{customer_id:str}/holdings", opt={"permission": "customer:read"})
 async def list_holdings(request: Request[Any, Any, Any], customer_id: _ID) -> HoldingsOut:
     """A customer's holdings."""
-    reply = await _call(request, "ListHoldings", pb.ListHoldingsRequest(customer_id=customer_id))
+    reply = await _customers(request).list_holdings(_identity(request), pb.ListHoldingsRequest(customer_id=customer_id))
     return HoldingsOut(holdings=[HoldingIO.from_proto(h) for h in reply.holdings])
 
 
@@ -377,7 +381,7 @@ async def assign_customers(request: Request[Any, Any, Any], data: AssignBulkIn) 
         owner_roles=list(owner.roles),
         reason=data.reason,
     )
-    reply = await _call(request, "AssignCustomers", message)
+    reply = await _customers(request).assign_customers(_identity(request), message)
     return BatchOutcomes.of(
         [
             ItemOutcome(
@@ -405,7 +409,7 @@ async def replace_holdings_batch(request: Request[Any, Any, Any], data: Holdings
             for s in data.snapshots
         ]
     )
-    reply = await _call(request, "ReplaceHoldingsBatch", message)
+    reply = await _customers(request).replace_holdings_batch(_identity(request), message)
     return BatchOutcomes.of(
         [
             ItemOutcome(
@@ -428,12 +432,12 @@ async def define_managed_tag(request: Request[Any, Any, Any], data: ManagedTagIn
     message = pb.DefineManagedTagRequest(
         name=data.name, description=data.description, applicable_roles=data.applicable_roles
     )
-    reply = await _call(request, "DefineManagedTag", message)
+    reply = await _customers(request).define_managed_tag(_identity(request), message)
     return Response(ManagedTagOut.from_proto(reply.tag), status_code=201)
 
 
 @get("/api/v1/managed-tags", opt={"permission": "tag:read"})
 async def list_managed_tags(request: Request[Any, Any, Any]) -> ManagedTags:
     """The managed tags the caller's branch may apply: the bank-wide ones and the branch's own."""
-    reply = await _call(request, "ListManagedTags", pb.ListManagedTagsRequest())
+    reply = await _customers(request).list_managed_tags(_identity(request), pb.ListManagedTagsRequest())
     return ManagedTags(items=[ManagedTagOut.from_proto(t) for t in reply.tags])

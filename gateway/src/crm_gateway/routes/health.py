@@ -32,7 +32,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     except Exception:  # noqa: BLE001 - any failure means not ready
         checks["database"] = False
     ready = all(checks.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": checks, "services": await state.services.health()}
+    body = {"status": "ready" if ready else "not_ready", "checks": checks, "services": await state.clients.health()}
     return Response(body, status_code=200 if ready else 503)
 
 

@@ -20,13 +20,11 @@ async def list_customer_interactions(
     request: Request[Any, Any, Any], customer_id: _CUSTOMER_ID, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[InteractionOut]:
     """A customer's logged contacts, newest first (404 when the customer is outside the caller's scope)."""
-    reply = await request.app.state.services.call(
-        "interaction",
-        "ListInteractions",
+    reply = await request.app.state.clients.interaction.list_interactions(
+        request.scope["state"]["identity"],
         interaction_service_pb2.ListInteractionsRequest(
             customer_id=customer_id, page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or "")
         ),
-        request.scope["state"]["identity"],
     )
     items = [InteractionOut.from_proto(i) for i in reply.interactions]
     return Page(items=items, next_cursor=reply.page.next_page_token or None)

@@ -17,13 +17,11 @@ async def list_inbox(
     request: Request[Any, Any, Any], limit: Limit = 50, cursor: Cursor = None, unread_only: bool = False
 ) -> Page[InboxMessageOut]:
     """The caller's inbox, newest first."""
-    reply = await request.app.state.services.call(
-        "notification",
-        "ListInbox",
+    reply = await request.app.state.clients.notification.list_inbox(
+        request.scope["state"]["identity"],
         notification_service_pb2.ListInboxRequest(
             page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or ""), unread_only=unread_only
         ),
-        request.scope["state"]["identity"],
     )
     items = [InboxMessageOut.from_proto(m) for m in reply.messages]
     return Page(items=items, next_cursor=reply.page.next_page_token or None)

@@ -25,15 +25,13 @@ async def list_customer_opportunities(
     open_only: _OPEN_ONLY = False,
 ) -> Page[OpportunityOut]:
     """A customer's opportunities, newest first (404 when the customer is outside the caller's scope)."""
-    reply = await request.app.state.services.call(
-        "opportunity",
-        "ListOpportunities",
+    reply = await request.app.state.clients.opportunity.list_opportunities(
+        request.scope["state"]["identity"],
         opportunity_service_pb2.ListOpportunitiesRequest(
             customer_id=customer_id,
             open_only=open_only,
             page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or ""),
         ),
-        request.scope["state"]["identity"],
     )
     items = [OpportunityOut.from_proto(o) for o in reply.opportunities]
     return Page(items=items, next_cursor=reply.page.next_page_token or None)

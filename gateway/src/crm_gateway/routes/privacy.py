@@ -44,11 +44,9 @@ async def reveal(request: Request[Any, Any, Any], customer_id: _ID, data: Reveal
     """Show sensitive fields of a customer in the caller's scope, for a declared purpose."""
     fields = sorted(set(data.fields))
     request.scope["state"]["audit_detail"] = {"fields": fields, "purpose": data.purpose.strip()}
-    reply = await request.app.state.services.call(
-        "customer",
-        "RevealCustomer",
-        pb.RevealCustomerRequest(customer_id=customer_id, fields=fields, purpose=data.purpose.strip()),
+    reply = await request.app.state.clients.customer.reveal_customer(
         request.scope["state"]["identity"],
+        pb.RevealCustomerRequest(customer_id=customer_id, fields=fields, purpose=data.purpose.strip()),
     )
     return RevealOut(customer_id=customer_id, values=dict(reply.values))
 
@@ -57,10 +55,7 @@ async def reveal(request: Request[Any, Any, Any], customer_id: _ID, data: Reveal
 async def erase(request: Request[Any, Any, Any], customer_id: _ID, data: EraseIn) -> CustomerOut:
     """Erase a customer's personal data on a lawful request (crypto-shredding); non-personal facts stay."""
     request.scope["state"]["audit_detail"] = {"reason": data.reason.strip()}
-    reply = await request.app.state.services.call(
-        "customer",
-        "EraseCustomer",
-        pb.EraseCustomerRequest(customer_id=customer_id, reason=data.reason.strip()),
-        request.scope["state"]["identity"],
+    reply = await request.app.state.clients.customer.erase_customer(
+        request.scope["state"]["identity"], pb.EraseCustomerRequest(customer_id=customer_id, reason=data.reason.strip())
     )
     return CustomerOut.from_proto(reply.customer)

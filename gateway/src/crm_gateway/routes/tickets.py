@@ -25,15 +25,13 @@ async def list_customer_tickets(
     open_only: _OPEN_ONLY = False,
 ) -> Page[TicketOut]:
     """A customer's tickets, newest first (404 when the customer is outside the caller's scope)."""
-    reply = await request.app.state.services.call(
-        "ticket",
-        "ListTickets",
+    reply = await request.app.state.clients.ticket.list_tickets(
+        request.scope["state"]["identity"],
         ticket_service_pb2.ListTicketsRequest(
             customer_id=customer_id,
             open_only=open_only,
             page=paging_pb2.PageRequest(page_size=limit, page_token=cursor or ""),
         ),
-        request.scope["state"]["identity"],
     )
     items = [TicketOut.from_proto(t) for t in reply.tickets]
     return Page(items=items, next_cursor=reply.page.next_page_token or None)

@@ -12,7 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from crm_platform.pii import Keyring, PiiKeyError
 from crm_platform.tuning import DEFAULT_EVENT_LOOP, EVENT_LOOPS, POLICIES
+
+# A fixed development key so a bare `python -m crm_<service>` and the tests work; `CRM_ENV=prod` refuses it and
+# the local stack generates a real one (libs/testing/src/crm_testing/stack.py).
+DEV_MASTER_KEYS = "dev:ZGV2LW9ubHktcGlpLW1hc3Rlci1rZXktMzItYnl0ZXM="
 
 T = TypeVar("T")
 
@@ -118,6 +123,39 @@ class CommonSettings:
         "Event loop: `uvloop` (compiled transports) or `asyncio` (the standard one).",
     )
 
+    # Where the services are (the gateway calls them all; a service calls another with its own identity).
+    customer_addr: str = setting("CRM_CUSTOMER_ADDR", "127.0.0.1:50051", "customer service host:port.")
+    interaction_addr: str = setting("CRM_INTERACTION_ADDR", "127.0.0.1:50052", "interaction service host:port.")
+    opportunity_addr: str = setting("CRM_OPPORTUNITY_ADDR", "127.0.0.1:50053", "opportunity service host:port.")
+    ticket_addr: str = setting("CRM_TICKET_ADDR", "127.0.0.1:50054", "service-ticket service host:port.")
+    notification_addr: str = setting("CRM_NOTIFICATION_ADDR", "127.0.0.1:50055", "notification service host:port.")
+    reporting_addr: str = setting("CRM_REPORTING_ADDR", "127.0.0.1:50056", "reporting service host:port.")
+
+    # Every service seals personal data with per-customer data keys wrapped by these (crm_platform.pii).
+    pii_master_keys: str = setting(
+        "CRM_PII_MASTER_KEYS",
+        DEV_MASTER_KEYS,
+        "Master keys wrapping customers' data keys: `kid1:base64key,kid2:base64key` (32-byte keys).",
+        secret=True,
+    )
+    pii_active_key_id: str = setting(
+        "CRM_PII_ACTIVE_KEY_ID", "dev", "Key id of the master key that wraps new data keys (rotation: add, switch)."
+    )
+    service_call_timeout: float = setting(
+        "CRM_SERVICE_CALL_TIMEOUT", 5.0, "Deadline of a call a service makes to another service, seconds."
+    )
+
+    def service_addresses(self) -> dict[str, str]:
+        """Service name → address."""
+        return {
+            "customer": self.customer_addr,
+            "interaction": self.interaction_addr,
+            "opportunity": self.opportunity_addr,
+            "ticket": self.ticket_addr,
+            "notification": self.notification_addr,
+            "reporting": self.reporting_addr,
+        }
+
     def validate(self) -> None:
         """Refuse development defaults for secrets in production."""
         if self.env not in {"dev", "prod"}:
@@ -130,6 +168,16 @@ class CommonSettings:
             raise SettingsError(f"CRM_CPU_POLICY={self.cpu_policy!r} is not valid: expected {' or '.join(POLICIES)}")
         if self.event_loop not in EVENT_LOOPS:
             raise SettingsError(f"CRM_EVENT_LOOP={self.event_loop!r} is not valid: expected {' or '.join(EVENT_LOOPS)}")
+        try:
+            self.keyring()
+        except PiiKeyError as exc:
+            raise SettingsError(f"CRM_PII_MASTER_KEYS / CRM_PII_ACTIVE_KEY_ID are not valid: {exc}") from None
+        if self.env == "prod" and self.pii_master_keys == DEV_MASTER_KEYS:
+            raise SettingsError("CRM_PII_MASTER_KEYS must be set in prod")
+
+    def keyring(self) -> Keyring:
+        """The PII master keys as a :class:`Keyring`."""
+        return Keyring.from_spec(self.pii_master_keys, self.pii_active_key_id)
 
 
 def service_settings(domain: str, grpc_port: int, metrics_port: int) -> type[CommonSettings]:

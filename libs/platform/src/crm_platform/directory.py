@@ -5,21 +5,32 @@ The same durable consumer re-points a service's records from a merged duplicate 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, inspect, select, update
+from sqlalchemy import Column, ColumnElement, DateTime, MetaData, String, Table, delete, inspect, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm.customer.v1 import events_pb2 as customer_events
-from crm_platform.auth_context import Identity
-from crm_platform.errors import FailedPrecondition, NotFound
+from crm_platform.auth_context import Identity, current_identity
+from crm_platform.clients.base import CallFailed
+from crm_platform.errors import FailedPrecondition, NotFound, Unauthenticated, Unavailable
 from crm_platform.inbox import Event, Handler, Subscription
 from crm_platform.outbox import utcnow
-from crm_platform.scope import scope_condition
+from crm_platform.scope import in_scope, scope_condition
+
+if TYPE_CHECKING:
+    from crm_platform.clients import Clients
+    from crm_platform.pii.keys import CustomerKeys
+    from crm_platform.policy import Policy
+
+log = logging.getLogger(__name__)
 
 directory_metadata = MetaData()
 
@@ -129,10 +140,35 @@ async def on_customer_erased(session: AsyncSession, event: Event) -> None:
     await session.execute(delete(customer_directory).where(customer_directory.c.customer_id == payload.customer_id))
 
 
-def repoint_on_merge(columns: Sequence[Column[str]]) -> Handler:
+async def on_customer_erased_shred(session: AsyncSession, event: Event) -> None:
+    """:func:`on_customer_erased`, and the service's data key of the customer is destroyed (crypto-shredding of
+    the personal texts it sealed: summaries, descriptions, names)."""
+    from crm_platform.pii.keys import shred
+
+    await on_customer_erased(session, event)
+    payload = event.payload
+    assert isinstance(payload, customer_events.CustomerErased)
+    await shred(session, payload.customer_id)
+
+
+@dataclass(frozen=True)
+class SealedText:
+    """A column of personal text sealed with the record's customer's data key (:mod:`crm_platform.pii.keys`):
+    when the record moves to another customer (a merge), the text is sealed again with that customer's key."""
+
+    customer_id: Column[str]  # the record's customer column
+    sealed: Column[bytes]  # the ciphertext column
+    field: str  # the field name bound into the ciphertext
+    record_id: Column[str]  # the record's primary key
+
+
+def repoint_on_merge(
+    columns: Sequence[Column[str]], sealed: Sequence[SealedText] = (), keys: CustomerKeys | None = None
+) -> Handler:
     """A ``customer.merged`` handler that moves a service's records from the duplicate to the survivor: every
     row whose ``column`` names the duplicate names the survivor afterwards (so it follows the survivor's owner
-    in the directory). Applying it again changes nothing; the inbox makes a redelivery a no-op anyway."""
+    in the directory), and each ``sealed`` text is sealed again with the survivor's key. Applying it again changes
+    nothing; the inbox makes a redelivery a no-op anyway."""
 
     async def on_customer_merged(session: AsyncSession, event: Event) -> None:
         payload = event.payload
@@ -149,6 +185,9 @@ def repoint_on_merge(columns: Sequence[Column[str]]) -> Handler:
             .where(d.customer_id == payload.duplicate_id)
             .values(merged_into=payload.survivor_id)
         )
+        for text in sealed:
+            assert keys is not None, "sealed texts need the service's CustomerKeys"
+            await _reseal(session, keys, text, payload.duplicate_id, payload.survivor_id)
         for column in columns:
             await session.execute(
                 update(column.table).where(column == payload.duplicate_id).values({column.name: payload.survivor_id})
@@ -157,16 +196,42 @@ def repoint_on_merge(columns: Sequence[Column[str]]) -> Handler:
     return on_customer_merged
 
 
-def directory_subscription(service: str, merged_records: Sequence[Column[str]] = ()) -> Subscription:
+async def _reseal(
+    session: AsyncSession, keys: CustomerKeys, text: SealedText, duplicate_id: str, survivor_id: str
+) -> None:
+    rows = (
+        await session.execute(
+            select(text.record_id, text.sealed).where(text.customer_id == duplicate_id, text.sealed.is_not(None))
+        )
+    ).all()
+    for record_id, blob in rows:
+        plain = await keys.open(session, duplicate_id, text.field, blob)
+        if plain is None:  # the duplicate's key is gone (erased): nothing readable to carry over
+            continue
+        resealed = await keys.seal(session, survivor_id, text.field, plain)
+        await session.execute(
+            update(text.sealed.table).where(text.record_id == record_id).values({text.sealed.name: resealed})
+        )
+
+
+def directory_subscription(
+    service: str,
+    merged_records: Sequence[Column[str]] = (),
+    *,
+    sealed: Sequence[SealedText] = (),
+    keys: CustomerKeys | None = None,
+) -> Subscription:
     """The durable consumer ``<service>-customer-directory`` that keeps the directory current, and re-points the
     ``merged_records`` columns (a service's ``customer_id`` columns) when a duplicate customer is merged (the
-    directory then remembers where the duplicate went)."""
+    directory then remembers where the duplicate went) and seals their ``sealed`` texts again with the survivor's
+    key; with ``keys`` (a service that seals personal texts), an erasure also shreds the service's data key of the
+    customer (:mod:`crm_platform.pii.keys`)."""
     handlers: dict[str, Handler] = {
         CUSTOMER_CREATED: on_customer_created,
         CUSTOMER_ASSIGNED: on_customer_assigned,
-        CUSTOMER_ERASED: on_customer_erased,
+        CUSTOMER_ERASED: on_customer_erased_shred if keys is not None else on_customer_erased,
     }
-    handlers[CUSTOMER_MERGED] = repoint_on_merge(merged_records)
+    handlers[CUSTOMER_MERGED] = repoint_on_merge(merged_records, sealed, keys)
     return Subscription(
         durable=f"{service}-customer-directory",
         stream="CRM_CUSTOMER",
@@ -175,24 +240,135 @@ def directory_subscription(service: str, merged_records: Sequence[Column[str]] =
     )
 
 
-async def require_customer_in_scope(
-    session: AsyncSession, identity: Identity, customer_id: str, *, new_record: bool = False
-) -> None:
-    """Raise :class:`NotFound` unless the customer is known here and inside the caller's scope; with
-    ``new_record``, :class:`FailedPrecondition` (``MERGED``, naming the survivor) for a customer merged into
-    another, so nothing new lands on the retired file, and the customer's directory row stays share-locked until
-    the caller's transaction ends (see :func:`repoint_on_merge`)."""
-    c = customer_directory.c
-    condition = scope_condition(identity, owner=c.owner_id, team=c.team_id, branch=c.branch_id, region=c.region)
-    query = select(c.merged_into).where(c.customer_id == customer_id, condition)
-    if new_record:
-        # Held until the caller's transaction ends (PostgreSQL; SQLite runs one writer at a time): a merge of this
-        # customer handled meanwhile waits for the new record to commit, then moves it with the others.
-        query = query.with_for_update(read=True)
-    found = (await session.execute(query)).first()
-    if found is None:
-        raise NotFound(f"customer {customer_id} not found")
-    if new_record and found.merged_into:
-        raise FailedPrecondition(
-            f"customer {customer_id} was merged into {found.merged_into}; use that customer", reason="MERGED"
+Lookup = Callable[[str], Awaitable["DirectoryEntry | None"]]
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    """One customer's ownership facts, as the customer service answers a lookup."""
+
+    customer_id: str
+    owner_id: str
+    team_id: str
+    branch_id: str
+    region: str
+    merged_into: str
+    as_of: dt.datetime
+
+
+def customer_lookup(clients: Clients, policy: Policy, service: str) -> Lookup:
+    """A :data:`Lookup` asking the customer service as ``svc:<service>`` (``customer:lookup``), on behalf of the
+    caller whose request needed it."""
+    from crm.customer.v1 import customer_service_pb2
+
+    async def lookup(customer_id: str) -> DirectoryEntry | None:
+        on_behalf_of = ""
+        with contextlib.suppress(Unauthenticated):
+            on_behalf_of = current_identity().user_id
+        caller = policy.service_identity(service, on_behalf_of=on_behalf_of)
+        reply = await clients.customer.lookup_customers(
+            caller, customer_service_pb2.LookupCustomersRequest(customer_ids=[customer_id])
         )
+        for e in reply.entries:
+            if e.customer_id == customer_id:
+                return DirectoryEntry(
+                    e.customer_id,
+                    e.owner_id,
+                    e.team_id,
+                    e.branch_id,
+                    e.region,
+                    e.merged_into,
+                    e.as_of.ToDatetime(tzinfo=dt.UTC),
+                )
+        return None
+
+    return lookup
+
+
+class CustomerDirectory:
+    """The service's local directory of customers, for scope checks: a customer not known here yet (created a
+    moment ago, its event still on the way) is asked of the customer service and written here at once, so
+    "create a customer, then log a call on it" never fails; without a ``lookup`` (tests, tools) it is not found.
+    """
+
+    def __init__(self, lookup: Lookup | None = None) -> None:
+        self._lookup = lookup
+
+    async def require_in_scope(
+        self,
+        session: AsyncSession,
+        identity: Identity,
+        customer_id: str,
+        *,
+        new_record: bool = False,
+        permission: str = "",
+    ) -> None:
+        """Raise :class:`NotFound` unless the customer is known (here, or to the customer service) and inside the
+        caller's scope — the scope of ``permission`` when given, else the scope the call acts under; with
+        ``new_record``, :class:`FailedPrecondition` (``MERGED``, naming the survivor) for a customer merged into
+        another, so nothing new lands on the retired file, and the customer's directory row stays share-locked
+        until the caller's transaction ends (see :func:`repoint_on_merge`)."""
+        found = await self._row(session, customer_id, new_record)
+        if found is None and self._lookup is not None:
+            try:
+                entry = await self._lookup(customer_id)
+            except CallFailed as exc:
+                log.warning("customer lookup failed", extra={"code": exc.code.name})
+                raise Unavailable("the customer service could not be asked about this customer") from None
+            if entry is not None:
+                await self.remember(session, entry)
+                found = await self._row(session, customer_id, new_record)
+        acting = identity.acting_as(permission) if permission else identity
+        if found is None or not in_scope(
+            acting, owner=found.owner_id, team=found.team_id, branch=found.branch_id, region=found.region
+        ):
+            raise NotFound(f"customer {customer_id} not found")
+        if new_record and found.merged_into:
+            raise FailedPrecondition(
+                f"customer {customer_id} was merged into {found.merged_into}; use that customer", reason="MERGED"
+            )
+
+    @staticmethod
+    async def remember(session: AsyncSession, entry: DirectoryEntry) -> None:
+        """Write a looked-up customer into the directory (facts older than the stored ones change nothing)."""
+        await upsert(
+            session,
+            customer_id=entry.customer_id,
+            owner_id=entry.owner_id,
+            team_id=entry.team_id,
+            branch_id=entry.branch_id,
+            region=entry.region,
+            as_of=entry.as_of,
+        )
+        if entry.merged_into:
+            await session.execute(
+                update(customer_directory)
+                .where(customer_directory.c.customer_id == entry.customer_id)
+                .values(merged_into=entry.merged_into)
+            )
+
+    @staticmethod
+    async def _row(session: AsyncSession, customer_id: str, new_record: bool) -> Any:
+        c = customer_directory.c
+        query = select(c.owner_id, c.team_id, c.branch_id, c.region, c.merged_into).where(c.customer_id == customer_id)
+        if new_record:
+            # Held until the caller's transaction ends (PostgreSQL; SQLite runs one writer at a time): a merge of
+            # this customer handled meanwhile waits for the new record to commit, then moves it with the others.
+            query = query.with_for_update(read=True)
+        return (await session.execute(query)).first()
+
+
+def visible_condition(
+    identity: Identity, customer_id: ColumnElement[str], parties: Sequence[ColumnElement[str]] = ()
+) -> ColumnElement[bool]:
+    """The WHERE condition of "a record the caller may see": the caller is a party to it (one of ``parties``:
+    author, assignee, handler, referrer, approver — whatever the customer's owner) OR its customer is inside the
+    caller's scope (through the directory). ``identity`` acts under the permission of the call."""
+    d = customer_directory.c
+    in_scope_customers = select(d.customer_id).where(
+        scope_condition(identity, owner=d.owner_id, team=d.team_id, branch=d.branch_id, region=d.region)
+    )
+    conditions: list[ColumnElement[bool]] = [customer_id.in_(in_scope_customers)]
+    if identity.user_id:
+        conditions.extend(party == identity.user_id for party in parties)
+    return or_(*conditions)

@@ -73,3 +73,9 @@ class AlreadyExists(DomainError):
     def __init__(self, message: str, *, existing_id: str = "", reason: str | None = None) -> None:
         super().__init__(message, reason=reason)
         self.existing_id = existing_id
+
+
+class Unavailable(DomainError):
+    """A part this call depends on cannot be reached right now; the caller may retry (gRPC UNAVAILABLE)."""
+
+    reason = "UNAVAILABLE"

@@ -38,6 +38,7 @@ _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Conflict: grpc.StatusCode.ABORTED,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 _UNGUARDED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -97,6 +98,8 @@ def verify_caller(
     if not identity.has(permission):
         raise errors.PermissionDenied(f"requires permission {permission}")
     return identity.acting_as(permission)
+
+
 _TRACE_KEYS = frozenset({"traceparent", "tracestate"})
 
 

@@ -38,3 +38,20 @@ DB_POOL_IN_USE = Gauge("crm_db_pool_in_use", "Database connections checked out o
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
     """Serve the default registry over HTTP on ``port`` (any path) in a daemon thread."""
     start_http_server(port, addr=host)
+
+
+# The scheduled work of crm_platform.schedule (refreshed at most once a second by each runner).
+SCHEDULE_BACKLOG = Gauge("crm_schedule_backlog", "Scheduled items pending and already due.")
+SCHEDULE_OLDEST_DUE_AGE = Gauge(
+    "crm_schedule_oldest_due_age_seconds", "Seconds since the due time of the oldest pending item already due."
+)
+SCHEDULE_DEAD = Gauge("crm_schedule_dead", "Scheduled items given up after their last attempt (status dead).")
+SCHEDULE_LATENESS = Histogram(
+    "crm_schedule_lateness_seconds",
+    "Time from a scheduled item's due time to the commit of its run, per kind.",
+    ["kind"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0),
+)
+SCHEDULE_RUNS = Counter(
+    "crm_schedule_runs", "Runs of scheduled items, by kind and outcome (done, retry, dead).", ["kind", "outcome"]
+)

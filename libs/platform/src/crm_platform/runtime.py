@@ -1,14 +1,17 @@
 """``serve()``: the one bootstrap of every service — logging, tracing, metrics, database and migrations,
-NATS streams, outbox relay, consumers, gRPC with health and reflection, signals and graceful drain.
+NATS streams, outbox relay, consumers, the scheduled-work runner, typed clients of the other services (with the
+service's own identity), gRPC with health and reflection, signals and graceful drain.
 
 Shutdown order on SIGTERM/SIGINT: health NOT_SERVING (load balancers stop sending), stop accepting and
-finish in-flight calls (grace period), stop consumers (the message in hand commits and acks), flush the
+finish in-flight calls (grace period), stop consumers (the message in hand commits and acks), stop the
+scheduled-work runner (the batch in hand commits), flush the
 outbox relay, drain NATS, dispose the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 import sys
@@ -21,8 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from crm_platform import config as config_module
 from crm_platform.bus import DOMAIN_STREAMS, Bus
+from crm_platform.clients import Clients
 from crm_platform.config import CommonSettings, SettingsError
 from crm_platform.db import create_engine, ensure_database, resolve_database_url, session_factory
+from crm_platform.directory import CustomerDirectory, customer_lookup
 from crm_platform.grpc_server import (
     add_health_and_reflection,
     create_server,
@@ -34,6 +39,10 @@ from crm_platform.inbox import ConsumerRunner, Subscription
 from crm_platform.metrics import serve_metrics
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, OutboxRelay
+from crm_platform.pii.keys import CustomerKeys
+from crm_platform.policy import Policy, default_policy
+from crm_platform.schedule import Handler as ScheduleHandler
+from crm_platform.schedule import Scheduler, ScheduleRunner
 from crm_platform.tuning import prepare_process, run
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,11 @@ class Context:
     sessions: async_sessionmaker[AsyncSession]
     outbox: Outbox
     bus: Bus
+    clients: Clients
+    policy: Policy
+    directory: CustomerDirectory
+    keys: CustomerKeys  # per-customer data keys of this service (crm_platform.pii.keys)
+    scheduler: Scheduler  # schedules items in the caller's transaction (crm_platform.schedule)
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -59,7 +73,8 @@ class ServiceSpec:
     """How to build one service.
 
     ``wire`` adds the servicers to the server and returns their full service names;
-    ``subscriptions`` lists the service's durable consumers.
+    ``subscriptions`` lists the service's durable consumers; ``schedules`` maps each kind of scheduled item the
+    service writes (``ctx.scheduler``) to its handler, run exactly once by the process's runner.
     """
 
     domain: str
@@ -67,6 +82,7 @@ class ServiceSpec:
     settings_class: type[CommonSettings]
     wire: Callable[[grpc.aio.Server, Context], Sequence[str]]
     subscriptions: Callable[[Context], list[Subscription]] = lambda _ctx: []
+    schedules: Callable[[Context], Mapping[str, ScheduleHandler]] = lambda _ctx: {}
     # Operator commands beside serve and migrate: ``python -m crm_<domain> <name> [args]`` runs
     # ``commands[name](spec, settings, args)`` and exits with the code it returns.
     commands: Mapping[str, Command] = field(default_factory=dict)
@@ -95,7 +111,26 @@ async def run_service(spec: ServiceSpec, settings: CommonSettings, stop: asyncio
     await bus.connect()
     await bus.ensure_streams(DOMAIN_STREAMS)
     relay = OutboxRelay(engine, bus)
-    ctx = Context(settings, engine, session_factory(engine), Outbox(spec.domain, notify=relay.wake), bus)
+    clients = Clients(settings.service_addresses(), settings.internal_secret, timeout=settings.service_call_timeout)
+    policy = default_policy()
+    runner: ScheduleRunner | None = None
+
+    def notice(due_at: dt.datetime) -> None:  # an item scheduled here: the runner looks for it by then
+        if runner is not None:
+            runner.notice(due_at)
+
+    ctx = Context(
+        settings,
+        engine,
+        session_factory(engine),
+        Outbox(spec.domain, notify=relay.wake),
+        bus,
+        clients,
+        policy,
+        CustomerDirectory(customer_lookup(clients, policy, spec.domain)),
+        CustomerKeys(settings.keyring()),
+        Scheduler(notify=notice),
+    )
     relay.start()
 
     server = create_server(spec.domain, settings.internal_secret)
@@ -105,6 +140,10 @@ async def run_service(spec: ServiceSpec, settings: CommonSettings, stop: asyncio
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
     consumers = ConsumerRunner(bus, ctx.sessions, ctx.outbox, spec.subscriptions(ctx))
     await consumers.start()
+    schedules = spec.schedules(ctx)
+    if schedules:
+        runner = ScheduleRunner(ctx.sessions, schedules, name=f"{spec.domain}-schedule")
+        runner.start()
     await server.start()
     await set_serving(health, names, True)
     freeze_startup_heap()
@@ -118,7 +157,10 @@ async def run_service(spec: ServiceSpec, settings: CommonSettings, stop: asyncio
         task.cancel()
     await asyncio.gather(*ctx.background, return_exceptions=True)
     await consumers.stop()
+    if runner is not None:
+        await runner.stop()  # before the relay: a batch in hand commits its events, the relay then publishes them
     await relay.stop()
+    await clients.close()
     await bus.close()
     await engine.dispose()
     log.info("stopped")

@@ -74,3 +74,28 @@ def outbox_sent_index_partial(op: Any) -> None:
 def outbox_sent_index_full(op: Any) -> None:
     """Migration step back: ``ix_outbox_published_at`` over every row."""
     create_index_online(op, "ix_outbox_published_at", "outbox", ["published_at"])
+
+
+def create_domain_service_tables(op: Any, *, data_keys: bool) -> None:
+    """Migration step of every domain service: the scheduled items, the org directory and — for a service that
+    keeps personal free text — the per-customer data keys (each in its own module's MetaData)."""
+    from crm_platform.org import create_org_tables
+    from crm_platform.pii.keys import create_key_tables
+    from crm_platform.schedule import create_schedule_tables
+
+    create_schedule_tables(op)
+    create_org_tables(op)
+    if data_keys:
+        create_key_tables(op)
+
+
+def drop_domain_service_tables(op: Any, *, data_keys: bool) -> None:
+    """The downgrade of :func:`create_domain_service_tables`."""
+    from crm_platform.org import drop_org_tables
+    from crm_platform.pii.keys import drop_key_tables
+    from crm_platform.schedule import drop_schedule_tables
+
+    if data_keys:
+        drop_key_tables(op)
+    drop_org_tables(op)
+    drop_schedule_tables(op)

@@ -49,11 +49,11 @@ def _secrets(data_dir: Path, env: dict[str, str]) -> None:
             key, _, value = line.partition("=")
             if key and value:
                 stored[key] = value
-    for key in ("CRM_INTERNAL_SECRET", "CRM_GATEWAY_JWT_SECRET"):
+    for key in ("CRM_INTERNAL_SECRET", "CRM_GATEWAY_JWT_SECRET", "CRM_STAFF_CONTACT_KEY"):
         if key not in env:
             stored.setdefault(key, secrets.token_urlsafe(48))
             env[key] = stored[key]
-    # PII master key of the customer service (envelope encryption); kept like the other secrets.
+    # PII master key of the services (envelope encryption); kept like the other secrets.
     if "CRM_PII_MASTER_KEYS" not in env:
         stored.setdefault("CRM_PII_MASTER_KEYS", generate_master_keys("k1"))
         stored.setdefault("CRM_PII_ACTIVE_KEY_ID", "k1")
@@ -84,11 +84,12 @@ class Stack:
             self.env["CRM_NATS_URL"] = self.nats.url
             _say(f"embedded NATS with JetStream on {self.nats.url}")
         targets = {}
-        for domain, package in SERVICES:
+        for domain, package in SERVICES:  # every address first: a service calls others (its own identity)
             settings = load(importlib.import_module(f"{package}.config").Settings, self.env)
             host = "127.0.0.1" if settings.grpc_host in ("0.0.0.0", "") else settings.grpc_host
             targets[domain] = f"{host}:{settings.grpc_port}"
             self.env.setdefault(f"CRM_{domain.upper()}_ADDR", targets[domain])
+        for domain, package in SERVICES:
             self._spawn(domain, package)
         deadline = started + timeout
         for domain, target in targets.items():

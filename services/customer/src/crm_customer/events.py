@@ -1,9 +1,8 @@
-"""What the customer service publishes and consumes. Payloads carry ids, ownership and field names, never
-personal values."""
+"""What the customer service publishes (its consumers are in ``subscriptions``). Payloads carry ids, ownership
+and field names, never personal values."""
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 from typing import TYPE_CHECKING
 
@@ -11,14 +10,9 @@ from google.protobuf.descriptor import EnumDescriptor
 
 from crm.common.v1 import money_pb2
 from crm.customer.v1 import customer_pb2, events_pb2
-from crm.interaction.v1 import events_pb2 as interaction_events
-from crm_platform.inbox import Subscription
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
-
     from crm_customer.domain import Customer, HoldingsChange, ManagedTag, MergePlan, Profile
-    from crm_platform.inbox import Event
 
 CUSTOMER_CREATED = "crm.customer.customer.created"
 CUSTOMER_UPDATED = "crm.customer.customer.updated"
@@ -29,9 +23,6 @@ CUSTOMER_TAGGED = "crm.customer.customer.tagged"
 CUSTOMER_HOLDINGS_CHANGED = "crm.customer.customer.holdings_changed"
 CUSTOMER_MERGED = "crm.customer.customer.merged"
 MANAGED_TAG_DEFINED = "crm.customer.managed_tag.defined"
-
-# Consumed: a logged contact moves the customer's last contact forward.
-INTERACTION_LOGGED = "crm.interaction.interaction.logged"
 
 KIND_TO_PROTO = {
     "individual": customer_pb2.CUSTOMER_KIND_INDIVIDUAL,
@@ -63,6 +54,7 @@ def enum_number(descriptor: EnumDescriptor, text: str) -> int:
 
 
 TIER = customer_pb2.Tier.DESCRIPTOR
+PRODUCT_TYPE = customer_pb2.ProductType.DESCRIPTOR
 
 
 def customer_created(customer: Customer) -> events_pb2.CustomerCreated:
@@ -91,6 +83,7 @@ def created_payload(
         region=region,
         tier=enum_number(TIER, profile.tier),  # type: ignore[arg-type]
         source_channel=enum_number(customer_pb2.SourceChannel.DESCRIPTOR, profile.source_channel),  # type: ignore[arg-type]
+        do_not_disturb=profile.do_not_disturb,
     )
 
 
@@ -110,8 +103,15 @@ def _ownership(owner_id: str, team_id: str) -> bytes:
 
 
 def customer_updated(customer: Customer, changed_fields: list[str]) -> events_pb2.CustomerUpdated:
-    """The ``customer.updated`` payload: which fields changed, never their values."""
-    return events_pb2.CustomerUpdated(customer_id=customer.id, changed_fields=changed_fields, version=customer.version)
+    """The ``customer.updated`` payload: which fields changed, never their values; and the facts others keep (tier,
+    do-not-disturb), as they stand after the change."""
+    return events_pb2.CustomerUpdated(
+        customer_id=customer.id,
+        changed_fields=changed_fields,
+        version=customer.version,
+        tier=enum_number(TIER, customer.profile.tier),  # type: ignore[arg-type]
+        do_not_disturb=customer.profile.do_not_disturb,
+    )
 
 
 def customer_assigned(customer: Customer, previous_owner_id: str, reason: str) -> events_pb2.CustomerAssigned:
@@ -166,6 +166,22 @@ def holdings_changed(customer: Customer, change: HoldingsChange) -> events_pb2.C
         signals=list(change.signals),
         maturing_product_codes=list(change.maturing),
         eligible_tier=enum_number(TIER, change.eligible_tier),  # type: ignore[arg-type]
+        balances=[
+            events_pb2.ProductBalance(
+                product_type=enum_number(PRODUCT_TYPE, kind),  # type: ignore[arg-type]
+                balance=money_pb2.Money(amount=f"{total:.2f}", currency="CNY"),
+            )
+            for kind, total in change.balances
+        ],
+        maturities=[
+            events_pb2.ProductMaturity(
+                product_code=h.product_code,
+                product_type=enum_number(PRODUCT_TYPE, h.product_type),  # type: ignore[arg-type]
+                maturity_date=h.maturity_date.isoformat() if h.maturity_date else "",
+                amount=money_pb2.Money(amount=f"{h.amount:.2f}", currency=h.currency or "CNY"),
+            )
+            for h in change.maturities
+        ],
     )
 
 
@@ -183,26 +199,3 @@ def customer_merged(plan: MergePlan, moved_product_codes: list[str], actor: str)
         survivor_owner_id=plan.survivor.owner_id,
         duplicate_owner_id=plan.duplicate.owner_id,
     )
-
-
-async def on_interaction_logged(session: AsyncSession, event: Event) -> None:
-    """A contact was logged: the customer's last contact moves forward to when the contact took place (the
-    payload's ``occurred_at``; for an event published before it carried one, when it was logged)."""
-    from crm_customer.store.contacts import record_contact  # here: the store package imports this module
-
-    payload = event.payload
-    assert isinstance(payload, interaction_events.InteractionLogged)
-    contacted = payload.occurred_at.ToDatetime(tzinfo=dt.UTC) if payload.HasField("occurred_at") else None
-    await record_contact(session, payload.customer_id, contacted or event.occurred_at)
-
-
-def subscriptions() -> list[Subscription]:
-    """The durable consumer ``customer-last-contact`` (interaction events → ``customers.last_contact_at``)."""
-    return [
-        Subscription(
-            durable="customer-last-contact",
-            stream="CRM_INTERACTION",
-            subject=INTERACTION_LOGGED,
-            handlers={INTERACTION_LOGGED: on_interaction_logged},
-        )
-    ]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import grpc
 
 from crm.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
-from crm_customer import events
+from crm_customer import subscriptions
 from crm_customer.config import Settings
 from crm_customer.import_servicer import wire_imports
 from crm_customer.restore import reapply_erasures
@@ -45,6 +45,6 @@ SPEC = ServiceSpec(
     package="crm_customer",
     settings_class=Settings,
     wire=wire,
-    subscriptions=lambda _ctx: events.subscriptions(),
+    subscriptions=lambda _ctx: subscriptions.subscriptions(),
     commands={"reapply-erasures": reapply_erasures},
 )

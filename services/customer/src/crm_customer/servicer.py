@@ -9,8 +9,10 @@ from crm.common.v1 import money_pb2, paging_pb2
 from crm.customer.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
 from crm_customer import domain
 from crm_customer.domain import Customer, FieldChange, register_customer, require, revise_profile
+from crm_customer.domain.birthdays import check_window
 from crm_customer.events import KIND_TO_PROTO, enum_number, enum_text
 from crm_customer.store import CustomerFilter, CustomerStore
+from crm_customer.store.birthdays import BirthdayQueries
 from crm_customer.store.fastread import CustomerReads
 from crm_customer.store.fastwrite import CustomerWrites
 from crm_platform import identifiers
@@ -262,6 +264,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         # is one statement there (store/fastwrite.py).
         self._reads = reads or CustomerReads(store, None)
         self._writes = writes or CustomerWrites(store, None)
+        self._birthdays = BirthdayQueries(store._sessions)
 
     async def GetCustomer(self, request: Any, context: Any) -> customer_service_pb2.GetCustomerResponse:  # noqa: N802
         """See the proto."""
@@ -572,6 +575,48 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         saved = await self._store.save_merge(identity, survivor, duplicate, plan, reason, now)
         return customer_service_pb2.MergeCustomersResponse(survivor=to_proto(saved), filled_fields=plan.filled_fields)
 
+    async def LookupCustomers(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> customer_service_pb2.LookupCustomersResponse:
+        """See the proto."""
+        ids = list(dict.fromkeys(request.customer_ids))
+        if not ids or len(ids) > 100:
+            raise InvalidArgument([FieldViolation("customer_ids", "must name 1 to 100 customers")])
+        entries = await self._store.directory_entries(ids)
+        return customer_service_pb2.LookupCustomersResponse(
+            entries=[
+                customer_service_pb2.CustomerDirectoryEntry(**{**e, "as_of": timestamp(e["as_of"])}) for e in entries
+            ]
+        )
+
+    async def ListBirthdays(self, request: Any, context: Any) -> customer_service_pb2.ListBirthdaysResponse:  # noqa: N802
+        """See the proto."""
+        identity = current_identity()
+        start, end = check_window(getattr(request, "from"), request.to)
+        if not request.branch_id:
+            raise InvalidArgument([FieldViolation("branch_id", "is required")])
+        found = await self._birthdays.list_birthdays(identity, request.branch_id, start, end, utcnow())
+        limit = min(page_limit(request.page), 1000)
+        after = request.page.page_token
+        if after:
+            found = [b for b in found if f"{b.on.isoformat()}|{b.customer_id}" > after]
+        page = found[:limit]
+        token = f"{page[-1].on.isoformat()}|{page[-1].customer_id}" if len(found) > limit else ""
+        return customer_service_pb2.ListBirthdaysResponse(
+            birthdays=[
+                customer_service_pb2.Birthday(
+                    customer_id=b.customer_id,
+                    owner_id=b.owner_id,
+                    team_id=b.team_id,
+                    on=b.on.isoformat(),
+                    tier=enum_number(customer_pb2.Tier.DESCRIPTOR, b.tier),  # type: ignore[arg-type]
+                    do_not_disturb=b.do_not_disturb,
+                )
+                for b in page
+            ],
+            page=paging_pb2.PageInfo(next_page_token=token),
+        )
+
     async def ListManagedTags(self, request: Any, context: Any) -> customer_service_pb2.ListManagedTagsResponse:  # noqa: N802
         """See the proto."""
         identity = current_identity()
@@ -617,5 +662,7 @@ declare_permissions(
         "DefineManagedTag": "tag:manage",
         "ListManagedTags": "tag:read",
         "MergeCustomers": "customer:merge",
+        "LookupCustomers": "customer:lookup",
+        "ListBirthdays": "customer:birthdays",
     },
 )

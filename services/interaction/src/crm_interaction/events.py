@@ -1,11 +1,9 @@
-"""What the interaction service publishes and the durable consumers it runs."""
+"""What the interaction service publishes (its consumers are in ``subscriptions``)."""
 
 from __future__ import annotations
 
 from crm.interaction.v1 import events_pb2, interaction_pb2
 from crm_interaction.domain import Interaction
-from crm_platform.directory import directory_subscription
-from crm_platform.inbox import Subscription
 from crm_platform.protobuf import timestamp
 
 INTERACTION_LOGGED = "crm.interaction.interaction.logged"
@@ -29,11 +27,3 @@ def interaction_logged(interaction: Interaction) -> events_pb2.InteractionLogged
         logged_by=interaction.logged_by,
         occurred_at=timestamp(interaction.occurred_at),
     )
-
-
-def subscriptions() -> list[Subscription]:
-    """Customer events keep the local customer directory (for data scope) current; a merged duplicate
-    customer's interactions move to its survivor."""
-    from crm_interaction.store import interactions  # here: the store imports this module
-
-    return [directory_subscription("interaction", merged_records=(interactions.c.customer_id,))]

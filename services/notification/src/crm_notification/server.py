@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import grpc
 
 from crm.notification.v1 import notification_service_pb2, notification_service_pb2_grpc
-from crm_notification import events
+from crm_notification import subscriptions
 from crm_notification.config import Settings
 from crm_notification.servicer import NotificationServicer
 from crm_notification.store import InboxStore
@@ -27,5 +27,5 @@ SPEC = ServiceSpec(
     settings_class=Settings,
     wire=wire,
     # The handlers write messages and their events through the service's own outbox (so the relay wakes).
-    subscriptions=lambda ctx: events.subscriptions(InboxStore(ctx.sessions, ctx.outbox)),
+    subscriptions=lambda ctx: subscriptions.subscriptions(InboxStore(ctx.sessions, ctx.outbox)),
 )

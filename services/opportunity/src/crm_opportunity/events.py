@@ -1,12 +1,10 @@
-"""What the opportunity service publishes and the durable consumers it runs."""
+"""What the opportunity service publishes (its consumers are in ``subscriptions``)."""
 
 from __future__ import annotations
 
 from crm.common.v1 import money_pb2
 from crm.opportunity.v1 import events_pb2, opportunity_pb2
 from crm_opportunity.domain import Opportunity
-from crm_platform.directory import directory_subscription
-from crm_platform.inbox import Subscription
 
 OPPORTUNITY_CREATED = "crm.opportunity.opportunity.created"
 
@@ -33,11 +31,3 @@ def opportunity_created(opportunity: Opportunity) -> events_pb2.OpportunityCreat
         owner_id=opportunity.owner_id,
         expected_amount=money(opportunity),
     )
-
-
-def subscriptions() -> list[Subscription]:
-    """Customer events keep the local customer directory (for data scope) current; a merged duplicate
-    customer's opportunities move to its survivor."""
-    from crm_opportunity.store import opportunities  # here: the store imports this module
-
-    return [directory_subscription("opportunity", merged_records=(opportunities.c.customer_id,))]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import grpc
 
 from crm.opportunity.v1 import opportunity_service_pb2, opportunity_service_pb2_grpc
-from crm_opportunity import events
+from crm_opportunity import subscriptions
 from crm_opportunity.config import Settings
 from crm_opportunity.servicer import OpportunityServicer
 from crm_opportunity.store import OpportunityStore
@@ -16,7 +16,7 @@ from crm_platform.runtime import Context, ServiceSpec
 
 def wire(server: grpc.aio.Server, ctx: Context) -> Sequence[str]:
     """Register the servicer; return the served service names."""
-    servicer = OpportunityServicer(OpportunityStore(ctx.sessions, ctx.outbox))
+    servicer = OpportunityServicer(OpportunityStore(ctx.sessions, ctx.outbox, ctx.directory))
     opportunity_service_pb2_grpc.add_OpportunityServiceServicer_to_server(servicer, server)
     return [opportunity_service_pb2.DESCRIPTOR.services_by_name["OpportunityService"].full_name]
 
@@ -26,5 +26,5 @@ SPEC = ServiceSpec(
     package="crm_opportunity",
     settings_class=Settings,
     wire=wire,
-    subscriptions=lambda _ctx: events.subscriptions(),
+    subscriptions=lambda ctx: subscriptions.subscriptions(ctx.keys),
 )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, UniqueConstraint, insert, select
+from sqlalchemy import BigInteger, Column, DateTime, MetaData, Select, String, Table, UniqueConstraint, insert, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -12,11 +13,10 @@ from crm_opportunity.domain import CENT, CLOSED_STAGES, Opportunity, Stage
 from crm_opportunity.events import OPPORTUNITY_CREATED, opportunity_created
 from crm_platform.auth_context import Identity
 from crm_platform.db import as_utc
-from crm_platform.directory import customer_directory, require_customer_in_scope
+from crm_platform.directory import CustomerDirectory, visible_condition
 from crm_platform.errors import NotFound
 from crm_platform.idempotency import create_once
 from crm_platform.outbox import Outbox
-from crm_platform.scope import scope_condition
 
 metadata = MetaData()
 
@@ -58,9 +58,12 @@ def _to_opportunity(row: Row[tuple[object, ...]]) -> Opportunity:
 class OpportunityStore:
     """Reads and writes opportunities; writes put their events in the outbox in the same transaction."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, directory: CustomerDirectory
+    ) -> None:
         self._sessions = sessions
         self._outbox = outbox
+        self._directory = directory
 
     async def create(self, identity: Identity, opportunity: Opportunity, request_id: str) -> Opportunity:
         """Store an opportunity with a customer in scope (idempotent by the caller's ``request_id``)."""
@@ -92,7 +95,7 @@ class OpportunityStore:
         return await create_once(
             self._sessions,
             request_id,
-            guard=lambda session: require_customer_in_scope(
+            guard=lambda session: self._directory.require_in_scope(
                 session, identity, opportunity.customer_id, new_record=True
             ),
             earlier=lambda session: self._by_request(session, identity, request_id),
@@ -121,19 +124,18 @@ class OpportunityStore:
         if after_id:
             query = query.where(opportunities.c.id < after_id)
         async with self._sessions() as session:
-            await require_customer_in_scope(session, identity, customer_id)
+            await self._directory.require_in_scope(session, identity, customer_id)
             rows = (await session.execute(query.order_by(opportunities.c.id.desc()).limit(limit + 1))).all()
         items = [_to_opportunity(r) for r in rows[:limit]]
         return items, (items[-1].id if len(rows) > limit else "")
 
     @staticmethod
-    def _scoped(identity: Identity):  # type: ignore[no-untyped-def]
+    def _scoped(identity: Identity) -> Select[Any]:
         # Scope follows the customer's ownership (from the directory), not the opportunity's owner: a branch
         # head sees the pipeline of the branch's customers, and reassigning a customer moves its pipeline too.
-        d = customer_directory.c
-        joined = opportunities.join(customer_directory, d.customer_id == opportunities.c.customer_id)
-        condition = scope_condition(identity, owner=d.owner_id, team=d.team_id, branch=d.branch_id, region=d.region)
-        return select(*_COLUMNS).select_from(joined).where(condition)
+        # A party to the record (owner_id) sees it whatever the customer's owner.
+        condition = visible_condition(identity, opportunities.c.customer_id, (opportunities.c.owner_id,))
+        return select(*_COLUMNS).where(condition)
 
     async def _by_request(self, session: AsyncSession, identity: Identity, request_id: str) -> Opportunity | None:
         query = self._scoped(identity).where(

@@ -8,7 +8,7 @@ import grpc
 
 from crm.reporting.v1 import reporting_service_pb2, reporting_service_pb2_grpc
 from crm_platform.runtime import Context, ServiceSpec
-from crm_reporting import events
+from crm_reporting import subscriptions
 from crm_reporting.config import Settings
 from crm_reporting.servicer import ReportingServicer
 from crm_reporting.store import ReportStore
@@ -26,5 +26,5 @@ SPEC = ServiceSpec(
     package="crm_reporting",
     settings_class=Settings,
     wire=wire,
-    subscriptions=lambda _ctx: events.subscriptions(),
+    subscriptions=lambda _ctx: subscriptions.subscriptions(),
 )

@@ -58,6 +58,7 @@ class Ticket:
     sla_deadline: dt.datetime
     opened_by: str
     created_at: dt.datetime
+    handler_id: str = ""
 
 
 def sla_deadline(urgency: Urgency, opened_at: dt.datetime) -> dt.datetime:
@@ -66,7 +67,13 @@ def sla_deadline(urgency: Urgency, opened_at: dt.datetime) -> dt.datetime:
 
 
 def open_ticket(
-    identity: Identity, customer_id: str, kind: str | None, urgency: str | None, description: str, now: dt.datetime
+    identity: Identity,
+    customer_id: str,
+    kind: str | None,
+    urgency: str | None,
+    description: str,
+    now: dt.datetime,
+    handler_id: str = "",
 ) -> Ticket:
     """Validate a new ticket; it opens now with the deadline its urgency sets."""
     if not identity.has("ticket:write"):
@@ -79,6 +86,8 @@ def open_ticket(
         if urgency not in {u.value for u in Urgency}:
             violations.add("urgency", "must be one of " + ", ".join(u.value for u in Urgency))
         clean = violations.require_text("description", description, max_length=4000)
+        if len(handler_id) > 64:
+            violations.add("handler_id", "must be at most 64 characters")
     assert kind is not None and urgency is not None  # collect() has raised unless both are valid
     level = Urgency(urgency)
     return Ticket(
@@ -91,6 +100,7 @@ def open_ticket(
         sla_deadline=sla_deadline(level, now),
         opened_by=identity.user_id,
         created_at=now,
+        handler_id=handler_id,
     )
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from crm.ticket.v1 import events_pb2, ticket_pb2
-from crm_platform.directory import directory_subscription
-from crm_platform.inbox import Subscription
 from crm_ticket.domain import Ticket
 
 TICKET_OPENED = "crm.ticket.ticket.opened"
@@ -36,11 +34,3 @@ def ticket_opened(ticket: Ticket) -> events_pb2.TicketOpened:
         kind=KIND_TO_PROTO[ticket.kind.value],
         urgency=URGENCY_TO_PROTO[ticket.urgency.value],
     )
-
-
-def subscriptions() -> list[Subscription]:
-    """Customer events keep the local customer directory (for data scope) current; a merged duplicate
-    customer's tickets move to its survivor."""
-    from crm_ticket.store import tickets  # here: the store imports this module
-
-    return [directory_subscription("ticket", merged_records=(tickets.c.customer_id,))]

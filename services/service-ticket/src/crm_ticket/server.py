@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import grpc
 
 from crm.ticket.v1 import ticket_service_pb2, ticket_service_pb2_grpc
+from crm_platform.pii.keys import seal_legacy_texts
 from crm_platform.runtime import Context, ServiceSpec
-from crm_ticket import events
+from crm_ticket import subscriptions
 from crm_ticket.config import Settings
 from crm_ticket.servicer import TicketServicer
-from crm_ticket.store import TicketStore
+from crm_ticket.store import DESCRIPTION_FIELD, TicketStore, tickets
 
 
 def wire(server: grpc.aio.Server, ctx: Context) -> Sequence[str]:
     """Register the servicer; return the served service names."""
-    servicer = TicketServicer(TicketStore(ctx.sessions, ctx.outbox))
+    servicer = TicketServicer(TicketStore(ctx.sessions, ctx.outbox, ctx.directory, ctx.keys))
     ticket_service_pb2_grpc.add_TicketServiceServicer_to_server(servicer, server)
+    # Texts stored in the clear before the service sealed them are sealed once, in the background.
+    ctx.background.append(
+        asyncio.create_task(
+            seal_legacy_texts(
+                ctx.sessions,
+                ctx.keys,
+                record_id=tickets.c.id,
+                customer_id=tickets.c.customer_id,
+                plain=tickets.c.description,
+                sealed=tickets.c.description_enc,
+                field=DESCRIPTION_FIELD,
+            ),
+            name="seal-legacy-texts",
+        )
+    )
     return [ticket_service_pb2.DESCRIPTOR.services_by_name["TicketService"].full_name]
 
 
@@ -26,5 +43,5 @@ SPEC = ServiceSpec(
     package="crm_ticket",
     settings_class=Settings,
     wire=wire,
-    subscriptions=lambda _ctx: events.subscriptions(),
+    subscriptions=lambda ctx: subscriptions.subscriptions(ctx.keys),
 )

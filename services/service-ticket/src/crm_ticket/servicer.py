@@ -30,6 +30,8 @@ def to_proto(ticket: Ticket) -> ticket_pb2.Ticket:
         description=ticket.description,
         sla_deadline=timestamp(ticket.sla_deadline),
         created_at=timestamp(ticket.created_at),
+        handler_id=ticket.handler_id,
+        opened_by=ticket.opened_by,
     )
 
 
@@ -49,6 +51,7 @@ class TicketServicer(ticket_service_pb2_grpc.TicketServiceServicer):
             _PROTO_TO_URGENCY.get(request.urgency),
             request.description,
             utcnow(),
+            handler_id=request.handler_id,
         )
         stored = await self._store.open(identity, ticket, request.request_id)
         return ticket_service_pb2.OpenTicketResponse(ticket=to_proto(stored))

@@ -49,6 +49,10 @@ class HoldingsChange:
     signals: tuple[str, ...]
     maturing: tuple[str, ...]
     eligible_tier: str
+    # Per product type, the total held (what the interaction and reporting services need for contact alerts and
+    # product coverage, without the holdings themselves), and every product with a maturity date.
+    balances: tuple[tuple[str, decimal.Decimal], ...] = ()
+    maturities: tuple[Holding, ...] = ()
 
 
 def validate_holdings(raw: list[Mapping[str, object]]) -> list[Holding]:
@@ -128,7 +132,32 @@ def assess_holdings(
     tier = eligible_tier(after)
     if _TIER_RANK[tier] > _TIER_RANK.get(current_tier, 0) and _TIER_RANK[tier] > _TIER_RANK[eligible_tier(before_aum)]:
         signals.append("tier_threshold_reached")
-    return HoldingsChange(before_aum, after, tuple(signals), maturing, tier)
+    return HoldingsChange(
+        before_aum,
+        after,
+        tuple(signals),
+        maturing,
+        tier,
+        balances_by_type(holdings),
+        tuple(
+            sorted(
+                (h for h in holdings if h.maturity_date is not None), key=lambda h: (h.maturity_date, h.product_code)
+            )
+        ),
+    )
+
+
+def _maturity_order(holding: Holding) -> tuple[dt.date, str]:
+    assert holding.maturity_date is not None
+    return holding.maturity_date, holding.product_code
+
+
+def balances_by_type(holdings: list[Holding]) -> tuple[tuple[str, decimal.Decimal], ...]:
+    """The total held per product type, in product-type order."""
+    totals: dict[str, decimal.Decimal] = {}
+    for h in holdings:
+        totals[h.product_type] = totals.get(h.product_type, decimal.Decimal(0)) + h.amount
+    return tuple(sorted(totals.items()))
 
 
 def is_familiar(product_count: int, aum: decimal.Decimal) -> bool:

@@ -199,6 +199,28 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
             tags=tags,
         )
 
+    async def directory_entries(self, customer_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Ownership facts of the customers that exist and are not erased (for another service's directory; no
+        personal data, so no scope: only service identities holding ``customer:lookup`` ask)."""
+        c = customers.c
+        query = select(c.id, c.owner_id, c.team_id, c.branch_id, c.region, c.merged_into, c.updated_at).where(
+            c.id.in_(list(customer_ids)), c.erased_at.is_(None)
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            {
+                "customer_id": r.id,
+                "owner_id": r.owner_id or "",
+                "team_id": r.team_id or "",
+                "branch_id": r.branch_id or "",
+                "region": r.region or "",
+                "merged_into": r.merged_into or "",
+                "as_of": as_utc(r.updated_at),
+            }
+            for r in rows
+        ]
+
     async def get(self, identity: Identity, customer_id: str) -> Customer:
         """One customer inside the caller's scope; :class:`NotFound` otherwise (no existence leak)."""
         async with self._sessions() as session:

@@ -62,3 +62,13 @@ class OwnershipQueries:
                 actor=identity.user_id,
             )
         return after
+
+
+async def move_owner_team(session: Any, owner_id: str, team_id: str, as_of: dt.datetime) -> None:
+    """A staff member moved to team ``team_id``: the customers they own are the new team's (a customer's team is
+    its owner's). Not a change of the customer files — no version, history or event: each other service's org
+    directory moves its own copy on the same identity event."""
+    from sqlalchemy import update
+
+    c = customers.c
+    await session.execute(update(customers).where(c.owner_id == owner_id, c.team_id != team_id).values(team_id=team_id))

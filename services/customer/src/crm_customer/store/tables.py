@@ -137,3 +137,18 @@ customer_history = Table(
     Column("note", String(500), nullable=False, default=""),
     Column("changes", Text, nullable=False, default="[]"),
 )
+
+# Reads of personal facts by other services (birthdays for greetings and alerts): who asked, on whose behalf,
+# for what and how many customers were answered — the customer service's own evidence of every such read.
+data_access_log = Table(
+    "data_access_log",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("caller", String(64), nullable=False, comment="the service identity, svc:<name>"),
+    Column("on_behalf_of", String(64), nullable=False, default=""),
+    Column("request_id", String(64), nullable=False, default=""),
+    Column("purpose", String(40), nullable=False, comment="the RPC, e.g. ListBirthdays"),
+    Column("detail", String(200), nullable=False, default="", comment="the query, e.g. branch and window"),
+    Column("answered", Integer, nullable=False, comment="how many customers the answer named"),
+)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import os
 from dataclasses import dataclass
 
@@ -220,3 +221,28 @@ def mask_address(value: str) -> str:
     if not value:
         return ""
     return value[:6] + "****" if len(value) > 6 else value[:1] + "****"
+
+
+@dataclass(frozen=True)
+class StaffContact:
+    """A staff member's e-mail address and mobile (for notifications to them)."""
+
+    email: str
+    mobile: str
+
+
+def staff_contact_key(secret: str) -> bytes:
+    """The AES key of staff contacts from ``CRM_STAFF_CONTACT_KEY`` (any length; derived with HKDF)."""
+    return _derive(secret.encode(), b"crm staff contact v1")
+
+
+def seal_staff_contact(key: bytes, user_id: str, contact: StaffContact) -> bytes:
+    """``contact`` sealed for the notification service, bound to ``user_id``."""
+    payload = json.dumps({"email": contact.email, "mobile": contact.mobile}, ensure_ascii=False)
+    return Keyring.encrypt(key, user_id, "staff_contact", payload)
+
+
+def open_staff_contact(key: bytes, user_id: str, sealed: bytes) -> StaffContact:
+    """The contact of :func:`seal_staff_contact`; :class:`PiiKeyError` when it does not authenticate."""
+    data = json.loads(Keyring.decrypt(key, user_id, "staff_contact", sealed))
+    return StaffContact(str(data.get("email", "")), str(data.get("mobile", "")))
