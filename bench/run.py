@@ -22,6 +22,7 @@ from bench import (
     bare_http,
     bare_nats,
     bare_pg,
+    calendar_bench,
     cold_start,
     consumer,
     customers,
@@ -31,10 +32,25 @@ from bench import (
     machine,
     relay,
     report,
+    schedule_bench,
 )
 from bench.common import BENCH_DIR, Section, progress, run_as_services
 
-NAMES = ("nats", "pg", "grpc", "http", "relay", "consumer", "e2e", "gateway", "customers", "import", "stack")
+NAMES = (
+    "nats",
+    "pg",
+    "grpc",
+    "http",
+    "relay",
+    "consumer",
+    "e2e",
+    "gateway",
+    "customers",
+    "import",
+    "schedule",
+    "calendar",
+    "stack",
+)
 
 
 def _guarded(title: str, measure: Callable[[], Any], render: Callable[[Any], Section]) -> tuple[Any, Section]:
@@ -158,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             lambda f: customers.section(f, figures.get("grpc")),
         ),
         ("import", "Batch import", import_bench.measure, import_bench.section),
+        (
+            "schedule",
+            "Scheduled work on PostgreSQL",
+            schedule_bench.measure,
+            lambda f: schedule_bench.section(f, figures.get("pg")),
+        ),
+        ("calendar", "Business calendar arithmetic", calendar_bench.measure, calendar_bench.section),
         ("stack", "Cold start, idle memory and stop of the whole stack", cold_start.measure, cold_start.section),
     ]
     for name, title, measure, render in plan:

@@ -281,8 +281,9 @@ async def _outcome(dsn: str, expected: int) -> dict[str, Any]:
     }
 
 
-async def _load_burst(dsn: str, due: dt.datetime) -> None:
-    """COPY ``BURST_ITEMS`` pending items due at ``due`` (one transaction), then ANALYZE."""
+async def _load_burst(dsn: str, due: dt.datetime, spread: float = 0.0) -> None:
+    """COPY ``BURST_ITEMS`` pending items due at ``due`` — or evenly over the ``spread`` seconds from it — in one
+    transaction, then ANALYZE."""
     import asyncpg
 
     from crm_platform.schedule import PENDING
@@ -290,7 +291,20 @@ async def _load_burst(dsn: str, due: dt.datetime) -> None:
     now = dt.datetime.now(dt.UTC)
     payloads = [json.dumps({"note": f"call back customer {i}", "user": f"u-{i % 50}"}) for i in range(BURST_ITEMS)]
     records = [
-        (f"reminder:{i}", KIND, 1, due, payload, PENDING, 0, None, now, now, None) for i, payload in enumerate(payloads)
+        (
+            f"reminder:{i}",
+            KIND,
+            1,
+            due + dt.timedelta(seconds=spread * i / BURST_ITEMS),
+            payload,
+            PENDING,
+            0,
+            None,
+            now,
+            now,
+            None,
+        )
+        for i, payload in enumerate(payloads)
     ]
     conn = await asyncpg.connect(dsn)
     try:
@@ -310,8 +324,9 @@ def _cpu_ticks() -> tuple[int, int]:
     return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
 
 
-def _burst(processes: int) -> dict[str, Any]:
-    """One burst run with ``processes`` runner processes on a fresh scratch database."""
+def _burst(processes: int, spread: float = 0.0) -> dict[str, Any]:
+    """One burst run with ``processes`` runner processes on a fresh scratch database: every item due at one instant,
+    or (``spread``) their due times evenly over that many seconds — "100,000 items due in the same minute"."""
 
     async def run() -> dict[str, Any]:
         async with scratch_database() as database:
@@ -320,7 +335,7 @@ def _burst(processes: int) -> dict[str, Any]:
             bare = await _bare_commits(dsn)
             with _runners(dsn, processes) as results:
                 due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LEAD_SECONDS)
-                await _load_burst(dsn, due)
+                await _load_burst(dsn, due, spread)
                 if dt.datetime.now(dt.UTC) >= due:
                     raise RuntimeError(f"the load took longer than {LEAD_SECONDS} s: the burst would not be one")
                 await asyncio.sleep((due - dt.datetime.now(dt.UTC)).total_seconds())
@@ -332,6 +347,8 @@ def _burst(processes: int) -> dict[str, Any]:
             cpu = sum(r["cpu_s"] for r in results)
             return {
                 "processes": processes,
+                "spread_s": spread,
+                "worst_lateness_s": outcome["lateness_ms"]["worst"] / 1000,
                 "bare_commits_per_s": bare,
                 "seconds_after_due": seconds,
                 "items_per_s": BURST_ITEMS / seconds,
@@ -382,8 +399,9 @@ def _steady() -> dict[str, Any]:
 
 
 def measure() -> dict[str, Any]:
-    """The burst with one runner process, with two, then the steady stream; every figure of the section."""
-    return {"burst": [_burst(1), _burst(2)], "steady": _steady()}
+    """100,000 items due within one minute (one runner process), the harder burst all due at one instant with one
+    runner process and with two, then the steady stream; every figure of the section."""
+    return {"minute": _burst(1, spread=60.0), "burst": [_burst(1), _burst(2)], "steady": _steady()}
 
 
 def section(figures: dict[str, Any], bare_pg: dict[str, Any] | None = None) -> Section:
@@ -391,6 +409,26 @@ def section(figures: dict[str, Any], bare_pg: dict[str, Any] | None = None) -> S
     target) and the steady stream's lateness. ``bare_pg``: the suite's ``pg`` figures, when it ran them."""
     rows = []
     details = []
+    minute = figures.get("minute")
+    if minute:
+        name = f"Scheduled items, {BURST_ITEMS:,} due within one minute, 1 runner process"
+        rows.append(
+            Row(
+                name,
+                "worst lateness",
+                minute["worst_lateness_s"],
+                "s",
+                target=f"≤ {BURST_TARGET_S:.0f} s of its due time",
+                met=minute["worst_lateness_s"] <= BURST_TARGET_S,
+            )
+        )
+        late = minute["lateness_ms"]
+        details.append(
+            f"Within one minute: {BURST_ITEMS:,} items COPY-loaded with due times evenly over 60 s; every item was "
+            f"done at most {minute['worst_lateness_s']:.2f} s after its own due time (p50 {late['p50'] / 1000:.2f}, "
+            f"p99 {late['p99'] / 1000:.2f} s) with one runner process; runner CPU {minute['cpu_us_per_item']:.0f} µs "
+            "per item. This is the target as issue #17 states it; the bursts below are due all at one instant."
+        )
     for burst in figures["burst"]:
         bare = (bare_pg or {}).get("commits_per_s") or burst["bare_commits_per_s"]
         name = f"Scheduled items, burst of {BURST_ITEMS:,}, {burst['processes']} runner process(es)"

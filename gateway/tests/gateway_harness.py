@@ -7,14 +7,21 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
+from google.protobuf.message import Message
 from litestar import Litestar
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crm.common.v1 import envelope_pb2
 from crm_gateway.http_protocol import CoalescingHttpToolsProtocol
+from crm_platform.schema import outbox
 from crm_testing.nats_server import free_port
+
+M = TypeVar("M", bound=Message)
 
 PASSWORD = "Demo-Passw0rd!"
 
@@ -58,3 +65,18 @@ async def served(app: Litestar) -> AsyncIterator[Gateway]:
     """The gateway ``app`` served (:func:`serving`), with a client bound to it."""
     async with serving(app) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         yield Gateway(client, app)
+
+
+async def outbox_events(engine: AsyncEngine, subject: str, kind: type[M]) -> list[tuple[envelope_pb2.EventEnvelope, M]]:
+    """The events on ``subject`` in the outbox (published or not), oldest first, with their payloads."""
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(select(outbox.c.envelope).where(outbox.c.subject == subject).order_by(outbox.c.id))
+        ).all()
+    found = []
+    for (data,) in rows:
+        envelope = envelope_pb2.EventEnvelope.FromString(data)
+        payload = kind()
+        envelope.payload.Unpack(payload)
+        found.append((envelope, payload))
+    return found

@@ -93,8 +93,16 @@ async def stack(private_nats: NatsServer, tmp_path: Path) -> AsyncIterator[Stack
             (tmp_path / name).mkdir()
             db_urls[name] = _db_url(tmp_path, name)  # one database file per service, never shared
             block = ticket_block if name == "ticket" else outer
+            # The customer service first: the others ask it about customers their directory does not know yet.
+            customer = {"CRM_CUSTOMER_ADDR": f"127.0.0.1:{running['customer'].grpc_port}"} if running else {}
             running[name] = await block.enter_async_context(
-                running_service(spec, database_url=db_urls[name], nats_url=private_nats.url, data_dir=tmp_path / name)
+                running_service(
+                    spec,
+                    database_url=db_urls[name],
+                    nats_url=private_nats.url,
+                    data_dir=tmp_path / name,
+                    extra_env=customer,
+                )
             )
         addresses = {name: f"127.0.0.1:{svc.grpc_port}" for name, svc in running.items()}
         gateway = await outer.enter_async_context(serving_gateway(tmp_path, private_nats.url, addresses))

@@ -66,3 +66,33 @@ def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def ident(obj: dict[str, Any]) -> str:
     """`Kind/name` for messages."""
     return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) selects ``labels``."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        present, value = expr["key"] in labels, labels.get(expr["key"])
+        operator = expr["operator"]
+        if operator == "In" and value not in expr["values"]:
+            return False
+        if operator == "NotIn" and value in expr["values"]:
+            return False
+        if (operator == "Exists" and not present) or (operator == "DoesNotExist" and present):
+            return False
+    return True
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(name, pod labels, pod spec) of every workload."""
+    found = []
+    for obj in objects:
+        if obj["kind"] in {"Deployment", "StatefulSet"}:
+            template = obj["spec"]["template"]
+        elif obj["kind"] == "CronJob":
+            template = obj["spec"]["jobTemplate"]["spec"]["template"]
+        else:
+            continue
+        found.append((ident(obj), template["metadata"]["labels"], template["spec"]))
+    return found

@@ -6,39 +6,9 @@ from typing import Any
 
 import pytest
 
-from .support import DEPLOYABLES, OVERLAYS, ident, of_kind
+from .support import DEPLOYABLES, OVERLAYS, ident, of_kind, pod_specs, selects
 
 Objects = dict[str, list[dict[str, Any]]]
-
-
-def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """Whether a label selector (matchLabels and matchExpressions) selects ``labels``."""
-    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
-        return False
-    for expr in selector.get("matchExpressions", []):
-        present, value = expr["key"] in labels, labels.get(expr["key"])
-        operator = expr["operator"]
-        if operator == "In" and value not in expr["values"]:
-            return False
-        if operator == "NotIn" and value in expr["values"]:
-            return False
-        if (operator == "Exists" and not present) or (operator == "DoesNotExist" and present):
-            return False
-    return True
-
-
-def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(name, pod labels, pod spec) of every workload."""
-    found = []
-    for obj in objects:
-        if obj["kind"] in {"Deployment", "StatefulSet"}:
-            template = obj["spec"]["template"]
-        elif obj["kind"] == "CronJob":
-            template = obj["spec"]["jobTemplate"]["spec"]["template"]
-        else:
-            continue
-        found.append((ident(obj), template["metadata"]["labels"], template["spec"]))
-    return found
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -156,23 +126,95 @@ def test_namespace_denies_by_default(rendered: Objects, overlay: str) -> None:
     assert defaults and all(not p["spec"].get("ingress") and not p["spec"].get("egress") for p in defaults)
 
 
+# The services that call crm-customer over gRPC with their own signed identity (svc:<name>): LookupCustomers
+# and ListBirthdays. Everything else between services travels through NATS.
+CUSTOMER_CALLERS = ("crm-interaction", "crm-opportunity", "crm-service-ticket", "crm-notification", "crm-reporting")
+# Who may call each service's gRPC port.
+GRPC_CALLERS = {
+    name: {"crm-gateway", *CUSTOMER_CALLERS} if name == "crm-customer" else {"crm-gateway"}
+    for _, name, _ in DEPLOYABLES
+    if name != "crm-gateway"
+}
+ALL_PORTS = "*"
+
+
+def workload_ports(objects: list[dict[str, Any]]) -> dict[str, tuple[dict[str, str], dict[str, int]]]:
+    """Workload name (app.kubernetes.io/name) → (pod labels, container port name → number)."""
+    found = {}
+    for _, labels, spec in pod_specs(objects):
+        named = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c.get("ports", []) if "name" in p}
+        found[labels["app.kubernetes.io/name"]] = (labels, named)
+    return found
+
+
+def rule_ports(rule: dict[str, Any], named: dict[str, int]) -> set[int | str]:
+    """The port numbers a rule opens (named ports resolved against ``named``); no ``ports`` opens every port."""
+    if not rule.get("ports"):
+        return {ALL_PORTS}
+    return {named.get(p["port"], p["port"]) for p in rule["ports"]}
+
+
+def applying(objects: list[dict[str, Any]], labels: dict[str, str], direction: str) -> list[dict[str, Any]]:
+    """The rules of ``direction`` ("ingress" or "egress") of every NetworkPolicy that selects ``labels``."""
+    return [
+        rule
+        for policy in of_kind(objects, "NetworkPolicy")
+        if direction.capitalize() in policy["spec"]["policyTypes"] and selects(policy["spec"]["podSelector"], labels)
+        for rule in policy["spec"].get(direction, [])
+    ]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_services_reach_only_nats_their_database_and_telemetry(rendered: Objects, overlay: str) -> None:
-    """Services talk to each other only through NATS; each reaches its own database, no other."""
-    policies = {p["metadata"]["name"]: p for p in of_kind(rendered[overlay], "NetworkPolicy")}
+    """A service's pod peers are crm-nats, its own database and, for the five that look customers up,
+    crm-customer on its gRPC port only. No other service, no other database; the gateway reaches every
+    service but no other part's database."""
+    objects = rendered[overlay]
+    workloads = workload_ports(objects)
+    customer_grpc = workloads["crm-customer"][1]["grpc"]
     for _, name, _ in DEPLOYABLES:
-        egress = policies[name]["spec"]["egress"]
-        peers = [
-            peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
-            for rule in egress
-            for peer in rule.get("to", [])
-            if "podSelector" in peer and "namespaceSelector" not in peer
-        ]
+        peers: dict[str | None, set[int | str]] = {}
+        for rule in applying(objects, workloads[name][0], "egress"):
+            if name != "crm-gateway":
+                assert rule.get("to"), f"{overlay}: {name} has an egress rule to anywhere: {rule}"
+            for peer in rule.get("to", []):
+                if "podSelector" not in peer or "namespaceSelector" in peer:
+                    continue  # another namespace (DNS, telemetry) or an address block, not a CRM pod
+                selector = peer["podSelector"]
+                target = selector.get("matchLabels", {}).get("app.kubernetes.io/name")
+                named = workloads[target][1] if target in workloads else {}
+                peers.setdefault(target, set()).update(rule_ports(rule, named))
         databases = [p for p in peers if p and p.endswith("-db")]
-        assert databases == [f"{name}-db"], f"{name} reaches databases {databases}"
-        assert "crm-nats" in peers
-        if name != "crm-gateway":
-            assert set(peers) == {"crm-nats", f"{name}-db"}, f"{name} reaches {peers}"
+        assert databases == [f"{name}-db"], f"{overlay}: {name} reaches databases {databases}"
+        assert "crm-nats" in peers, f"{overlay}: {name} cannot reach NATS"
+        if name == "crm-gateway":
+            continue
+        expected = {"crm-nats", f"{name}-db"} | ({"crm-customer"} if name in CUSTOMER_CALLERS else set())
+        assert set(peers) == expected, f"{overlay}: {name} reaches {sorted(peers, key=str)}"
+        if name in CUSTOMER_CALLERS:
+            assert peers["crm-customer"] == {customer_grpc}, (
+                f"{overlay}: {name} reaches crm-customer on {peers['crm-customer']}, not only gRPC {customer_grpc}"
+            )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("name", sorted(GRPC_CALLERS))
+def test_grpc_ports_admit_exactly_their_callers(rendered: Objects, overlay: str, name: str) -> None:
+    """crm-customer's gRPC port admits exactly the gateway and the five services that look customers up; every
+    other service's only the gateway. Nothing outside the namespace's CRM pods reaches a gRPC port."""
+    objects = rendered[overlay]
+    workloads = workload_ports(objects)
+    labels, named = workloads[name]
+    grpc = named["grpc"]
+    admitted: set[str] = set()
+    for rule in applying(objects, labels, "ingress"):
+        ports = rule_ports(rule, named)
+        if grpc not in ports and ALL_PORTS not in ports:
+            continue
+        for peer in rule.get("from", []):
+            assert set(peer) == {"podSelector"}, f"{overlay}: {name} admits {peer} on gRPC"
+            admitted |= {other for other, (pod, _) in workloads.items() if selects(peer["podSelector"], pod)}
+    assert admitted == GRPC_CALLERS[name], f"{overlay}: {name} admits {sorted(admitted)} on gRPC"
 
 
 def test_prod_pins_every_image(rendered: Objects) -> None:

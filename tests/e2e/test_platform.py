@@ -120,9 +120,10 @@ def test_personal_values_are_in_no_database_and_no_stream_in_the_clear(stack: St
             headers=rm1,
         )
         assert logged.status_code == 201, logged.text
-        assert client.get(f"/api/v1/customers/{customer_id}/interactions", headers=rm1).json()["items"][0][
-            "summary"
-        ] == summary  # readable to the RM through the service
+        assert (
+            client.get(f"/api/v1/customers/{customer_id}/interactions", headers=rm1).json()["items"][0]["summary"]
+            == summary
+        )  # readable to the RM through the service
 
     data_dir = stack.log.parent / "var"
     stores = [p for p in data_dir.rglob("*") if p.is_file() and (p.suffix in {".db", ".db-wal"} or "nats" in p.parts)]

@@ -12,8 +12,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crm_gateway.announcement import KIND as ORG_ANNOUNCE
+from crm_gateway.announcement import Announcer, WeeklyAnnouncement
 from crm_gateway.audit import AuditLog
 from crm_gateway.auth import Authenticator
+from crm_gateway.calendars import BusinessCalendars
 from crm_gateway.config import Settings
 from crm_gateway.errors import EXCEPTION_HANDLERS
 from crm_gateway.guards import permission_guard
@@ -29,6 +32,7 @@ from crm_gateway.routes import (
     admin,
     audit,
     auth,
+    calendars,
     customer_360,
     customer_imports,
     customers,
@@ -40,6 +44,7 @@ from crm_gateway.routes import (
     tickets,
 )
 from crm_gateway.seed import seed_demo
+from crm_gateway.staff_contacts import StaffContacts
 from crm_platform.bus import DOMAIN_STREAMS, Bus
 from crm_platform.clients import Clients
 from crm_platform.config import load
@@ -48,6 +53,7 @@ from crm_platform.heap import freeze_startup_heap
 from crm_platform.logging import configure_logging
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, OutboxRelay
+from crm_platform.schedule import Scheduler, ScheduleRunner
 from crm_platform.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
@@ -85,8 +91,10 @@ ROUTES = [
     notifications.list_inbox,
     audit.list_audit,
     *admin.ROUTES,
+    *calendars.ROUTES,
     access.explain_access,
     interactions.list_customer_interactions,
+    interactions.log_customer_interaction,
     opportunities.list_customer_opportunities,
     tickets.list_customer_tickets,
     customer_360.get_customer_360,
@@ -148,6 +156,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         relay = OutboxRelay(engine, bus)
         relay.start()
         store.outbox = Outbox("identity", notify=relay.wake)  # session revocations reach every replica
+        org_outbox = Outbox("identity", notify=relay.wake)
+        contacts = StaffContacts(settings.keyring(), settings.staff_contact_key)
+        # The weekly re-announcement of the organisation, run once across the replicas (crm_gateway.announcement).
+        # Nothing else is scheduled here, and what this process schedules wakes its runner: a slow poll will do.
+        runner: ScheduleRunner  # the Scheduler's notify wakes it, once it exists
+        weekly = WeeklyAnnouncement(
+            Announcer(org_outbox, contacts), Scheduler(notify=lambda due_at: runner.notice(due_at))
+        )
+        runner = ScheduleRunner(engine, {ORG_ANNOUNCE: weekly.run}, poll_interval=10.0, name="gateway-schedule")
+        runner.start()
+        await weekly.ensure(store.sessions)
         clients = Clients(settings.service_addresses(), settings.internal_secret, timeout=settings.call_timeout)
         app.state.update(
             settings=settings,
@@ -169,7 +188,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if settings.oidc_issuer
             else None,
             limits=Limits(settings.login_rate_per_minute, settings.api_rate_per_second, settings.trusted_proxies),
-            organisation=Organisation(store.sessions, Outbox("identity", notify=relay.wake), policy),
+            organisation=Organisation(store.sessions, org_outbox, policy, contacts),
+            calendars=BusinessCalendars(store.sessions, org_outbox),
+            schedule_runner=runner,
             authenticator=Authenticator(
                 store, policy, settings.jwt_secret, settings.access_token_minutes, settings.refresh_token_hours
             ),
@@ -184,6 +205,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await revocation_feed.stop()
             await app.state.audit.close()
             await clients.close()
+            await runner.stop()
             await relay.stop()
             await bus.close()
             await engine.dispose()

@@ -47,12 +47,21 @@ class Settings(CommonSettings):
     demo: bool = setting("CRM_DEMO", False, "Seed the demo branches and users at start when absent.")
     demo_password: str = setting("CRM_DEMO_PASSWORD", "Demo-Passw0rd!", "Password of the demo users.", secret=True)
     call_timeout: float = setting("CRM_GATEWAY_CALL_TIMEOUT", 5.0, "Deadline of each call to a service, seconds.")
+    staff_contact_key: str = setting(
+        "CRM_STAFF_CONTACT_KEY",
+        "dev-staff-contact-key-change-me",
+        "Key sealing staff e-mail and mobile in crm.identity.user.contact_changed (the notification service "
+        "holds the same).",
+        secret=True,
+    )
 
     def validate(self) -> None:
-        """Common checks, plus: no development token key in production."""
+        """Common checks, plus: no development token or staff contact key in production."""
         super().validate()
         if self.env == "prod" and self.jwt_secret.startswith("dev-"):
             raise SettingsError("CRM_GATEWAY_JWT_SECRET must be set in prod")
+        if self.env == "prod" and self.staff_contact_key.startswith("dev-"):
+            raise SettingsError("CRM_STAFF_CONTACT_KEY must be set in prod")
         if len(self.jwt_secret) < 32:
             raise SettingsError("CRM_GATEWAY_JWT_SECRET is not valid: use at least 32 characters")
         for proxy in self.trusted_proxies:

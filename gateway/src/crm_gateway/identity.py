@@ -11,9 +11,11 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
     func,
     insert,
     select,
@@ -37,6 +39,9 @@ branches = Table(
     Column("region", String(32), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The branch head (网点负责人), a user id; no foreign key, as users already point at branches (the rules are
+    # checked by crm_gateway.organisation, and a head who leaves the branch or the role is cleared there).
+    Column("head_id", String(36)),
 )
 teams = Table(
     "teams",
@@ -46,6 +51,7 @@ teams = Table(
     Column("name", String(100), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("lead_id", String(36)),  # the team lead (团队主管), a user id; see branches.head_id
 )
 users = Table(
     "users",
@@ -74,6 +80,29 @@ password_history = Table(
     Column("user_id", String(36), ForeignKey("users.id"), nullable=False),
     Column("password_hash", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+# Business calendars as organisation data: a branch's own, or the bank-wide default (branch_id ""). A removed
+# branch calendar stays as a row without spec, so its version keeps counting up (the services' copies order
+# changes by version, crm_platform.org.on_calendar_changed).
+calendars = Table(
+    "calendars",
+    metadata,
+    Column("branch_id", String(32), primary_key=True),
+    Column("spec", Text, comment="the calendar's JSON shape (crm_platform.calendar); NULL = removed, inherits"),
+    Column("version", Integer, nullable=False),
+    Column("updated_by", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+# Staff e-mail and mobile, encrypted with a data key of the user's own, wrapped by the PII master key ``kid``.
+staff_contacts = Table(
+    "staff_contacts",
+    metadata,
+    Column("user_id", String(36), ForeignKey("users.id"), primary_key=True),
+    Column("kid", String(32), nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("email_enc", LargeBinary),
+    Column("mobile_enc", LargeBinary),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 refresh_tokens = Table(
     "refresh_tokens",

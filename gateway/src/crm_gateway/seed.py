@@ -1,4 +1,5 @@
-"""The demo organisation (``CRM_DEMO=1`` / ``make demo``): two branches, three teams, one user per role."""
+"""The demo organisation (``CRM_DEMO=1`` / ``make demo``): two branches with their heads, three teams (``lead1``
+leads T1), one user per role."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ from sqlalchemy import insert
 
 from crm_gateway.auth import hash_password
 from crm_gateway.identity import IdentityStore, branches, teams, users
-from crm_platform.ids import new_id
 from crm_platform.outbox import utcnow
 
 log = logging.getLogger(__name__)
 
-BRANCHES = [("BJ001", "Beijing Chaoyang Branch", "north"), ("SH001", "Shanghai Pudong Branch", "east")]
-TEAMS = [("T1", "BJ001", "Wealth team 1"), ("T2", "BJ001", "Wealth team 2"), ("T3", "SH001", "Wealth team 3")]
+# code, name, region, head (a username below)
+BRANCHES = [
+    ("BJ001", "Beijing Chaoyang Branch", "north", "head"),
+    ("SH001", "Shanghai Pudong Branch", "east", "head2"),
+]
+# code, branch, name, lead (a username below, or None)
+TEAMS = [
+    ("T1", "BJ001", "Wealth team 1", "lead1"),
+    ("T2", "BJ001", "Wealth team 2", None),
+    ("T3", "SH001", "Wealth team 3", None),
+]
 # username, display name, role, branch, team
 USERS = [
     ("admin", "System Administrator", "admin", None, None),
@@ -32,6 +41,11 @@ USERS = [
 ]
 
 
+def _user_id(username: str | None) -> str | None:
+    """The demo users' ids are readable: ``u-<username>``."""
+    return f"u-{username}" if username else None
+
+
 async def seed_demo(store: IdentityStore, password: str) -> bool:
     """Insert the demo organisation once (when no user exists); return whether it was inserted."""
     if await store.count_users() > 0:
@@ -41,17 +55,23 @@ async def seed_demo(store: IdentityStore, password: str) -> bool:
     async with store.sessions() as session, session.begin():
         await session.execute(
             insert(branches),
-            [{"id": i, "name": n, "region": r, "created_at": now, "updated_at": now} for i, n, r in BRANCHES],
+            [
+                {"id": i, "name": n, "region": r, "head_id": _user_id(h), "created_at": now, "updated_at": now}
+                for i, n, r, h in BRANCHES
+            ],
         )
         await session.execute(
             insert(teams),
-            [{"id": i, "branch_id": b, "name": n, "created_at": now, "updated_at": now} for i, b, n in TEAMS],
+            [
+                {"id": i, "branch_id": b, "name": n, "lead_id": _user_id(lead), "created_at": now, "updated_at": now}
+                for i, b, n, lead in TEAMS
+            ],
         )
         await session.execute(
             insert(users),
             [
                 {
-                    "id": f"u-{username}" if username else new_id(),
+                    "id": _user_id(username),
                     "username": username,
                     "display_name": display,
                     "branch_id": branch,

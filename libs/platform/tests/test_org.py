@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import select
@@ -137,5 +138,33 @@ async def test_the_org_directory_answers_from_identity_events(db_url: str) -> No
             assert teams == {"c1": "T2", "c2": "T2"}
             assert (await ORG.user(session, "u-rm1")).team_id == "T2"  # type: ignore[union-attr]
             assert await ORG.lead_of(session, "u-rm1") == ""  # T2 has no lead named
+    finally:
+        await engine.dispose()
+
+
+async def test_staff_contacts_are_kept_sealed_and_open_with_the_key(db_url: str) -> None:
+    from alembic.migration import MigrationContext as Context
+
+    from crm_platform.org import create_staff_contact_tables, remember_staff_contact, staff_contact, staff_contacts
+    from crm_platform.pii import PiiKeyError, StaffContact, seal_staff_contact, staff_contact_key
+
+    key = staff_contact_key("a-key-only-gateway-and-notification-hold")
+    engine = create_engine(normalise_url(db_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda sync: create_staff_contact_tables(Operations(Context.configure(sync))))
+        sessions = session_factory(engine)
+        newer = seal_staff_contact(key, "u-rm1", StaffContact("rm1@bank.example", "13800138000"))
+        older = seal_staff_contact(key, "u-rm1", StaffContact("old@bank.example", "13900139000"))
+        async with sessions() as session, session.begin():
+            await remember_staff_contact(session, "u-rm1", newer, T0 + dt.timedelta(minutes=5))
+            await remember_staff_contact(session, "u-rm1", older, T0)  # a late, older event changes nothing
+        async with sessions() as session:
+            assert await staff_contact(session, key, "u-rm1") == StaffContact("rm1@bank.example", "13800138000")
+            assert await staff_contact(session, key, "u-rm2") is None
+            stored = (await session.execute(select(staff_contacts.c.sealed))).scalar_one()
+            assert b"rm1@bank.example" not in stored
+            with pytest.raises(PiiKeyError):  # another key (any other service's) opens nothing
+                await staff_contact(session, staff_contact_key("another key"), "u-rm1")
     finally:
         await engine.dispose()

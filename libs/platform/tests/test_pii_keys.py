@@ -12,7 +12,14 @@ from sqlalchemy import Column, LargeBinary, MetaData, String, Table, insert, sel
 from crm_platform.config import DEV_MASTER_KEYS
 from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.pii import Keyring, PiiKeyError
-from crm_platform.pii.keys import CustomerKeys, create_key_tables, customer_data_keys, seal_legacy_texts, shred
+from crm_platform.pii.keys import (
+    CustomerKeys,
+    SealedText,
+    create_key_tables,
+    customer_data_keys,
+    seal_legacy_texts,
+    shred,
+)
 
 KEYS = CustomerKeys(Keyring.from_spec(DEV_MASTER_KEYS, "dev"))
 notes_metadata = MetaData()
@@ -55,32 +62,16 @@ async def test_seal_open_shred_and_the_legacy_backfill(db_url: str) -> None:
                     for i in range(7)
                 ],
             )
-        done = await seal_legacy_texts(
-            sessions,
-            KEYS,
-            record_id=notes.c.id,
-            customer_id=notes.c.customer_id,
-            plain=notes.c.text,
-            sealed=notes.c.text_enc,
-            field="note.text",
-            batch=3,
-        )
-        assert done == 7
-        again = await seal_legacy_texts(
-            sessions,
-            KEYS,
-            record_id=notes.c.id,
-            customer_id=notes.c.customer_id,
-            plain=notes.c.text,
-            sealed=notes.c.text_enc,
-            field="note.text",
-        )
-        assert again == 0  # idempotent
+        text = SealedText(notes.c.customer_id, notes.c.text_enc, "note.text", notes.c.id, plain=notes.c.text)
+        async with sessions() as session:  # before: read from the plain column
+            legacy = (await session.execute(select(notes).order_by(notes.c.id))).all()
+            assert await KEYS.open_rows(session, text, legacy) == [f"旧记录 {i}" for i in range(7)]
+        assert await seal_legacy_texts(sessions, KEYS, text, batch=3) == 7
+        assert await seal_legacy_texts(sessions, KEYS, text) == 0  # idempotent
         async with sessions() as session, session.begin():
             rows = (await session.execute(select(notes).order_by(notes.c.id))).all()
             assert {r.text for r in rows} == {""}
-            opened = await KEYS.open_many(session, [(r.customer_id, "note.text", r.text_enc) for r in rows])
-            assert opened == [f"旧记录 {i}" for i in range(7)]
+            assert await KEYS.open_rows(session, text, rows) == [f"旧记录 {i}" for i in range(7)]
             # An erased customer's key is destroyed: its texts no longer open, the others still do.
             await shred(session, "c1")
             opened = await KEYS.open_many(session, [(r.customer_id, "note.text", r.text_enc) for r in rows])

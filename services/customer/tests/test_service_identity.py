@@ -43,9 +43,7 @@ async def _code(call: object) -> grpc.StatusCode:
     return err.value.code()
 
 
-async def test_service_identities_and_their_service_only_reads(
-    private_nats: NatsServer, tmp_path: Path
-) -> None:
+async def test_service_identities_and_their_service_only_reads(private_nats: NatsServer, tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'customer.db'}"
     async with running_service(SPEC, database_url=url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
         stub = customer_service_pb2_grpc.CustomerServiceStub(svc.channel)

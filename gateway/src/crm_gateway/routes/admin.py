@@ -1,4 +1,5 @@
-"""``/api/v1/admin/*``: branches, teams and users (permission ``admin:identity``)."""
+"""``/api/v1/admin/*``: branches, teams and users (permission ``admin:identity``); calendars are in
+:mod:`crm_gateway.routes.calendars`."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from crm_gateway.schemas.admin import (
     RolesUpdate,
     TeamCreate,
     TeamOut,
+    TeamUpdate,
     UserCreate,
     UserCreated,
     UserOut,
     UserUpdate,
+    patched,
 )
 from crm_gateway.schemas.paging import Cursor, Limit, Page
 
@@ -48,10 +51,20 @@ async def list_branches(request: Request[Any, Any, Any]) -> Page[BranchOut]:
     return Page(items=[BranchOut.of(b) for b in await _org(request).list_branches()], next_cursor=None)
 
 
+@get("/api/v1/admin/branches/{branch_id:str}", opt=ADMIN)
+async def get_branch(request: Request[Any, Any, Any], branch_id: _Code) -> BranchOut:
+    """One branch, with its head."""
+    return BranchOut.of(await _org(request).get_branch(branch_id))
+
+
 @patch("/api/v1/admin/branches/{branch_id:str}", opt=ADMIN)
 async def update_branch(request: Request[Any, Any, Any], branch_id: _Code, data: BranchUpdate) -> BranchOut:
-    """Rename a branch or move it to another region."""
-    return BranchOut.of(await _org(request).update_branch(_actor(request), branch_id, data.name, data.region))
+    """Rename a branch, move it to another region, or name its head (``head_id``: an active user of the branch
+    holding ``branch_head``; ``null`` or "" clears)."""
+    org = _org(request)
+    return BranchOut.of(
+        await org.update_branch(_actor(request), branch_id, data.name, data.region, patched(data.head_id))
+    )
 
 
 @post("/api/v1/admin/teams", opt=ADMIN)
@@ -68,11 +81,32 @@ async def list_teams(
     return Page(items=[TeamOut.of(t) for t in await _org(request).list_teams(branch_id)], next_cursor=None)
 
 
+@get("/api/v1/admin/teams/{team_id:str}", opt=ADMIN)
+async def get_team(request: Request[Any, Any, Any], team_id: _Code) -> TeamOut:
+    """One team, with its lead."""
+    return TeamOut.of(await _org(request).get_team(team_id))
+
+
+@patch("/api/v1/admin/teams/{team_id:str}", opt=ADMIN)
+async def update_team(request: Request[Any, Any, Any], team_id: _Code, data: TeamUpdate) -> TeamOut:
+    """Rename a team or name its lead (``lead_id``: an active member of the team holding ``team_lead``; ``null``
+    or "" clears)."""
+    return TeamOut.of(await _org(request).update_team(_actor(request), team_id, data.name, patched(data.lead_id)))
+
+
 @post("/api/v1/admin/users", opt=ADMIN)
 async def create_user(request: Request[Any, Any, Any], data: UserCreate) -> UserCreated:
-    """Add a staff member; the temporary password is shown once and must be changed at first login."""
+    """Add a staff member (optionally with ``email`` and ``mobile``, stored encrypted, answered masked); the
+    temporary password is shown once and must be changed at first login."""
     user, password = await _org(request).create_user(
-        _actor(request), data.username, data.display_name, data.branch_id, data.team_id, data.roles
+        _actor(request),
+        data.username,
+        data.display_name,
+        data.branch_id,
+        data.team_id,
+        data.roles,
+        email=data.email,
+        mobile=data.mobile,
     )
     return UserCreated(user=UserOut.of(user), temporary_password=password)
 
@@ -99,9 +133,17 @@ async def get_user(request: Request[Any, Any, Any], user_id: _UserId) -> UserOut
 
 @patch("/api/v1/admin/users/{user_id:str}", opt=ADMIN)
 async def update_user(request: Request[Any, Any, Any], user_id: _UserId, data: UserUpdate) -> UserOut:
-    """Change a user's display name, branch or team."""
-    org = _org(request)
-    return UserOut.of(await org.update_user(_actor(request), user_id, data.display_name, data.branch_id, data.team_id))
+    """Change a user's display name, branch, team, ``email`` or ``mobile`` (``null`` or "" clears those two)."""
+    user = await _org(request).update_user(
+        _actor(request),
+        user_id,
+        data.display_name,
+        data.branch_id,
+        data.team_id,
+        email=patched(data.email),
+        mobile=patched(data.mobile),
+    )
+    return UserOut.of(user)
 
 
 @put("/api/v1/admin/users/{user_id:str}/roles", opt=ADMIN)
@@ -125,9 +167,12 @@ async def reset_password(request: Request[Any, Any, Any], user_id: _UserId) -> P
 ROUTES = [
     create_branch,
     list_branches,
+    get_branch,
     update_branch,
     create_team,
     list_teams,
+    get_team,
+    update_team,
     create_user,
     list_users,
     get_user,

@@ -64,12 +64,14 @@ async def me(request: Request[Any, Any, Any]) -> MeResponse:
     """The caller's user, roles, permissions and data scope."""
     identity = request.scope["state"]["identity"]
     claims = request.scope["state"]["claims"]
+    grant = request.app.state.policy.grant(identity.roles)
     return MeResponse(
         id=identity.user_id,
         username=str(claims.get("usr", "")),
         roles=list(identity.roles),
         permissions=sorted(identity.permissions),
-        scope=identity.scope.value,
+        scope=grant.scope.value,
+        scopes={p: s.value for p, s in grant.scopes.items()},
         branch_id=identity.branch_id,
         team_id=identity.team_id,
         region=identity.region,

@@ -44,7 +44,8 @@ class MeResponse(msgspec.Struct):
     username: str
     roles: list[str]
     permissions: list[str]
-    scope: str
+    scope: str  # the widest default scope of the roles (informative)
+    scopes: dict[str, str]  # each permission's own scope: what a call under it may see
     branch_id: str
     team_id: str
     region: str

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Annotated
+
 import msgspec
 
 from crm.interaction.v1 import interaction_pb2
@@ -15,6 +18,17 @@ CHANNEL_FROM_PROTO = {
     interaction_pb2.CHANNEL_SMS: "sms",
     interaction_pb2.CHANNEL_BRANCH_COUNTER: "branch_counter",
 }
+
+
+CHANNEL_TO_PROTO = {v: k for k, v in CHANNEL_FROM_PROTO.items()}
+
+
+class InteractionIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A contact to log; the interaction service validates it again (and says which field is wrong)."""
+
+    channel: Annotated[str, msgspec.Meta(max_length=20)]
+    summary: Annotated[str, msgspec.Meta(max_length=2000)]
+    occurred_at: Annotated[dt.datetime, msgspec.Meta(tz=True)] | None = None
 
 
 class InteractionOut(msgspec.Struct):

@@ -27,7 +27,7 @@ from crm_platform.scope import in_scope, scope_condition
 
 if TYPE_CHECKING:
     from crm_platform.clients import Clients
-    from crm_platform.pii.keys import CustomerKeys
+    from crm_platform.pii.keys import CustomerKeys, SealedText
     from crm_platform.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -149,17 +149,6 @@ async def on_customer_erased_shred(session: AsyncSession, event: Event) -> None:
     payload = event.payload
     assert isinstance(payload, customer_events.CustomerErased)
     await shred(session, payload.customer_id)
-
-
-@dataclass(frozen=True)
-class SealedText:
-    """A column of personal text sealed with the record's customer's data key (:mod:`crm_platform.pii.keys`):
-    when the record moves to another customer (a merge), the text is sealed again with that customer's key."""
-
-    customer_id: Column[str]  # the record's customer column
-    sealed: Column[bytes]  # the ciphertext column
-    field: str  # the field name bound into the ciphertext
-    record_id: Column[str]  # the record's primary key
 
 
 def repoint_on_merge(

@@ -11,7 +11,7 @@ from crm.interaction.v1 import interaction_service_pb2, interaction_service_pb2_
 from crm_interaction import subscriptions
 from crm_interaction.config import Settings
 from crm_interaction.servicer import InteractionServicer
-from crm_interaction.store import SUMMARY_FIELD, InteractionStore, interactions
+from crm_interaction.store import SEALED_SUMMARY, InteractionStore
 from crm_platform.pii.keys import seal_legacy_texts
 from crm_platform.runtime import Context, ServiceSpec
 
@@ -22,18 +22,7 @@ def wire(server: grpc.aio.Server, ctx: Context) -> Sequence[str]:
     interaction_service_pb2_grpc.add_InteractionServiceServicer_to_server(servicer, server)
     # Texts stored in the clear before the service sealed them are sealed once, in the background.
     ctx.background.append(
-        asyncio.create_task(
-            seal_legacy_texts(
-                ctx.sessions,
-                ctx.keys,
-                record_id=interactions.c.id,
-                customer_id=interactions.c.customer_id,
-                plain=interactions.c.summary,
-                sealed=interactions.c.summary_enc,
-                field=SUMMARY_FIELD,
-            ),
-            name="seal-legacy-texts",
-        )
+        asyncio.create_task(seal_legacy_texts(ctx.sessions, ctx.keys, SEALED_SUMMARY), name="seal-legacy-texts")
     )
     return [interaction_service_pb2.DESCRIPTOR.services_by_name["InteractionService"].full_name]
 

@@ -16,7 +16,7 @@ from crm_platform.db import as_utc
 from crm_platform.directory import CustomerDirectory
 from crm_platform.idempotency import create_once
 from crm_platform.outbox import Outbox
-from crm_platform.pii.keys import CustomerKeys
+from crm_platform.pii.keys import CustomerKeys, SealedText
 
 metadata = MetaData()
 
@@ -38,6 +38,13 @@ interactions = Table(
 
 _COLUMNS = [c for c in interactions.c if c.name != "request_id"]
 SUMMARY_FIELD = "interaction.summary"  # bound into the ciphertext with the customer id
+SEALED_SUMMARY = SealedText(
+    interactions.c.customer_id,
+    interactions.c.summary_enc,
+    SUMMARY_FIELD,
+    interactions.c.id,
+    plain=interactions.c.summary,
+)
 ERASED_SUMMARY = ""  # what a summary reads as once its customer was erased (key shredded)
 
 
@@ -70,12 +77,8 @@ class InteractionStore:
         self._keys = keys
 
     async def _rows_to_interactions(self, session: AsyncSession, rows: Sequence[Any]) -> list[Interaction]:
-        sealed = [(r.customer_id, SUMMARY_FIELD, r.summary_enc) for r in rows]
-        opened = await self._keys.open_many(session, sealed)
-        return [
-            _to_interaction(r, text if r.summary_enc is not None else r.summary)
-            for r, text in zip(rows, opened, strict=True)
-        ]
+        texts = await self._keys.open_rows(session, SEALED_SUMMARY, rows)
+        return [_to_interaction(r, text) for r, text in zip(rows, texts, strict=True)]
 
     async def log(self, identity: Identity, interaction: Interaction, request_id: str) -> Interaction:
         """Store a contact with a customer in scope (idempotent by the caller's own ``request_id``)."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from crm_interaction.store import SUMMARY_FIELD, interactions
-from crm_platform.directory import SealedText, directory_subscription
+from crm_interaction.store import SEALED_SUMMARY, interactions
+from crm_platform.directory import directory_subscription
 from crm_platform.inbox import Subscription
 from crm_platform.org import org_subscription
 from crm_platform.pii.keys import CustomerKeys
@@ -17,9 +17,7 @@ def subscriptions(keys: CustomerKeys) -> list[Subscription]:
         directory_subscription(
             "interaction",
             merged_records=(interactions.c.customer_id,),
-            sealed=[
-                SealedText(interactions.c.customer_id, interactions.c.summary_enc, SUMMARY_FIELD, interactions.c.id)
-            ],
+            sealed=[SEALED_SUMMARY],
             keys=keys,
         ),
         org_subscription("interaction"),

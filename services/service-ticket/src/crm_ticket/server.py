@@ -13,7 +13,7 @@ from crm_platform.runtime import Context, ServiceSpec
 from crm_ticket import subscriptions
 from crm_ticket.config import Settings
 from crm_ticket.servicer import TicketServicer
-from crm_ticket.store import DESCRIPTION_FIELD, TicketStore, tickets
+from crm_ticket.store import SEALED_DESCRIPTION, TicketStore
 
 
 def wire(server: grpc.aio.Server, ctx: Context) -> Sequence[str]:
@@ -22,18 +22,7 @@ def wire(server: grpc.aio.Server, ctx: Context) -> Sequence[str]:
     ticket_service_pb2_grpc.add_TicketServiceServicer_to_server(servicer, server)
     # Texts stored in the clear before the service sealed them are sealed once, in the background.
     ctx.background.append(
-        asyncio.create_task(
-            seal_legacy_texts(
-                ctx.sessions,
-                ctx.keys,
-                record_id=tickets.c.id,
-                customer_id=tickets.c.customer_id,
-                plain=tickets.c.description,
-                sealed=tickets.c.description_enc,
-                field=DESCRIPTION_FIELD,
-            ),
-            name="seal-legacy-texts",
-        )
+        asyncio.create_task(seal_legacy_texts(ctx.sessions, ctx.keys, SEALED_DESCRIPTION), name="seal-legacy-texts")
     )
     return [ticket_service_pb2.DESCRIPTOR.services_by_name["TicketService"].full_name]
 

@@ -17,7 +17,7 @@ from crm_platform.directory import CustomerDirectory, visible_condition
 from crm_platform.errors import NotFound
 from crm_platform.idempotency import create_once
 from crm_platform.outbox import Outbox
-from crm_platform.pii.keys import CustomerKeys
+from crm_platform.pii.keys import CustomerKeys, SealedText
 from crm_ticket.domain import Ticket, TicketKind, TicketStatus, Urgency
 from crm_ticket.events import TICKET_OPENED, ticket_opened
 
@@ -44,6 +44,9 @@ tickets = Table(
 
 _COLUMNS = [c for c in tickets.c if c.name != "request_id"]
 DESCRIPTION_FIELD = "ticket.description"  # bound into the ciphertext with the customer id
+SEALED_DESCRIPTION = SealedText(
+    tickets.c.customer_id, tickets.c.description_enc, DESCRIPTION_FIELD, tickets.c.id, plain=tickets.c.description
+)
 ERASED_DESCRIPTION = ""  # what a description reads as once its customer was erased (key shredded)
 
 
@@ -79,13 +82,8 @@ class TicketStore:
         self._keys = keys
 
     async def _tickets(self, session: AsyncSession, rows: Sequence[Any]) -> list[Ticket]:
-        opened = await self._keys.open_many(
-            session, [(r.customer_id, DESCRIPTION_FIELD, r.description_enc) for r in rows]
-        )
-        return [
-            _to_ticket(r, text if r.description_enc is not None else r.description)
-            for r, text in zip(rows, opened, strict=True)
-        ]
+        texts = await self._keys.open_rows(session, SEALED_DESCRIPTION, rows)
+        return [_to_ticket(r, text) for r, text in zip(rows, texts, strict=True)]
 
     async def open(self, identity: Identity, ticket: Ticket, request_id: str) -> Ticket:
         """Store a ticket for a customer in scope (idempotent by the caller's ``request_id``)."""

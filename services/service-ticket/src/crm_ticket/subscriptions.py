@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from crm_platform.directory import SealedText, directory_subscription
+from crm_platform.directory import directory_subscription
 from crm_platform.inbox import Subscription
 from crm_platform.org import org_subscription
 from crm_platform.pii.keys import CustomerKeys
-from crm_ticket.store import DESCRIPTION_FIELD, tickets
+from crm_ticket.store import SEALED_DESCRIPTION, tickets
 
 
 def subscriptions(keys: CustomerKeys) -> list[Subscription]:
@@ -17,7 +17,7 @@ def subscriptions(keys: CustomerKeys) -> list[Subscription]:
         directory_subscription(
             "ticket",
             merged_records=(tickets.c.customer_id,),
-            sealed=[SealedText(tickets.c.customer_id, tickets.c.description_enc, DESCRIPTION_FIELD, tickets.c.id)],
+            sealed=[SEALED_DESCRIPTION],
             keys=keys,
         ),
         org_subscription("ticket"),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, delete, select, update
@@ -47,6 +49,19 @@ def drop_key_tables(op: Any) -> None:
 
 SHREDDED = None
 """What :meth:`CustomerKeys.open` answers for a text whose customer was erased (its key destroyed)."""
+
+
+@dataclass(frozen=True)
+class SealedText:
+    """A table's column of personal text sealed with the record's customer's data key: where the ciphertext is,
+    the field name bound into it, the record's customer and key columns, and — for a table that held the text in
+    the clear before it sealed it — that plain column (read while a row is not sealed yet, cleared once it is)."""
+
+    customer_id: Column[str]
+    sealed: Column[bytes]
+    field: str
+    record_id: Column[str]
+    plain: Column[str] | None = None
 
 
 class CustomerKeys:
@@ -87,6 +102,20 @@ class CustomerKeys:
             return SHREDDED
         return Keyring.decrypt(data_key, customer_id, field, blob)
 
+    async def open_rows(self, session: AsyncSession, text: SealedText, rows: Sequence[Any]) -> list[str | None]:
+        """The texts of ``rows`` (each with the ``text`` columns selected), a row not sealed yet read from its
+        plain column; None for an erased customer's."""
+        opened = await self.open_many(
+            session, [(row._mapping[text.customer_id.name], text.field, row._mapping[text.sealed.name]) for row in rows]
+        )
+        if text.plain is None:
+            return opened
+        plain = text.plain.name
+        return [
+            value if row._mapping[text.sealed.name] is not None else row._mapping[plain]
+            for row, value in zip(rows, opened, strict=True)
+        ]
+
     async def open_many(self, session: AsyncSession, items: list[tuple[str, str, bytes | None]]) -> list[str | None]:
         """:meth:`open` for ``(customer_id, field, blob)`` items, each customer's key read once."""
         c = customer_data_keys.c
@@ -108,51 +137,41 @@ async def shred(session: AsyncSession, customer_id: str) -> None:
 
 
 async def seal_legacy_texts(
-    sessions: async_sessionmaker[AsyncSession],
-    keys: CustomerKeys,
-    *,
-    record_id: Column[str],
-    customer_id: Column[str],
-    plain: Column[str],
-    sealed: Column[bytes],
-    field: str,
-    batch: int = 500,
+    sessions: async_sessionmaker[AsyncSession], keys: CustomerKeys, text: SealedText, *, batch: int = 500
 ) -> int:
-    """Seal the texts a table held in the clear before it sealed them (rows with ``plain`` set and no ``sealed``),
-    a batch per transaction, clearing ``plain``; return how many. Run at start-up: idempotent, and a crash between
-    batches leaves only whole batches done; a failure is logged and the next start carries on."""
+    """Seal the texts a table held in the clear before it sealed them (rows with ``text.plain`` set and nothing
+    sealed), a batch per transaction, clearing the plain column; return how many. Run at start-up: idempotent, a
+    crash between batches leaves only whole batches done; a failure is logged and the next start carries on."""
     try:
-        return await _seal_legacy_batches(sessions, keys, record_id, customer_id, plain, sealed, field, batch)
+        return await _seal_legacy_batches(sessions, keys, text, batch)
     except Exception as exc:  # noqa: BLE001 - a background chore: the service serves on, the next start retries
-        log.warning("sealing texts stored in the clear failed", extra={"error": type(exc).__name__, "field": field})
+        log.warning(
+            "sealing texts stored in the clear failed", extra={"error": type(exc).__name__, "field": text.field}
+        )
         return 0
 
 
 async def _seal_legacy_batches(
-    sessions: async_sessionmaker[AsyncSession],
-    keys: CustomerKeys,
-    record_id: Column[str],
-    customer_id: Column[str],
-    plain: Column[str],
-    sealed: Column[bytes],
-    field: str,
-    batch: int,
+    sessions: async_sessionmaker[AsyncSession], keys: CustomerKeys, text: SealedText, batch: int
 ) -> int:
-    table = plain.table
+    assert text.plain is not None, "only a table that held the text in the clear has anything to seal"
+    plain, sealed = text.plain, text.sealed
     total = 0
     while True:
         async with sessions() as session, session.begin():
             rows = (
                 await session.execute(
-                    select(record_id, customer_id, plain)
+                    select(text.record_id, text.customer_id, plain)
                     .where(sealed.is_(None), plain != "")
                     .limit(batch)
                     .with_for_update(skip_locked=True)
                 )
             ).all()
-            for rid, cid, text in rows:
-                blob = await keys.seal(session, cid, field, text)
-                await session.execute(update(table).where(record_id == rid).values({sealed.name: blob, plain.name: ""}))
+            for rid, cid, value in rows:
+                blob = await keys.seal(session, cid, text.field, value)
+                await session.execute(
+                    update(plain.table).where(text.record_id == rid).values({sealed.name: blob, plain.name: ""})
+                )
         total += len(rows)
         if len(rows) < batch:
             return total
@@ -162,6 +181,7 @@ __all__ = [
     "SHREDDED",
     "CustomerKeys",
     "PiiKeyError",
+    "SealedText",
     "create_key_tables",
     "customer_data_keys",
     "drop_key_tables",
