@@ -17,11 +17,11 @@ from crm.customer.v1 import events_pb2
 from crm_platform.auth_context import Scope
 from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.directory import (
+    CustomerDirectory,
     add_directory_merged_into,
     customer_directory,
     directory_metadata,
     directory_subscription,
-    require_customer_in_scope,
 )
 from crm_platform.errors import FailedPrecondition, NotFound
 from crm_platform.inbox import Event
@@ -78,9 +78,9 @@ async def test_directory_follows_assignments_in_any_order(db_url: str) -> None:
                 await handlers[event.type](session, event)
         assert await owner() == ("rm3", "T2")
         async with sessions() as session:
-            await require_customer_in_scope(session, rm3, "c1")
+            await CustomerDirectory().require_in_scope(session, rm3, "c1")
             with pytest.raises(NotFound):
-                await require_customer_in_scope(session, rm1, "c1")
+                await CustomerDirectory().require_in_scope(session, rm1, "c1")
 
         # A late redelivery of the older ``created`` changes nothing; the newer reclaim applies.
         for event in (created, reclaimed, assigned):
@@ -88,7 +88,7 @@ async def test_directory_follows_assignments_in_any_order(db_url: str) -> None:
                 await handlers[event.type](session, event)
         assert await owner() == ("", "")
         async with sessions() as session:
-            await require_customer_in_scope(session, head, "c1")
+            await CustomerDirectory().require_in_scope(session, head, "c1")
     finally:
         await engine.dispose()
 
@@ -138,9 +138,9 @@ async def test_a_merged_customers_records_move_to_the_survivor(db_url: str) -> N
         # The directory remembers where the duplicate went: nothing new lands on it, reads still pass.
         async with sessions() as session:
             with pytest.raises(FailedPrecondition) as refused:
-                await require_customer_in_scope(session, identity("rm1"), "dup", new_record=True)
+                await CustomerDirectory().require_in_scope(session, identity("rm1"), "dup", new_record=True)
             assert refused.value.reason == "MERGED" and "kept" in str(refused.value)
-            await require_customer_in_scope(session, identity("rm1"), "dup")
+            await CustomerDirectory().require_in_scope(session, identity("rm1"), "dup")
     finally:
         await engine.dispose()
 
@@ -188,8 +188,8 @@ async def test_an_erased_customer_leaves_the_directory(db_url: str) -> None:
                 await handlers[erased.type](session, erased)
         async with sessions() as session:
             with pytest.raises(NotFound):
-                await require_customer_in_scope(session, rm1, "c1")
-            await require_customer_in_scope(session, rm1, "c2")  # only the erased one left
+                await CustomerDirectory().require_in_scope(session, rm1, "c1")
+            await CustomerDirectory().require_in_scope(session, rm1, "c2")  # only the erased one left
     finally:
         await engine.dispose()
 
@@ -220,7 +220,7 @@ async def test_a_record_created_while_the_merge_is_handled_follows_the_survivor(
 
         async def new_record() -> None:
             async with sessions() as session, session.begin():
-                await require_customer_in_scope(session, identity("rm1"), "dup2", new_record=True)
+                await CustomerDirectory().require_in_scope(session, identity("rm1"), "dup2", new_record=True)
                 checked.set()
                 await merging.wait()
                 await asyncio.sleep(0.3)  # the merge handler is now running, and must be waiting for us
@@ -239,7 +239,7 @@ async def test_a_record_created_while_the_merge_is_handled_follows_the_survivor(
         # Once the merge has committed, the next record is refused instead.
         async with sessions() as session, session.begin():
             with pytest.raises(FailedPrecondition):
-                await require_customer_in_scope(session, identity("rm1"), "dup2", new_record=True)
+                await CustomerDirectory().require_in_scope(session, identity("rm1"), "dup2", new_record=True)
     finally:
         async with engine.begin() as conn:
             await conn.run_sync(records.metadata.drop_all)

@@ -165,7 +165,7 @@ def repoint_on_merge(
         if not payload.duplicate_id or not payload.survivor_id:
             return
         # The directory row first: on PostgreSQL that waits for every create still holding it (the FOR SHARE of
-        # require_customer_in_scope) to commit, so the moves below — each statement a fresh snapshot under READ
+        # CustomerDirectory.require_in_scope) to commit, so the moves below — each statement a fresh snapshot under READ
         # COMMITTED — see their records; a create that comes later waits for this transaction and then finds
         # the customer merged. Moving the records first left a record committed in between on the duplicate.
         d = customer_directory.c
