@@ -75,6 +75,37 @@ async def test_admin_creates_branch_team_and_user_who_must_change_password(gatew
     assert [u["username"] for u in listing.json()["items"]] == ["rm9"]
 
 
+async def test_branch_and_team_lists_page_by_code(gateway: Gateway) -> None:
+    admin = await gateway.bearer("admin")
+    for code in ("PG001", "PG002", "PG003"):
+        reply = await gateway.client.post(
+            "/api/v1/admin/branches", json={"id": code, "name": code, "region": "east"}, headers=admin
+        )
+        assert reply.status_code == 201, reply.text
+        for team in ("A", "B"):
+            reply = await gateway.client.post(
+                "/api/v1/admin/teams", json={"id": f"{code}-{team}", "branch_id": code, "name": team}, headers=admin
+            )
+            assert reply.status_code == 201, reply.text
+
+    async def walk(path: str, **params: str) -> list[str]:
+        seen, cursor = [], None
+        while True:
+            query = {"limit": "2", **params, **({"cursor": cursor} if cursor else {})}
+            page = (await gateway.client.get(path, params=query, headers=admin)).json()
+            assert len(page["items"]) <= 2
+            seen += [item["id"] for item in page["items"]]
+            if not (cursor := page["next_cursor"]):
+                return seen
+
+    branches = await walk("/api/v1/admin/branches")
+    assert branches == sorted(branches) and {"PG001", "PG002", "PG003"} <= set(branches)
+    assert len(branches) == len(set(branches))
+    assert await walk("/api/v1/admin/teams", branch_id="PG002") == ["PG002-A", "PG002-B"]
+    too_big = await gateway.client.get("/api/v1/admin/teams", params={"limit": "501"}, headers=admin)
+    assert too_big.status_code == 422 and "limit" in too_big.text
+
+
 async def test_identity_changes_are_published(gateway: Gateway) -> None:
     admin = await gateway.bearer("admin")
     reply = await gateway.client.post(

@@ -112,10 +112,11 @@ class Organisation:
             raise NotFound(f"branch {branch_id} not found")
         return dict(row._mapping)
 
-    async def list_branches(self) -> list[dict[str, Any]]:
-        """Every branch, by code."""
+    async def list_branches(self, *, limit: int, after: str = "") -> list[dict[str, Any]]:
+        """Branches by code, the first ``limit`` after the code ``after``."""
+        query = select(branches).where(branches.c.id > after).order_by(branches.c.id).limit(limit)
         async with self._sessions() as session:
-            return [dict(r._mapping) for r in (await session.execute(select(branches).order_by(branches.c.id))).all()]
+            return [dict(r._mapping) for r in (await session.execute(query)).all()]
 
     async def create_team(self, actor: Identity, team_id: str, branch_id: str, name: str) -> dict[str, Any]:
         """Add a team to a branch (its lead is named later, once they are a member)."""
@@ -155,9 +156,9 @@ class Organisation:
             await events.add_team_event(session, self._outbox, actor.user_id, "updated", team_id)
         return await self.get_team(team_id)
 
-    async def list_teams(self, branch_id: str | None) -> list[dict[str, Any]]:
-        """Teams, optionally of one branch."""
-        query = select(teams).order_by(teams.c.id)
+    async def list_teams(self, branch_id: str | None, *, limit: int, after: str = "") -> list[dict[str, Any]]:
+        """Teams by code, optionally of one branch, the first ``limit`` after the code ``after``."""
+        query = select(teams).where(teams.c.id > after).order_by(teams.c.id).limit(limit)
         if branch_id:
             query = query.where(teams.c.branch_id == branch_id)
         async with self._sessions() as session:

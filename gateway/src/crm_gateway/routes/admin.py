@@ -46,9 +46,11 @@ async def create_branch(request: Request[Any, Any, Any], data: BranchCreate) -> 
 
 
 @get("/api/v1/admin/branches", opt=ADMIN)
-async def list_branches(request: Request[Any, Any, Any]) -> Page[BranchOut]:
-    """Every branch (a bank has at most a few thousand: one page)."""
-    return Page(items=[BranchOut.of(b) for b in await _org(request).list_branches()], next_cursor=None)
+async def list_branches(request: Request[Any, Any, Any], limit: Limit = 50, cursor: Cursor = None) -> Page[BranchOut]:
+    """Branches by code."""
+    rows = await _org(request).list_branches(limit=limit + 1, after=cursor or "")
+    items = [BranchOut.of(b) for b in rows[:limit]]
+    return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
 
 
 @get("/api/v1/admin/branches/{branch_id:str}", opt=ADMIN)
@@ -75,10 +77,15 @@ async def create_team(request: Request[Any, Any, Any], data: TeamCreate) -> Team
 
 @get("/api/v1/admin/teams", opt=ADMIN)
 async def list_teams(
-    request: Request[Any, Any, Any], branch_id: Annotated[str | None, Parameter(required=False, max_length=32)] = None
+    request: Request[Any, Any, Any],
+    branch_id: Annotated[str | None, Parameter(required=False, max_length=32)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[TeamOut]:
-    """Teams, optionally of one branch."""
-    return Page(items=[TeamOut.of(t) for t in await _org(request).list_teams(branch_id)], next_cursor=None)
+    """Teams by code, optionally of one branch."""
+    rows = await _org(request).list_teams(branch_id, limit=limit + 1, after=cursor or "")
+    items = [TeamOut.of(t) for t in rows[:limit]]
+    return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
 
 
 @get("/api/v1/admin/teams/{team_id:str}", opt=ADMIN)

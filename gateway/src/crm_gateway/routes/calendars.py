@@ -17,11 +17,11 @@ from litestar.params import Parameter
 
 from crm_gateway.calendars import BANK_DEFAULT, BusinessCalendars
 from crm_gateway.schemas.admin import CalendarOut
+from crm_gateway.schemas.preconditions import IfMatch, optional_version, required_version
 from crm_platform.errors import Conflict
 
 CALENDARS = {"permission": "admin:calendars"}
 _Code = Annotated[str, Parameter(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
-_IF_MATCH = Annotated[str | None, Parameter(header="If-Match", required=False, max_length=40)]
 
 
 def _calendars(request: Request[Any, Any, Any]) -> BusinessCalendars:
@@ -30,24 +30,6 @@ def _calendars(request: Request[Any, Any, Any]) -> BusinessCalendars:
 
 def _actor(request: Request[Any, Any, Any]) -> Any:
     return request.scope["state"]["identity"]
-
-
-def _required_version(if_match: str | None) -> int:
-    """The version ``If-Match`` names; 428 when it is missing."""
-    version = _version(if_match)
-    if version is None:
-        raise HTTPException(status_code=428, detail="If-Match with the calendar's ETag is required")
-    return version
-
-
-def _version(if_match: str | None) -> int | None:
-    """The version ``If-Match`` names (None when absent); 412 when it names no version at all."""
-    if not if_match:
-        return None
-    try:
-        return int(if_match.strip().removeprefix("W/").strip('"'))
-    except ValueError:
-        raise HTTPException(status_code=412, detail="If-Match does not match the calendar's ETag") from None
 
 
 async def _answer(view: Awaitable[dict[str, Any]]) -> Response[CalendarOut]:
@@ -67,10 +49,10 @@ async def get_bank_calendar(request: Request[Any, Any, Any]) -> Response[Calenda
 
 @put("/api/v1/admin/calendar", opt=CALENDARS, status_code=200)
 async def put_bank_calendar(
-    request: Request[Any, Any, Any], data: dict[str, Any], if_match: _IF_MATCH = None
+    request: Request[Any, Any, Any], data: dict[str, Any], if_match: IfMatch = None
 ) -> Response[CalendarOut]:
     """Replace the bank-wide default (every branch without its own follows it)."""
-    expected = _required_version(if_match)
+    expected = required_version(if_match, "the calendar")
     return await _answer(_calendars(request).replace(_actor(request), BANK_DEFAULT, data, expected))
 
 
@@ -82,20 +64,20 @@ async def get_branch_calendar(request: Request[Any, Any, Any], branch_id: _Code)
 
 @put("/api/v1/admin/branches/{branch_id:str}/calendar", opt=CALENDARS, status_code=200)
 async def put_branch_calendar(
-    request: Request[Any, Any, Any], branch_id: _Code, data: dict[str, Any], if_match: _IF_MATCH = None
+    request: Request[Any, Any, Any], branch_id: _Code, data: dict[str, Any], if_match: IfMatch = None
 ) -> Response[CalendarOut]:
     """Give a branch a calendar of its own (``If-Match: "0"`` for the first)."""
-    expected = _required_version(if_match)
+    expected = required_version(if_match, "the calendar")
     return await _answer(_calendars(request).replace(_actor(request), branch_id, data, expected))
 
 
 @delete("/api/v1/admin/branches/{branch_id:str}/calendar", opt=CALENDARS, status_code=200)
 async def delete_branch_calendar(
-    request: Request[Any, Any, Any], branch_id: _Code, if_match: _IF_MATCH = None
+    request: Request[Any, Any, Any], branch_id: _Code, if_match: IfMatch = None
 ) -> Response[CalendarOut]:
     """Remove a branch's own calendar: it inherits the default again (answered). ``If-Match`` optional: 412 when
     given and stale; 404 when the branch has no calendar of its own."""
-    expected = _version(if_match)
+    expected = optional_version(if_match, "the calendar")
     return await _answer(_calendars(request).remove(_actor(request), branch_id, expected))
 
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from litestar import Request, Response, get, patch, post, put
-from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
 from crm.common.v1 import paging_pb2
 from crm.customer.v1 import customer_service_pb2 as pb
+from crm_gateway.schemas.common import Money
 from crm_gateway.schemas.customers import (
     ENUMS,
     KIND_TO_PROTO,
@@ -36,7 +35,6 @@ from crm_gateway.schemas.customers import (
     ManagedTags,
     MergeIn,
     MergeOut,
-    Money,
     ReclaimIn,
     RiskAppetite,
     SegmentIn,
@@ -48,15 +46,14 @@ from crm_gateway.schemas.customers import (
     to_profile,
 )
 from crm_gateway.schemas.paging import Cursor, Limit, Page
-from crm_platform.clients import CallFailed, CustomerClient
+from crm_gateway.schemas.preconditions import IfMatch, optional_version, required_version, versioned
+from crm_platform.clients import CustomerClient
 from crm_platform.errors import FieldViolation, InvalidArgument
 
 _ID = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 _IDEMPOTENCY_KEY = Annotated[
     str | None, Parameter(header="Idempotency-Key", required=False, min_length=8, max_length=64)
 ]
-_IF_MATCH = Annotated[str | None, Parameter(header="If-Match", required=False, max_length=40)]
-T = TypeVar("T")
 _TERM = Annotated[str | None, Parameter(required=False, max_length=100)]
 
 
@@ -66,16 +63,6 @@ def _identity(request: Request[Any, Any, Any]) -> Any:
 
 def _customers(request: Request[Any, Any, Any]) -> CustomerClient:
     return request.app.state.clients.customer  # type: ignore[no-any-return]
-
-
-async def _versioned(call: Awaitable[T], stale: str) -> T:
-    """Await a change guarded by an expected version: a stale one answers 412 with ``stale``."""
-    try:
-        return await call
-    except CallFailed as exc:
-        if exc.failure.reason == "VERSION_CONFLICT":
-            raise HTTPException(status_code=412, detail=stale) from None
-        raise
 
 
 def _answer(customer: Any, status_code: int = 200, **headers: str) -> Response[CustomerOut]:
@@ -112,16 +99,11 @@ async def create_customer(
 
 @patch("/api/v1/customers/{customer_id:str}", opt={"permission": "customer:write"})
 async def update_customer(
-    request: Request[Any, Any, Any], customer_id: _ID, data: CustomerPatch, if_match: _IF_MATCH = None
+    request: Request[Any, Any, Any], customer_id: _ID, data: CustomerPatch, if_match: IfMatch = None
 ) -> Response[CustomerOut]:
     """Change some fields (merge patch; ``null`` clears). Requires ``If-Match`` with the ETag read: 428 without,
     412 when the customer changed meanwhile."""
-    if not if_match:
-        raise HTTPException(status_code=428, detail="If-Match with the customer's ETag is required")
-    try:
-        expected = int(if_match.strip().removeprefix("W/").strip('"'))
-    except ValueError:
-        raise HTTPException(status_code=412, detail="If-Match does not match the customer's ETag") from None
+    expected = required_version(if_match, "the customer")
     data.violations().raise_if_any()
     changes = data.changes()
     message = pb.UpdateCustomerRequest(
@@ -132,7 +114,7 @@ async def update_customer(
         update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)),
         note=data.note or "",
     )
-    reply = await _versioned(
+    reply = await versioned(
         _customers(request).update_customer(_identity(request), message),
         "the customer changed since it was read; read it again",
     )
@@ -259,7 +241,7 @@ async def reclaim_customer(request: Request[Any, Any, Any], customer_id: _ID, da
 
 @post("/api/v1/customers/{customer_id:str}/merge", opt={"permission": "customer:merge"}, status_code=200)
 async def merge_customers(
-    request: Request[Any, Any, Any], customer_id: _ID, data: MergeIn, if_match: _IF_MATCH = None
+    request: Request[Any, Any, Any], customer_id: _ID, data: MergeIn, if_match: IfMatch = None
 ) -> Response[MergeOut]:
     """Merge the duplicate file ``duplicate_id`` into this customer (the survivor): the survivor keeps its values
     and owner and takes the duplicate's values for its empty fields, its tags and the holdings of products it does
@@ -269,12 +251,7 @@ async def merge_customers(
     or merged already. ``If-Match`` (optional) with the survivor's ETag, ``duplicate_version`` with the
     duplicate's: 412 when either changed since."""
     data.violations().raise_if_any()
-    expected = 0
-    if if_match:
-        try:
-            expected = int(if_match.strip().removeprefix("W/").strip('"'))
-        except ValueError:
-            raise HTTPException(status_code=412, detail="If-Match does not match the customer's ETag") from None
+    expected = optional_version(if_match, "the survivor") or 0
     # The path names the survivor only: the audit record names the duplicate and the reason too.
     request.scope["state"]["audit_detail"] = {"duplicate_id": data.duplicate_id, "reason": data.reason.strip()}
     message = pb.MergeCustomersRequest(
@@ -284,7 +261,7 @@ async def merge_customers(
         expected_survivor_version=expected,
         expected_duplicate_version=data.duplicate_version or 0,
     )
-    reply = await _versioned(
+    reply = await versioned(
         _customers(request).merge_customers(_identity(request), message),
         "a customer changed since it was read; read both again",
     )
@@ -347,7 +324,7 @@ async def replace_holdings(request: Request[Any, Any, Any], customer_id: _ID, da
     aum = reply.customer.aum
     return HoldingsOut(
         holdings=[HoldingIO.from_proto(h) for h in reply.holdings],
-        aum=Money(amount=aum.amount, currency=aum.currency),
+        aum=Money.from_proto(aum),
         signals=list(reply.signals),
     )
 
@@ -417,7 +394,7 @@ async def replace_holdings_batch(request: Request[Any, Any, Any], data: Holdings
                 outcome=r.outcome,
                 message=r.message or None,
                 errors=_errors(r.violations),
-                aum=Money(amount=r.aum.amount, currency=r.aum.currency) if r.HasField("aum") else None,
+                aum=Money.from_proto(r.aum) if r.HasField("aum") else None,
                 signals=list(r.signals),
             )
             for r in reply.results

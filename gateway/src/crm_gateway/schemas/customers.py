@@ -12,9 +12,8 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
 from msgspec import UNSET, UnsetType
 
-from crm.common.v1 import money_pb2
 from crm.customer.v1 import customer_pb2
-from crm_gateway.schemas.common import rfc3339
+from crm_gateway.schemas.common import Money, rfc3339
 from crm_platform import identifiers as ids
 from crm_platform.validation import Violations
 
@@ -66,13 +65,6 @@ def enum_text(descriptor: EnumDescriptor, number: int) -> str | None:
 def enum_number(descriptor: EnumDescriptor, text: str | None) -> int:
     """``gold`` → ``TIER_GOLD``'s number; ``None`` → 0."""
     return descriptor.values_by_name[_prefix(descriptor) + text.upper()].number if text else 0
-
-
-class Money(msgspec.Struct, forbid_unknown_fields=True):
-    """An exact decimal amount in a currency, e.g. ``{"amount": "500000.00", "currency": "CNY"}``."""
-
-    amount: Annotated[str, msgspec.Meta(pattern=r"^\d{1,15}(\.\d{1,2})?$")]
-    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "CNY"
 
 
 # The profile fields as the API names them; identical in create, patch and answers.
@@ -137,7 +129,7 @@ def to_profile(values: dict[str, Any]) -> customer_pb2.CustomerProfile:
     )
     income = values.get("annual_income")
     if income:
-        profile.annual_income.CopyFrom(money_pb2.Money(amount=income.amount, currency=income.currency))
+        profile.annual_income.CopyFrom(income.to_proto())
     return profile
 
 
@@ -309,12 +301,12 @@ class CustomerOut(msgspec.Struct):
             created_at=rfc3339(c.created_at),
             updated_at=rfc3339(c.updated_at),
             erased=c.erased,
-            annual_income=Money(amount=income.amount, currency=income.currency) if income else None,
+            annual_income=Money.from_proto(income) if income else None,
             interests=list(p.interests),
             tier=enum_text(ENUMS["tier"], p.tier) or "none",
             do_not_disturb=p.do_not_disturb,
             tags=list(c.tags),
-            aum=Money(amount=c.aum.amount, currency=c.aum.currency) if c.HasField("aum") else None,
+            aum=Money.from_proto(c.aum) if c.HasField("aum") else None,
             product_count=c.product_count,
             familiar=c.familiar,
             value_first=c.value_first,
@@ -625,7 +617,7 @@ class HoldingIO(msgspec.Struct, forbid_unknown_fields=True):
             product_code=self.product_code,
             product_name=self.product_name,
             product_type=enum_number(PRODUCT_TYPE, self.product_type),
-            amount=money_pb2.Money(amount=self.amount.amount, currency=self.amount.currency),
+            amount=self.amount.to_proto(),
             start_date=self.start_date or "",
             maturity_date=self.maturity_date or "",
         )
@@ -636,7 +628,7 @@ class HoldingIO(msgspec.Struct, forbid_unknown_fields=True):
         return cls(
             product_code=h.product_code,
             product_type=enum_text(PRODUCT_TYPE, h.product_type),  # type: ignore[arg-type]
-            amount=Money(amount=h.amount.amount, currency=h.amount.currency),
+            amount=Money.from_proto(h.amount),
             product_name=h.product_name,
             start_date=h.start_date or None,
             maturity_date=h.maturity_date or None,

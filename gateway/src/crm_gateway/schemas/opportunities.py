@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from crm.common.v1 import money_pb2
 from crm.opportunity.v1 import opportunity_pb2
-from crm_gateway.schemas.common import rfc3339
+from crm_gateway.schemas.common import Money, rfc3339
 
 STAGE_FROM_PROTO = {
     opportunity_pb2.STAGE_INITIAL_CONTACT: "initial_contact",
@@ -18,18 +17,6 @@ STAGE_FROM_PROTO = {
 }
 
 
-class MoneyOut(msgspec.Struct):
-    """An exact amount: a decimal string and an ISO 4217 currency (``{"amount": "500000.00", "currency": "CNY"}``)."""
-
-    amount: str
-    currency: str
-
-    @classmethod
-    def from_proto(cls, m: money_pb2.Money) -> MoneyOut:
-        """Map the shared Money message (already a decimal string; never through a float)."""
-        return cls(amount=m.amount, currency=m.currency)
-
-
 class OpportunityOut(msgspec.Struct):
     """A sales opportunity with a customer."""
 
@@ -37,7 +24,7 @@ class OpportunityOut(msgspec.Struct):
     customer_id: str
     name: str
     stage: str
-    expected_amount: MoneyOut
+    expected_amount: Money
     owner_id: str
     created_at: str
     updated_at: str
@@ -50,7 +37,7 @@ class OpportunityOut(msgspec.Struct):
             customer_id=o.customer_id,
             name=o.name,
             stage=STAGE_FROM_PROTO.get(o.stage, "unspecified"),
-            expected_amount=MoneyOut.from_proto(o.expected_amount),
+            expected_amount=Money.from_proto(o.expected_amount),
             owner_id=o.owner_id,
             created_at=rfc3339(o.created_at),
             updated_at=rfc3339(o.updated_at),
