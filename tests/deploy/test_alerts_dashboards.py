@@ -20,7 +20,7 @@ DASHBOARDS = DEPLOY / "dashboards"
 PROMTOOL_HINT = "apt-get install -y --no-install-recommends prometheus (Debian ships promtool in it)"
 
 # The application's metrics contract (libs/platform/src/crm_platform/metrics.py and service-ticket's
-# SLA sweeper); counters are exposed with the _total suffix, histograms as _bucket/_sum/_count.
+# SLA sweeper, the gateway's audit trail); counters are exposed with the _total suffix, histograms as _bucket/_sum/_count.
 EXPORTED = {
     "crm_grpc_server_requests_total",
     "crm_grpc_server_request_seconds",
@@ -35,6 +35,7 @@ EXPORTED = {
     "crm_consumer_dead_lettered_total",
     "crm_db_pool_in_use",
     "crm_sla_sweeper_last_run_timestamp_seconds",
+    "crm_audit_write_failures_total",
 }
 HISTOGRAMS = {"crm_grpc_server_request_seconds", "crm_http_request_seconds"}
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,6 +25,16 @@ from crm_platform.fastread import read_pool_for
 from crm_platform.outbox import utcnow
 
 GENESIS = "0" * 64
+
+log = logging.getLogger(__name__)
+
+AUDIT_WRITE_FAILURES = Counter(
+    "crm_audit_write_failures",
+    "Audit records that could not be written (the request they record was answered 503); alerts at the first.",
+)
+AUDIT_BATCH_FALLBACKS = Counter(
+    "crm_audit_batch_fallbacks", "Audit batches refused whole and written again one record at a time."
+)
 
 metadata = MetaData()
 audit_log = Table(
@@ -69,7 +82,20 @@ _INSERT_SQL = (
     + f") WITH ORDINALITY AS r({', '.join(_INSERTED)}, ord) ORDER BY ord RETURNING seq, hash"
 )
 _UNIQUE_VIOLATION = "23505"
+# Characters no audit column may hold as they are: PostgreSQL refuses a NUL in text (and with it the whole batch
+# of other users' records), and control characters would forge line breaks in exports and terminals.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTENDED_ATTEMPTS = 20
+
+
+def printable(text: str) -> str:
+    """``text`` as an audit column holds it: each control character written as ``\\xNN`` (so a request for
+    ``/api/v1/customers/%00`` is recorded as ``/api/v1/customers/\\x00``, visibly) and any unpaired surrogate
+    as ``?``; nothing is dropped silently."""
+    if text.isprintable() and text.isascii():
+        return text
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 @dataclass(frozen=True)
@@ -84,6 +110,22 @@ class AuditEntry:
     request_id: str
     client_addr: str
     detail: dict[str, Any]
+
+
+_Pending = tuple[dict[str, Any], "asyncio.Future[int]"]
+
+
+def _done(batch: list[_Pending], seqs: list[int]) -> None:
+    for (_, done), seq in zip(batch, seqs, strict=True):
+        if not done.done():
+            done.set_result(seq)
+
+
+def _fail(batch: list[_Pending], exc: BaseException) -> None:
+    AUDIT_WRITE_FAILURES.inc(len(batch))
+    for _, done in batch:
+        if not done.done():
+            done.set_exception(exc)
 
 
 class AuditLog:
@@ -105,21 +147,24 @@ class AuditLog:
         self._pool = read_pool_for(engine, size=1, name="crm-gateway-audit")
         self._pool_open = False
         self._head: str | None = None  # PostgreSQL: the chain's last hash as this process last saw it
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
+        self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def append(self, entry: AuditEntry) -> int:
         """Add one record at the end of the chain once it is committed; return its sequence number."""
         fields = {
             "at": utcnow().isoformat(timespec="microseconds").replace("+00:00", "Z"),
-            "actor_id": entry.actor_id,
-            "actor_roles": entry.actor_roles,
-            "action": entry.action,
-            "resource": entry.resource[:500],
+            "actor_id": printable(entry.actor_id)[:64],
+            "actor_roles": printable(entry.actor_roles)[:200],
+            "action": printable(entry.action)[:16],
+            "resource": printable(entry.resource)[:500],
             "outcome": entry.outcome,
-            "request_id": entry.request_id,
-            "client_addr": entry.client_addr,
-            "detail": json.dumps(entry.detail, ensure_ascii=False, sort_keys=True, separators=(",", ":")),
+            "request_id": printable(entry.request_id)[:64],
+            "client_addr": printable(entry.client_addr)[:64],
+            # JSON escapes control characters itself; printable() catches unpaired surrogates.
+            "detail": printable(
+                json.dumps(entry.detail, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+            ),
         }
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((fields, done))
@@ -141,16 +186,25 @@ class AuditLog:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             try:
                 seqs = await self._write(batch)
-            except Exception as exc:  # noqa: BLE001 - each waiting caller sees the failure; the next batch tries again
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 - see below: one refused record must not fail the others
+                if len(batch) == 1:
+                    _fail(batch, exc)
+                    continue
+                # The batch was refused whole: write its records one at a time, so only a record that cannot be
+                # written fails, and only its own request.
+                AUDIT_BATCH_FALLBACKS.inc()
+                log.warning("audit batch refused; writing its records one by one", extra={"records": len(batch)})
+                for item in batch:
+                    try:
+                        (seq,) = await self._write([item])
+                    except Exception as one:  # noqa: BLE001 - reported to that record's caller
+                        _fail([item], one)
+                    else:
+                        _done([item], [seq])
                 continue
-            for (_, done), seq in zip(batch, seqs, strict=True):
-                if not done.done():
-                    done.set_result(seq)
+            _done(batch, seqs)
 
-    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[int]]]) -> list[int]:
+    async def _write(self, batch: list[_Pending]) -> list[int]:
         records = [fields for fields, _ in batch]
         append = self._append_postgres if self._pool is not None else self._append_sqlalchemy
         for _ in range(_CONTENDED_ATTEMPTS):

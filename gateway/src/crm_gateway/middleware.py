@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -128,21 +129,30 @@ _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def audit_middleware(app: ASGIApp) -> ASGIApp:
-    """Record every state-changing call (and every reveal, which is a POST) in the audit trail.
+    """Record every state-changing call (and every reveal, which is a POST) in the audit trail, refused ones
+    included.
 
     The record is written when the response status is known and before the response starts, so a caller
-    that saw an answer can rely on its audit record existing. Handlers add facts (a reveal's purpose, a
-    login's username) under ``scope["state"]["audit_detail"]``.
+    that saw an answer can rely on its audit record existing. When the record cannot be written, the caller
+    is answered 503 (``AUDIT_UNAVAILABLE``) instead of the handler's answer: a change nobody can account for
+    must not look like a success (the change may have been made: the problem says so). Handlers add facts (a
+    reveal's purpose, a login's username) under ``scope["state"]["audit_detail"]``.
     """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _STATE_CHANGING:
             await app(scope, receive, send)
             return
+        replaced = False
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                await _record(scope, message["status"])
+            nonlocal replaced
+            if replaced:
+                return  # the rest of the handler's answer, which the caller must not see
+            if message["type"] == "http.response.start" and not await _record(scope, message["status"]):
+                replaced = True
+                await _answer_unrecorded(scope, send)
+                return
             await send(message)
 
         await app(scope, receive, send_wrapper)
@@ -150,7 +160,8 @@ def audit_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-async def _record(scope: Scope, status: int) -> None:
+async def _record(scope: Scope, status: int) -> bool:
+    """Write the request's audit record; False (logged, counted) when it could not be written."""
     from crm_gateway.audit import AuditEntry
 
     state = scope.get("state", {})
@@ -169,5 +180,29 @@ async def _record(scope: Scope, status: int) -> None:
     )
     try:
         await scope["app"].state.audit.append(entry)
-    except Exception:  # noqa: BLE001 - the change already happened; losing its record must be loud
-        _log.critical("audit record could not be written", extra={"request_id": entry.request_id}, exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - answered 503 by the caller; the metric alerts
+        _log.critical(
+            "audit record could not be written",
+            extra={"request_id": entry.request_id, "status": status, "error": type(exc).__name__},
+        )
+        return False
+    return True
+
+
+async def _answer_unrecorded(scope: Scope, send: Send) -> None:
+    request_id = scope.get("state", {}).get("request_id", "")
+    body = json.dumps(
+        {
+            "type": "https://crm.example/problems/audit_unavailable",
+            "title": "Service unavailable",
+            "status": 503,
+            "detail": "the audit record of this request could not be written; the change may have been made, "
+            "read the resource before trying again",
+            "reason": "AUDIT_UNAVAILABLE",
+            "instance": scope["path"],
+            "request_id": request_id,
+        }
+    ).encode()
+    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
