@@ -19,8 +19,8 @@ ALERTS = DEPLOY / "alerts"
 DASHBOARDS = DEPLOY / "dashboards"
 PROMTOOL_HINT = "apt-get install -y --no-install-recommends prometheus (Debian ships promtool in it)"
 
-# The application's metrics contract (libs/platform/src/crm_platform/metrics.py and service-ticket's
-# SLA sweeper, the gateway's audit trail); counters are exposed with the _total suffix, histograms as _bucket/_sum/_count.
+# The application's metrics contract (libs/platform/src/crm_platform/metrics.py, service-ticket's SLA sweeper and
+# the gateway's audit trail); counters are exposed with the _total suffix, histograms as _bucket/_sum/_count.
 EXPORTED = {
     "crm_grpc_server_requests_total",
     "crm_grpc_server_request_seconds",
