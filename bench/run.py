@@ -29,6 +29,7 @@ from bench import (
     e2e_latency,
     gateway,
     import_bench,
+    import_bomb_bench,
     machine,
     relay,
     report,
@@ -47,6 +48,7 @@ NAMES = (
     "gateway",
     "customers",
     "import",
+    "bombs",
     "schedule",
     "calendar",
     "stack",
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda f: customers.section(f, figures.get("grpc")),
         ),
         ("import", "Batch import", import_bench.measure, import_bench.section),
+        ("bombs", "Spreadsheet bombs", import_bomb_bench.measure, import_bomb_bench.section),
         (
             "schedule",
             "Scheduled work on PostgreSQL",

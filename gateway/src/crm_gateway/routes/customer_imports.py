@@ -25,6 +25,7 @@ from crm.customer.v1 import import_service_pb2 as pb
 from crm_gateway.schemas.paging import Cursor, Limit
 from crm_platform.clients import CustomerImportClient
 from crm_platform.errors import FieldViolation, InvalidArgument
+from crm_platform.spreadsheet import safe_row
 
 PERMISSION = "customer:import"
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024
@@ -367,8 +368,9 @@ def _report_cells(row: pb.ImportRow) -> tuple[object, ...]:
 
 
 def _csv_line(cells: tuple[object, ...]) -> bytes:
+    """One CSV record; a cell that starts like a formula is written as text (crm_platform.spreadsheet)."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    csv.writer(out, lineterminator="\r\n").writerow(safe_row(cells))
     return out.getvalue().encode()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +13,7 @@ from crm.customer.v1 import import_service_pb2 as pb
 from crm.customer.v1 import import_service_pb2_grpc
 from crm_customer.config import Settings
 from crm_customer.domain import require
+from crm_customer.domain.import_bounds import ImportLimits
 from crm_customer.domain.imports import (
     MAX_FILE_BYTES,
     Distribution,
@@ -21,6 +21,7 @@ from crm_customer.domain.imports import (
     ImportFormat,
     Staff,
     UploadInspection,
+    clean_file_name,
     plan_distribution,
     template,
 )
@@ -36,6 +37,7 @@ from crm_platform.paging import page_limit
 from crm_platform.protobuf import timestamp
 from crm_platform.runtime import Context
 from crm_platform.scope import in_scope
+from crm_platform.validation import collect, require_valid_message
 
 PERMISSION = "customer:import"
 _UPLOAD_METHOD = f"/{pb.DESCRIPTOR.services_by_name['CustomerImportService'].full_name}/UploadImport"
@@ -112,10 +114,13 @@ class CustomerImportServicer(import_service_pb2_grpc.CustomerImportServiceServic
     """Translates CustomerImportService calls; the upload stream binds its identity and maps errors itself
     (the shared interceptor wraps unary methods only)."""
 
-    def __init__(self, store: ImportStore, worker: ImportWorker, secret: str) -> None:
+    def __init__(
+        self, store: ImportStore, worker: ImportWorker, secret: str, limits: ImportLimits = ImportLimits()
+    ) -> None:
         self._store = store
         self._worker = worker
         self._secret = secret
+        self._limits = limits
 
     async def GetImportTemplate(self, request: Any, context: Any) -> pb.GetImportTemplateResponse:  # noqa: N802
         """See the proto."""
@@ -145,10 +150,13 @@ class CustomerImportServicer(import_service_pb2_grpc.CustomerImportServiceServic
         if first is None or not first.HasField("options"):
             raise InvalidArgument([FieldViolation("options", "must be the first message of the upload")])
         options = first.options
+        # The interceptor does not wrap streaming methods, so the options get its text check here.
+        require_valid_message(options)
         file_format = _file_format(options.format, "format")
-        file_name = os.path.basename(options.file_name.replace("\\", "/")).strip()
-        if len(file_name) > 200:
-            raise InvalidArgument([FieldViolation("file_name", "must be at most 200 characters")])
+        file_name = clean_file_name(options.file_name)
+        with collect() as v:  # the name is shown and exported again: one line, no directory part
+            if v.check_text("file_name", file_name) and len(file_name) > 200:
+                v.add("file_name", "must be at most 200 characters")
         rule = _DISTRIBUTIONS.get(options.distribution)  # type: ignore[call-overload]
         if rule is None:
             raise InvalidArgument([FieldViolation("distribution", "must be none, round_robin or column")])
@@ -157,7 +165,7 @@ class CustomerImportServicer(import_service_pb2_grpc.CustomerImportServiceServic
         upload = await self._store.begin_upload(identity, file_format, file_name, options.dry_run, plan, utcnow())
         # Checked as it arrives: a bad file is refused at its first bad chunk, and a good one's facts are ready
         # when its last chunk is stored (while the gateway still streams, rather than in a second pass after).
-        inspection = UploadInspection(file_format)
+        inspection = UploadInspection(file_format, self._limits)
         try:
             async for message in messages:
                 if not message.HasField("chunk"):
@@ -208,14 +216,14 @@ class CustomerImportServicer(import_service_pb2_grpc.CustomerImportServiceServic
         identity = current_identity()
         require(identity, PERMISSION)
         token = request.page.page_token
-        if token and not token.isdigit():
-            raise InvalidArgument([FieldViolation("page_token", "is not a token this list returned")])
+        after = 0
+        if token:  # a row number: a 30-digit one would overflow the database's integer, so it is bounded too
+            with collect() as v:
+                after = v.bounded_int("page_token", token) or 0
         status = request.status.strip()
         if status and status not in ("imported", "would_import", "failed", "duplicate", "rolled_back", "kept"):
             raise InvalidArgument([FieldViolation("status", "is not a row status")])
-        rows, last = await self._store.rows(
-            identity, request.import_id, int(token or 0), page_limit(request.page), status
-        )
+        rows, last = await self._store.rows(identity, request.import_id, after, page_limit(request.page), status)
         return pb.ListImportRowsResponse(
             rows=[row_to_proto(r) for r in rows], page=paging_pb2.PageInfo(next_page_token=str(last) if last else "")
         )
@@ -239,7 +247,13 @@ def wire_imports(server: grpc.aio.Server, ctx: Context, customers: CustomerStore
     store = ImportStore(ctx.engine, ctx.sessions, ctx.outbox, customers, helper_process=settings.import_helper_process)
     worker = ImportWorker(store)
     ctx.background.append(asyncio.create_task(worker.run(), name="customer-imports"))
-    servicer = CustomerImportServicer(store, worker, ctx.settings.internal_secret)
+    limits = ImportLimits(
+        max_rows=settings.import_max_rows,
+        max_cells_per_row=settings.import_max_cells_per_row,
+        max_uncompressed_bytes=settings.import_max_uncompressed_bytes,
+        max_shared_strings_bytes=settings.import_max_shared_strings_bytes,
+    )
+    servicer = CustomerImportServicer(store, worker, ctx.settings.internal_secret, limits)
     import_service_pb2_grpc.add_CustomerImportServiceServicer_to_server(servicer, server)
     return str(pb.DESCRIPTOR.services_by_name["CustomerImportService"].full_name)
 

@@ -12,6 +12,7 @@ No SQL or gRPC here: the store hands the file back as an async stream of byte ch
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import csv
@@ -20,14 +21,17 @@ import decimal
 import enum
 import io
 import tempfile
+import unicodedata
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from crm_customer.domain.customer import _SELF_OWNING_ROLES, CustomerKind, Profile, check_profile
+from crm_customer.domain.import_bounds import ImportFileRejected, ImportLimits, check_archive
 from crm_platform.auth_context import Identity, Scope
 from crm_platform.errors import FieldViolation, InvalidArgument, PermissionDenied
+from crm_platform.spreadsheet import safe_row
 from crm_platform.validation import Violations, collect
 
 # The template's header: the API create field names (annual_income split into amount and currency), then
@@ -66,7 +70,7 @@ COLUMNS = (
 REQUIRED_COLUMNS = ("kind", "name")
 OWNER_COLUMN = "owner"
 MAX_FILE_BYTES = 256 * 1024 * 1024
-MAX_ROWS = 1_000_000
+MAX_ROWS = ImportLimits.max_rows  # the default; a service's settings may set another (ImportLimits)
 MAX_CELL_CHARS = 2000
 XLSX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
@@ -98,15 +102,6 @@ class Distribution(enum.StrEnum):
     NONE = "none"  # the importer (an RM or teller), else the branch pool
     ROUND_ROBIN = "round_robin"  # in turn among a team's staff
     COLUMN = "column"  # the row's ``owner`` column
-
-
-class ImportFileRejected(InvalidArgument):
-    """The file is refused whole (encoding, headers, a broken spreadsheet); nothing of it is imported."""
-
-    reason = "IMPORT_FILE_REJECTED"
-
-    def __init__(self, why: str) -> None:
-        super().__init__([FieldViolation("file", why)], message=f"the file is refused: {why}")
 
 
 @dataclass(frozen=True)
@@ -320,8 +315,9 @@ class CsvInspection:
     chunk: :class:`ImportFileRejected` as soon as the file is found bad, :class:`Undecodable` when it is not in
     this encoding."""
 
-    def __init__(self, encoding: str) -> None:
+    def __init__(self, encoding: str, limits: ImportLimits = ImportLimits()) -> None:
         self._text = CsvText(encoding)
+        self._limits = limits
         self._columns: tuple[str, ...] | None = None
         self._total = 0
         self._started = False
@@ -344,11 +340,14 @@ class CsvInspection:
         if self._columns is None and records:
             self._columns = check_header(records[0])
             records = records[1:]
+        widest = self._limits.max_cells_per_row
         for record in records:
             if "".join(record).strip():  # not blank (what _csv_row gives None for)
                 self._total += 1
-        if self._total > MAX_ROWS:
-            raise ImportFileRejected(f"more than {MAX_ROWS:,} rows; split the file")
+            if len(record) > widest:
+                raise self._limits.too_many_cells()
+        if self._total > self._limits.max_rows:
+            raise self._limits.too_many_rows()
 
 
 def _check_start(first: bytes) -> None:
@@ -359,23 +358,23 @@ def _check_start(first: bytes) -> None:
         raise ImportFileRejected("bad encoding: the file is UTF-16; save it as UTF-8 (or GB18030) CSV")
 
 
-async def _inspect_csv_as(source: ChunkSource, encoding: str) -> FileFacts:
-    inspection = CsvInspection(encoding)
+async def _inspect_csv_as(source: ChunkSource, encoding: str, limits: ImportLimits) -> FileFacts:
+    inspection = CsvInspection(encoding, limits)
     async for chunk in source():
         inspection.feed(chunk)
     return inspection.close()
 
 
-async def inspect_csv(source: ChunkSource) -> FileFacts:
+async def inspect_csv(source: ChunkSource, limits: ImportLimits = ImportLimits()) -> FileFacts:
     """Check a whole CSV file (encoding, header, quoting) and count its rows; :class:`ImportFileRejected` if bad.
 
     ``source()`` opens the file's byte stream from its start (called again when UTF-8 fails and GB18030 is tried).
     """
     try:
-        return await _inspect_csv_as(source, "utf-8")
+        return await _inspect_csv_as(source, "utf-8", limits)
     except Undecodable as utf8_error:
         try:
-            return await _inspect_csv_as(source, "gb18030")
+            return await _inspect_csv_as(source, "gb18030", limits)
         except Undecodable as gb_error:
             raise ImportFileRejected(
                 f"bad encoding: the file is neither UTF-8 (undecodable byte at offset {utf8_error.offset}) nor "
@@ -389,9 +388,10 @@ class UploadInspection:
     ends. An XLSX file (a zip, read from its end), or a CSV file that turns out not to be UTF-8 (GB18030 is then
     tried from its start), is inspected whole once stored (:meth:`facts`)."""
 
-    def __init__(self, file_format: ImportFormat) -> None:
+    def __init__(self, file_format: ImportFormat, limits: ImportLimits = ImportLimits()) -> None:
         self._format = file_format
-        self._csv = CsvInspection("utf-8") if file_format is ImportFormat.CSV else None
+        self._limits = limits
+        self._csv = CsvInspection("utf-8", limits) if file_format is ImportFormat.CSV else None
 
     def feed(self, chunk: bytes) -> None:
         """Check the next chunk of the upload."""
@@ -407,7 +407,7 @@ class UploadInspection:
         if self._csv is not None:
             with contextlib.suppress(Undecodable):  # cut inside a character at its end: see whether GB18030 reads it
                 return self._csv.close()
-        return await inspect(source, self._format)
+        return await inspect(source, self._format, self._limits)
 
 
 async def csv_rows(
@@ -448,20 +448,22 @@ async def spool(source: ChunkSource) -> IO[bytes]:
     return spooled
 
 
-def _open_sheet(spooled: IO[bytes]) -> tuple[Any, Iterator[tuple[object, ...]]]:
+def _open_sheet(spooled: IO[bytes], limits: ImportLimits | None) -> tuple[Any, Iterator[tuple[object, ...]]]:
+    """The workbook and its first sheet's rows; with ``limits``, the file is first checked against them as a
+    stream (:func:`check_archive`: also every part's CRC), which an inspected file need not be again."""
     import openpyxl  # local: only imports of spreadsheets need it
 
     if not zipfile.is_zipfile(spooled):
         raise ImportFileRejected("broken spreadsheet: not an XLSX file (it is not a zip archive)")
     spooled.seek(0)
     try:
-        with zipfile.ZipFile(spooled) as archive:
-            bad = archive.testzip()
-        if bad is not None:
-            raise ImportFileRejected(f"broken spreadsheet: part {bad} of the XLSX is corrupt")
+        if limits is not None:
+            check_archive(spooled, limits)
         spooled.seek(0)
         workbook = openpyxl.load_workbook(spooled, read_only=True, data_only=True)
         sheet = workbook.worksheets[0]
+        # Rows as written, not padded out to the <dimension> the sheet declares (a bomb declares A1:XFD1048576).
+        sheet.reset_dimensions()
         return workbook, sheet.iter_rows(values_only=True)
     except ImportFileRejected:
         raise
@@ -469,20 +471,29 @@ def _open_sheet(spooled: IO[bytes]) -> tuple[Any, Iterator[tuple[object, ...]]]:
         raise ImportFileRejected(f"broken spreadsheet: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def inspect_xlsx(spooled: IO[bytes]) -> FileFacts:
-    """Check a whole XLSX file (opens, header, every row readable) and count its rows."""
-    workbook, rows = _open_sheet(spooled)
+def inspect_xlsx(spooled: IO[bytes], limits: ImportLimits = ImportLimits()) -> FileFacts:
+    """Check a whole XLSX file (within ``limits``, opens, header, every row readable) and count its rows.
+
+    CPU-bound (openpyxl parses about 30,000 rows a second): run it off the event loop (:func:`inspect`)."""
+    workbook, rows = _open_sheet(spooled, limits)
     try:
         columns: tuple[str, ...] | None = None
         total = 0
+        last_row = limits.max_rows + 1
         for number, values in enumerate(rows, start=1):
+            # openpyxl fills the rows a sheet skips (<row r="1000000000">) and a row's cells up to its last
+            # reference: the spreadsheet's row numbers and widths are bounded, not only the rows written.
+            if number > last_row:
+                raise limits.too_many_rows()
+            if not values and columns is not None:
+                continue  # a row openpyxl filled in (or an empty one): blank, and cheap to pass over
+            if len(values) > limits.max_cells_per_row:
+                raise limits.too_many_cells(number)
             if columns is None:
                 columns = check_header(values)
                 continue
             if _row(columns, values, number) is not None:
                 total += 1
-                if total > MAX_ROWS:
-                    raise ImportFileRejected(f"more than {MAX_ROWS:,} rows; split the file")
     except ImportFileRejected:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -494,9 +505,11 @@ def inspect_xlsx(spooled: IO[bytes]) -> FileFacts:
     return FileFacts("", columns, total)
 
 
-def xlsx_rows(spooled: IO[bytes], facts: FileFacts, after_row: int, batch_size: int) -> Iterator[list[SourceRow]]:
+def xlsx_rows(
+    spooled: IO[bytes], facts: FileFacts, after_row: int, batch_size: int
+) -> Generator[list[SourceRow], None, None]:
     """The data rows of an inspected XLSX file after row ``after_row``, in batches of ``batch_size``."""
-    workbook, rows = _open_sheet(spooled)
+    workbook, rows = _open_sheet(spooled, None)
     try:
         out: list[SourceRow] = []
         for number, values in enumerate(rows, start=1):
@@ -523,22 +536,63 @@ async def read_rows(
             yield batch
         return
     spooled = await spool(source)
+    batches = xlsx_rows(spooled, facts, after_row, batch_size)
+    # openpyxl parses a batch of 1,000 rows in ~30 ms of CPU: in a worker thread, so the service's event loop
+    # (its reads, the batch being written) keeps running meanwhile. One batch at a time: a generator runs in
+    # one thread at once, and it is closed only once the thread returned it.
+    parsing: asyncio.Future[list[SourceRow] | None] | None = None
     try:
-        for batch in xlsx_rows(spooled, facts, after_row, batch_size):
-            yield batch
+        while True:
+            parsing = asyncio.ensure_future(asyncio.to_thread(_next_batch, batches))
+            parsed = await asyncio.shield(parsing)
+            if parsed is None:
+                break
+            yield parsed
+    finally:
+        if parsing is not None and not parsing.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.wait([parsing])
+        batches.close()
+        spooled.close()
+
+
+def _next_batch(batches: Iterator[list[SourceRow]]) -> list[SourceRow] | None:
+    return next(batches, None)
+
+
+def _inspect_spooled(spooled: IO[bytes], limits: ImportLimits) -> FileFacts:
+    """:func:`inspect_xlsx`, then close the spooled file (in the thread that read it: an upload cancelled
+    meanwhile leaves the thread to finish, bounded by the limits, and the file is closed when it does)."""
+    try:
+        return inspect_xlsx(spooled, limits)
     finally:
         spooled.close()
 
 
-async def inspect(source: ChunkSource, file_format: ImportFormat) -> FileFacts:
-    """Check a whole file of either format; :class:`ImportFileRejected` naming why it is refused."""
+async def inspect(source: ChunkSource, file_format: ImportFormat, limits: ImportLimits = ImportLimits()) -> FileFacts:
+    """Check a whole file of either format; :class:`ImportFileRejected` naming why it is refused.
+
+    An XLSX is checked in a worker thread: the cheap pass refuses a bomb within a second, mostly inflating
+    (which releases the GIL), and a real file's full parse must not hold the service's event loop."""
     if file_format is ImportFormat.CSV:
-        return await inspect_csv(source)
+        return await inspect_csv(source, limits)
     spooled = await spool(source)
-    try:
-        return inspect_xlsx(spooled)
-    finally:
-        spooled.close()
+    return await asyncio.to_thread(_inspect_spooled, spooled, limits)
+
+
+# File names
+
+MAX_FILE_NAME_CHARS = 200
+
+
+def clean_file_name(raw: str) -> str:
+    """The name an upload is stored under: its base name only (no directories, whichever separator the client's
+    system uses), without control or format characters (a NUL, a line break that forges a log line, a
+    right-to-left override that shows ``exe.csv`` as ``vsc.exe``), and never only dots."""
+    base = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(ch for ch in base if unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"))
+    kept = kept.strip()
+    return "" if not kept.strip(".") else kept
 
 
 # Templates
@@ -548,7 +602,7 @@ def template(file_format: ImportFormat) -> tuple[bytes, str, str]:
     """An empty template (header row only): content, content type and file name."""
     if file_format is ImportFormat.CSV:
         text = io.StringIO()
-        csv.writer(text, lineterminator="\r\n").writerow(COLUMNS)
+        csv.writer(text, lineterminator="\r\n").writerow(safe_row(COLUMNS))
         # A BOM, so spreadsheet programs open the UTF-8 text (Chinese names) correctly.
         return codecs.BOM_UTF8 + text.getvalue().encode(), CSV_CONTENT_TYPE, "customer-import-template.csv"
     import openpyxl
@@ -557,7 +611,7 @@ def template(file_format: ImportFormat) -> tuple[bytes, str, str]:
     sheet = workbook.active
     assert sheet is not None
     sheet.title = "customers"
-    sheet.append(list(COLUMNS))
+    sheet.append(safe_row(COLUMNS))
     for index in range(1, len(COLUMNS) + 1):
         letter = openpyxl.utils.get_column_letter(index)
         # Text cells: an 18-digit ID number or a mobile typed as a number would lose digits.
