@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,8 +45,16 @@ def _stack_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp_path = tmp_path_factory.mktemp("stack")
+    with running_stack(tmp_path_factory.mktemp("stack")) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running_stack(tmp_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """The stack started under ``tmp_path`` (its log in ``stack.log``), with ``extra_env`` over the defaults (e.g.
+    a service's ``<SERVICE>_DATABASE_URL`` to run it on PostgreSQL); stopped when the block ends."""
     env, ports = _stack_env(tmp_path)
+    env.update(extra_env or {})
     log = tmp_path / "stack.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -62,7 +71,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     else:
         process.kill()
         pytest.fail(f"stack not ready in time:\n{log.read_text()[-4000:]}")
-    yield Stack(process, url, ports, log)
+    try:
+        yield Stack(process, url, ports, log)
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         # SIGTERM lets the supervisor stop its parts; a SIGKILL would leave them running.
         process.send_signal(signal.SIGTERM)

@@ -261,7 +261,7 @@ async def test_a_failing_handler_is_retried_with_back_off_then_dead(env: Env, ca
     row = await env.item("reminder:t1")
     assert (row.status, row.attempts, row.last_error) == (PENDING, 1, "ValueError: the branch calendar is unavailable")
     assert row.due_at.replace(tzinfo=dt.UTC) == T0 + dt.timedelta(seconds=10)
-    assert any(getattr(r, "key", None) == "reminder:t1" and r.attempt == 1 for r in caplog.records)  # type: ignore[attr-defined]
+    assert any(getattr(r, "item", None) == "reminder:t1" and r.attempt == 1 for r in caplog.records)  # type: ignore[attr-defined]
     clock.advance(dt.timedelta(seconds=9))
     assert await runner.run_due() == 0  # backing off
     clock.advance(dt.timedelta(seconds=1))

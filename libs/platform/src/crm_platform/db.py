@@ -72,7 +72,13 @@ async def ensure_database(url: URL) -> None:
 
 
 def create_engine(url: URL, pool_size: int = 10, **kwargs: Any) -> AsyncEngine:
-    """An async engine with the pragmas and pool settings this project relies on."""
+    """An async engine with the pragmas and pool settings this project relies on.
+
+    Always with ``hide_parameters=True``: SQLAlchemy otherwise writes a failed statement's bound values (names,
+    birth dates, ciphertexts, lookup hashes) into the error's text and into its echo log, and from there into
+    log lines; a caller cannot turn that back on.
+    """
+    kwargs["hide_parameters"] = True
     if is_postgres(url):
         # No pool_pre_ping: it costs a round trip on every transaction (measured: a third of a consumer's
         # time). A connection broken by a database restart fails one call, which SQLAlchemy detects and

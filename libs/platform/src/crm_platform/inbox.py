@@ -36,6 +36,7 @@ from crm_platform.bus import Bus
 from crm_platform.db import is_postgres
 from crm_platform.driver import HeldConnection
 from crm_platform.outbox import DEFER_AFTER_COMMIT, Outbox, make_envelope, utcnow
+from crm_platform.redaction import describe_error
 from crm_platform.schema import inbox as inbox_table
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class ConsumerRunner:
             except Exception as exc:  # noqa: BLE001 - broker hiccups are retried, never fatal
                 if self._stopping.is_set():
                     return
-                log.warning("fetch failed", extra={"consumer": sub.durable, "error": repr(exc)})
+                log.warning("fetch failed", extra={"consumer": sub.durable, "error": describe_error(exc)})
                 await asyncio.sleep(0.5)
                 continue
             finally:
@@ -245,7 +246,7 @@ class ConsumerRunner:
             else:
                 outcomes = await self._apply_batch_sqlalchemy(sub, parsed)
         except Exception as exc:  # noqa: BLE001 - the commit failed (database down): retry every event
-            log.warning("consumer batch did not commit", extra={"consumer": sub.durable, "error": repr(exc)})
+            log.warning("consumer batch did not commit", extra={"consumer": sub.durable, "error": describe_error(exc)})
             for msg, _, delivery in parsed:
                 await msg.nak(delay=self.backoff(delivery))
             return
@@ -374,12 +375,12 @@ class ConsumerRunner:
         self, sub: Subscription, msg: Msg, event: Event, delivery: int, exc: Exception
     ) -> None:
         if delivery >= self._max_deliveries:
-            await self._dead_letter(sub, msg, repr(exc), delivery, event_id=event.id)
+            await self._dead_letter(sub, msg, describe_error(exc), delivery, event_id=event.id)
             return
         metrics.CONSUMER_HANDLED.labels(sub.durable, "retried").inc()
         log.warning(
             "handler failed; will retry",
-            extra={"consumer": sub.durable, "event_id": event.id, "delivery": delivery, "error": repr(exc)},
+            extra={"consumer": sub.durable, "event_id": event.id, "delivery": delivery, "error": describe_error(exc)},
         )
         await msg.nak(delay=self.backoff(delivery))
 

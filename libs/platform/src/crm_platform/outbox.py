@@ -45,6 +45,7 @@ from crm_platform.bus import Bus
 from crm_platform.db import is_postgres
 from crm_platform.driver import driver_in_transaction, pooled_driver
 from crm_platform.ids import new_id
+from crm_platform.redaction import describe_error
 from crm_platform.schema import outbox as outbox_table
 
 log = logging.getLogger(__name__)
@@ -417,7 +418,7 @@ class OutboxRelay:
                         )
             except Exception as exc:  # noqa: BLE001 - the scan re-publishes them; JetStream drops the copies
                 metrics.OUTBOX_PUBLISH_ERRORS.inc()
-                log.warning("marking published events failed", extra={"error": repr(exc), "events": len(ids)})
+                log.warning("marking published events failed", extra={"error": describe_error(exc), "events": len(ids)})
 
     async def publish_batch(self, min_age: float = 0.0) -> int:
         """Claim, publish and mark one batch of unpublished rows at least ``min_age`` seconds old; return how

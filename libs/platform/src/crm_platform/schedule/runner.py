@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from crm_platform import metrics
+from crm_platform import metrics, redaction
 from crm_platform.clock import Clock, SystemClock
 from crm_platform.db import as_utc, is_postgres, session_factory
 from crm_platform.driver import HeldConnection
@@ -72,8 +72,9 @@ _PURGE_CHUNK = 5000
 
 def describe_error(exc: BaseException) -> str:
     """What is kept of a failure: the exception's class and message, cut to :data:`MAX_ERROR` characters (never
-    the payload)."""
-    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+    the payload; of a driver error only its SQLSTATE and constraint: :func:`crm_platform.redaction.describe_error`).
+    """
+    return redaction.describe_error(exc)[:MAX_ERROR]
 
 
 @dataclass(frozen=True)
@@ -330,7 +331,7 @@ class ScheduleRunner:
     def _failure(self, item: ScheduledItem, exc: Exception) -> _Failure:
         attempts = item.attempts + 1
         error = describe_error(exc)
-        fields = {"runner": self._name, "key": item.key, "kind": item.kind, "attempt": attempts, "error": error}
+        fields = {"runner": self._name, "item": item.key, "kind": item.kind, "attempt": attempts, "error": error}
         if attempts >= self._max_attempts:
             log.error("scheduled item dead after its last attempt", extra=fields)
             return _Failure(item, error, DEAD, item.due_at)

@@ -82,6 +82,7 @@ from crm_platform.driver import driver_of, integrity_as_sqlalchemy
 from crm_platform.errors import Conflict, FailedPrecondition, NotFound
 from crm_platform.ids import new_id, new_ids
 from crm_platform.outbox import TYPE_URL_PREFIX, Outbox, PendingEvent, bundle_rows, make_envelope
+from crm_platform.redaction import describe_error
 from crm_platform.schema import outbox as outbox_table
 from crm_platform.scope import in_scope, scope_condition
 
@@ -756,7 +757,10 @@ class ImportStore:
                 await conn.execute(text("ANALYZE customers, customer_import_rows"))
                 await conn.commit()
         except Exception as exc:  # noqa: BLE001 - statistics are an optimisation; autovacuum refreshes them too
-            log.warning("refreshing statistics after an import failed", extra={"import_id": job.id, "error": repr(exc)})
+            log.warning(
+                "refreshing statistics after an import failed",
+                extra={"import_id": job.id, "error": describe_error(exc)},
+            )
 
     def _among(self, column: Any, values: Sequence[str]) -> Any:
         """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter, however many values (an IN list
