@@ -21,6 +21,7 @@ from crm_gateway.config import Settings
 from crm_gateway.errors import EXCEPTION_HANDLERS
 from crm_gateway.guards import permission_guard
 from crm_gateway.identity import IdentityStore
+from crm_gateway.input_guard import input_guard
 from crm_gateway.middleware import audit_middleware, observability_middleware
 from crm_gateway.oidc import OidcVerifier
 from crm_gateway.organisation import Organisation
@@ -217,7 +218,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     app = Litestar(
         route_handlers=ROUTES,
-        guards=[permission_guard],
+        # The permission guard first, so a request the input guard refuses is audited with its caller.
+        guards=[permission_guard, input_guard],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[observability_middleware, audit_middleware],
         lifespan=[lifespan],

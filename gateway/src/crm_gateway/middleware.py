@@ -79,6 +79,7 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
             extra.append(_API_CSP)
         started = time.perf_counter()
         status_holder = [500]
+        hung_up = [False]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -86,12 +87,22 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                hung_up[0] = True
+            return message
+
         attributes = {"http.method": method, "http.target": path, "crm.request_id": request_id}
         with telemetry.request_span(_tracer, f"{method} {path}", carrier, trace.SpanKind.SERVER, attributes) as span:
             try:
-                await app(scope, receive, send_wrapper)
+                await app(scope, receive_wrapper, send_wrapper)
             finally:
                 status = status_holder[0]
+                if hung_up[0] and status >= 500:
+                    # The client left before its body arrived (a hang-up, or a Content-Length larger than the body
+                    # it sent): no fault of ours, and nobody read the answer. Counted as nginx's 499.
+                    status = CLIENT_CLOSED_REQUEST
                 if span.is_recording():
                     span.set_attribute("http.status_code", status)
                 route = scope.get("path_template") or "unmatched"
@@ -102,6 +113,9 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
 
     return middleware
 
+
+# The status a request is counted with when its client hung up before the answer (nginx's "client closed request").
+CLIENT_CLOSED_REQUEST = 499
 
 # A request this slow is logged (as every answer with a 5xx status is), inside its span so the line carries the
 # trace id; the rest are counted in the metrics only: a line per request would cost more than the request.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any
 
 import msgspec
@@ -9,6 +10,7 @@ from litestar import Request, get
 from litestar.params import Parameter
 
 from crm_gateway.schemas.paging import Cursor, Limit, Page
+from crm_platform.validation import collect
 
 _Stamp = Annotated[str | None, Parameter(required=False, pattern=r"^\d{4}-\d{2}-\d{2}(T[0-9:.]+Z?)?$")]
 
@@ -41,7 +43,13 @@ async def list_audit(
     cursor: Cursor = None,
 ) -> Page[AuditRecordOut]:
     """Audit records, oldest first, filtered by actor, resource prefix and time range."""
-    after = int(cursor) if cursor and cursor.isdigit() else 0
+    after = 0
+    with collect() as v:
+        if cursor:  # the last record's sequence number: anything else is refused, not read as the first page
+            after = v.bounded_int("cursor", cursor) or 0
+        for name, stamp in (("since", since), ("until", until)):
+            if stamp is not None and not _is_instant(stamp):  # the pattern lets 2026-13-45 through
+                v.add(name, "must be a date or an RFC 3339 UTC time, e.g. 2026-01-01T00:00:00Z")
     rows = await request.app.state.audit.query(
         actor=actor, resource=resource, since=since, until=until, after_seq=after, limit=limit + 1
     )
@@ -63,3 +71,11 @@ async def list_audit(
         for r in rows[:limit]
     ]
     return Page(items=items, next_cursor=str(items[-1].seq) if len(rows) > limit else None)
+
+
+def _is_instant(text: str) -> bool:
+    try:
+        dt.datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True

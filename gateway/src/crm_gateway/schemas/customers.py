@@ -8,7 +8,6 @@ import functools
 from typing import Annotated, Any, Literal
 
 import msgspec
-from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
 from msgspec import UNSET, UnsetType
 
@@ -514,17 +513,17 @@ class SegmentFilter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
                 parsed = dt.datetime.fromisoformat(self.last_contact_before)
             except ValueError:
                 v.add("filter.last_contact_before", "must be an RFC 3339 date and time")
-            else:
-                if parsed.tzinfo is None:
-                    v.add("filter.last_contact_before", "must carry a time zone, e.g. 2026-01-01T00:00:00Z")
+            else:  # a time zone, and inside years 1 to 9999 once in UTC
+                v.timestamp("filter.last_contact_before", parsed)
         return v
 
     def to_proto(self) -> customer_pb2.SegmentFilter:
         """The service's message."""
         before = None
         if self.last_contact_before is not None:
-            before = timestamp_pb2.Timestamp()
-            before.FromDatetime(dt.datetime.fromisoformat(self.last_contact_before))
+            before = Violations().timestamp(
+                "filter.last_contact_before", dt.datetime.fromisoformat(self.last_contact_before)
+            )
         return customer_pb2.SegmentFilter(
             tiers=[enum_number(ENUMS["tier"], t) for t in self.tiers],
             tags=self.tags,
