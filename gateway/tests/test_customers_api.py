@@ -4,6 +4,7 @@ scope, history, assignment and reclaim."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -225,3 +226,40 @@ async def test_lists_search_scope_and_ownership(gateway: Gateway) -> None:
         headers=h["rm2"],
     )
     assert bad.status_code == 422
+
+
+async def test_an_idempotency_key_binds_to_its_request(gateway: Gateway) -> None:
+    h = await _users(gateway, "rm1", "rm2", "head")
+    c = gateway.client
+    keyed = {**h["rm1"], "Idempotency-Key": "key-bound-0001"}
+    body = {"kind": "individual", "name": "李明"}
+
+    first = await c.post("/api/v1/customers", json=body, headers=keyed)
+    assert first.status_code == 201, first.text
+    again = await c.post("/api/v1/customers", json=body, headers=keyed)
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+
+    # Another body under the same key: refused as Stripe does, not answered with the first customer.
+    reused = await c.post("/api/v1/customers", json={**body, "name": "王芳"}, headers=keyed)
+    assert reused.status_code == 422, reused.text
+    assert reused.headers["content-type"].startswith("application/problem+json")
+    assert reused.json()["reason"] == "IDEMPOTENCY_KEY_REUSED" and "another request" in reused.json()["detail"]
+    # Keys are the caller's own: another user's same key is another request.
+    theirs = await c.post("/api/v1/customers", json={**body, "name": "王芳"}, headers={**h["rm2"], **_key(keyed)})
+    assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+
+    # Two requests with one new key at once: one customer, the other answered 422.
+    raced = {**h["rm1"], "Idempotency-Key": "key-race-00001"}
+    answers = await asyncio.gather(
+        *(c.post("/api/v1/customers", json={**body, "name": name}, headers=raced) for name in ("赵一", "钱二"))
+    )
+    assert sorted(a.status_code for a in answers) == [201, 422], [a.text for a in answers]
+    winner = next(a.json() for a in answers if a.status_code == 201)
+    assert next(a for a in answers if a.status_code == 422).json()["reason"] == "IDEMPOTENCY_KEY_REUSED"
+    for name in ("赵一", "钱二"):
+        listing = await c.get("/api/v1/customers", params={"name": name}, headers=h["head"])
+        assert [item["id"] for item in listing.json()["items"]] == ([winner["id"]] if name == winner["name"] else [])
+
+
+def _key(headers: dict[str, str]) -> dict[str, str]:
+    return {"Idempotency-Key": headers["Idempotency-Key"]}

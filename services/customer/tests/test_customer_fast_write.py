@@ -23,6 +23,7 @@ from crm_platform.auth_context import Scope
 from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.errors import AlreadyExists
 from crm_platform.fastread import ReadPool, asyncpg_dsn
+from crm_platform.idempotency import IdempotencyKeyReused
 from crm_platform.identifiers import resident_id_check_char
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, PendingEvent, utcnow
@@ -312,3 +313,38 @@ async def test_a_single_create_racing_an_import_batch_makes_that_row_a_duplicate
         assert (await session.execute(select(text("count(*)")).select_from(customers))).scalar_one() == 20
         hashes = select(text("count(DISTINCT id_number_hash)")).select_from(customers)
         assert (await session.execute(hashes)).scalar_one() == 20
+
+
+@pytest.mark.parametrize("path", ["statement", "session"])
+async def test_a_request_id_binds_to_its_request_even_in_a_race(parts: Any, path: str) -> None:
+    store, writes, handed = parts
+    if path == "session":
+        writes = CustomerWrites(store, None)
+    first = await writes.create(_RM1, _new(11), "request-f", "fp-a")
+    assert (await writes.create(_RM1, _new(11), "request-f", "fp-a")).id == first.id
+    with pytest.raises(IdempotencyKeyReused):
+        await writes.create(_RM1, _new(12), "request-f", "fp-b")  # another person under the same key
+    with pytest.raises(IdempotencyKeyReused):
+        await writes.create(_RM1, _new(11), "request-f", "fp-b")  # the same person, yet another request
+
+    # Two calls with one key and different requests at once: one customer, the other call refused.
+    racing = [(_new(13), "fp-13"), (_new(14), "fp-14")]
+    results = await asyncio.gather(
+        *(writes.create(_RM1, c, "request-race", fp) for c, fp in racing), return_exceptions=True
+    )
+    created = [r for r in results if isinstance(r, Customer)]
+    assert len(created) == 1 and sum(isinstance(r, IdempotencyKeyReused) for r in results) == 1, results
+    async with store._sessions() as session:
+        rows = (await session.execute(select(customers.c.id, customers.c.request_fingerprint))).all()
+    assert sorted(r.id for r in rows) == sorted([first.id, created[0].id])
+    fingerprints = {r.id: r.request_fingerprint for r in rows}
+    assert fingerprints[first.id] == "fp-a" and fingerprints[created[0].id] in ("fp-13", "fp-14")
+    assert len(handed.events) == 2  # the refused calls wrote no event either
+
+
+async def test_a_customer_stored_before_fingerprints_answers_any_retry(parts: Any) -> None:
+    store, writes, _ = parts
+    first = await writes.create(_RM1, _new(15), "request-old", "fp-a")
+    async with store._sessions() as session, session.begin():
+        await session.execute(update(customers).where(customers.c.id == first.id).values(request_fingerprint=None))
+    assert (await writes.create(_RM1, _new(16), "request-old", "fp-b")).id == first.id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -40,12 +41,24 @@ async def test_create_get_scope_and_event(db_url: str, private_nats: NatsServer,
         # Idempotent by request id: the same call returns the same customer.
         again = await stub.CreateCustomer(
             customer_service_pb2.CreateCustomerRequest(
-                kind=customer_pb2.CUSTOMER_KIND_INDIVIDUAL, name="李明", request_id=f"r-{tmp_path.name}"
+                kind=customer_pb2.CUSTOMER_KIND_INDIVIDUAL, name=" 李明 ", request_id=f"r-{tmp_path.name}"
             ),
             metadata=svc.md(RM1),
             timeout=5,
         )
         assert again.customer.id == customer.id
+        # The request id is bound to its request: another one under it (even one naming the same person after
+        # trimming) is a client's mistake, refused rather than answered with the first customer.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CreateCustomer(
+                customer_service_pb2.CreateCustomerRequest(
+                    kind=customer_pb2.CUSTOMER_KIND_INDIVIDUAL, name="李明", request_id=f"r-{tmp_path.name}"
+                ),
+                metadata=svc.md(RM1),
+                timeout=5,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert parse_failure(err.value).reason == "IDEMPOTENCY_KEY_REUSED"
 
         got = await stub.GetCustomer(
             customer_service_pb2.GetCustomerRequest(customer_id=customer.id), metadata=svc.md(HEAD), timeout=5
@@ -81,6 +94,30 @@ async def test_create_get_scope_and_event(db_url: str, private_nats: NatsServer,
             assert msgs[envelopes.index(mine[0])].headers["Nats-Msg-Id"] == mine[0].id
         finally:
             await nc.close()
+
+
+async def test_one_key_with_two_requests_at_once_makes_one_customer(
+    db_url: str, private_nats: NatsServer, tmp_path: Path
+) -> None:
+    async with running_service(SPEC, database_url=db_url, nats_url=private_nats.url, data_dir=tmp_path) as svc:
+        stub = customer_service_pb2_grpc.CustomerServiceStub(svc.channel)
+        calls = [
+            stub.CreateCustomer(
+                customer_service_pb2.CreateCustomerRequest(
+                    kind=customer_pb2.CUSTOMER_KIND_INDIVIDUAL, name=name, request_id="r-race"
+                ),
+                metadata=svc.md(RM1),
+                timeout=5,
+            )
+            for name in ("李明", "王芳", "李明", "王芳")
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        created = {r.customer.id for r in results if not isinstance(r, BaseException)}
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(created) == 1 and len(refused) == 2, results
+        assert {parse_failure(r).reason for r in refused} == {"IDEMPOTENCY_KEY_REUSED"}
+        listing = await stub.ListCustomers(customer_service_pb2.ListCustomersRequest(), metadata=svc.md(RM1), timeout=5)
+        assert [c.id for c in listing.customers] == list(created)
 
 
 async def test_invalid_input_names_each_field(sqlite_url: str, private_nats: NatsServer, tmp_path: Path) -> None:

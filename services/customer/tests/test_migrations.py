@@ -35,7 +35,7 @@ async def test_replicas_migrating_together_build_every_index_once_and_valid(post
     try:
         await asyncio.gather(*(migrate(engine, "crm_customer") for engine in engines))
         async with engines[0].connect() as conn:
-            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == "0016"
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == "0017"
             collations = await conn.execute(
                 text(
                     "SELECT a.attname, coalesce(l.collname, '') FROM pg_attribute a "

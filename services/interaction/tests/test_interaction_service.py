@@ -81,6 +81,26 @@ async def test_log_and_list_within_scope(
         logged = await stub.LogInteraction(request, metadata=svc.md(RM1), timeout=5)
         again = await stub.LogInteraction(request, metadata=svc.md(RM1), timeout=5)
         assert again.interaction.id == logged.interaction.id  # idempotent for the same caller
+        # The request id is bound to its request: another one under it is refused, not answered with the first.
+        other = interaction_service_pb2.LogInteractionRequest()
+        other.CopyFrom(request)
+        other.summary = "asked about funds"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.LogInteraction(other, metadata=svc.md(RM1), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert parse_failure(err.value).reason == "IDEMPOTENCY_KEY_REUSED"
+        # Two calls with one new request id and different requests at once: one contact logged, one refused.
+        racing = []
+        for summary in ("first", "second"):
+            attempt = interaction_service_pb2.LogInteractionRequest()
+            attempt.CopyFrom(request)
+            attempt.request_id, attempt.summary = "r-race", summary
+            racing.append(stub.LogInteraction(attempt, metadata=svc.md(RM1), timeout=5))
+        results = await asyncio.gather(*racing, return_exceptions=True)
+        won = [r for r in results if not isinstance(r, BaseException)]
+        lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(won) == 1 and len(lost) == 1, results
+        assert parse_failure(lost[0]).reason == "IDEMPOTENCY_KEY_REUSED"
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.LogInteraction(request, metadata=svc.md(RM2), timeout=5)
@@ -89,7 +109,7 @@ async def test_log_and_list_within_scope(
         listing = await stub.ListInteractions(
             interaction_service_pb2.ListInteractionsRequest(customer_id=customer_id), metadata=svc.md(HEAD), timeout=5
         )
-        assert [i.id for i in listing.interactions] == [logged.interaction.id]
+        assert [i.id for i in listing.interactions] == [won[0].interaction.id, logged.interaction.id]  # newest first
         # The customer service's last contact follows the event: the contact's own time, not when it was logged.
         customers = customer_service_pb2_grpc.CustomerServiceStub(cust.channel)
         for _ in range(200):

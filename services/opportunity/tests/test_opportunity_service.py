@@ -138,6 +138,12 @@ async def test_create_get_scope_and_event(
 
     again = await stub.CreateOpportunity(request, metadata=svc.md(RM1), timeout=5)
     assert again.opportunity.id == opportunity.id
+    # The request id is bound to its request: another one under it is refused, not answered with the first record.
+    other = create_request(customer_id, request_id=request.request_id, name="Li - fund")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.CreateOpportunity(other, metadata=svc.md(RM1), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert parse_failure(err.value).reason == "IDEMPOTENCY_KEY_REUSED"
 
     get = opportunity_service_pb2.GetOpportunityRequest(opportunity_id=opportunity.id)
     for insider in (RM1, HEAD):

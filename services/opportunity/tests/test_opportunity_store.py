@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -18,6 +19,7 @@ from crm_platform.config import DEV_MASTER_KEYS
 from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.directory import CustomerDirectory, upsert
 from crm_platform.errors import NotFound
+from crm_platform.idempotency import IdempotencyKeyReused
 from crm_platform.inbox import Event
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, utcnow
@@ -108,3 +110,22 @@ async def test_a_merged_customers_opportunities_move_to_the_survivor(store: Oppo
     assert (await store.get(RM1, stored.id)).id == stored.id
     with pytest.raises(NotFound):
         await store.get(identity("rm3", team_id="T2"), stored.id)
+
+
+async def test_a_request_id_binds_to_its_request_even_in_a_race(store: OpportunityStore) -> None:
+    now = utcnow()
+    stored = await store.create(RM1, open_opportunity(RM1, "c1", "CD", "1", "CNY", now), "req-f", "fp-a")
+    again = await store.create(RM1, open_opportunity(RM1, "c1", "CD", "1", "CNY", now), "req-f", "fp-a")
+    assert again == stored
+    with pytest.raises(IdempotencyKeyReused):
+        await store.create(RM1, open_opportunity(RM1, "c1", "Fund", "2", "CNY", now), "req-f", "fp-b")
+
+    # Two calls with one key and different requests at once: one opportunity, the other call refused.
+    racing = [open_opportunity(RM1, "c1", name, "1", "CNY", now) for name in ("A", "B")]
+    results = await asyncio.gather(
+        *(store.create(RM1, o, "req-race", f"fp-{o.name}") for o in racing), return_exceptions=True
+    )
+    assert sorted(type(r).__name__ for r in results) == ["IdempotencyKeyReused", "Opportunity"], results
+    async with store._sessions() as session:
+        rows = (await session.execute(select(opportunities.c.id).where(opportunities.c.request_id == "req-race"))).all()
+    assert len(rows) == 1

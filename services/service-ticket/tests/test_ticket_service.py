@@ -133,6 +133,12 @@ async def test_open_get_scope_and_event(tickets: Tickets, private_nats: NatsServ
 
     again = await stub.OpenTicket(request, metadata=svc.md(RM1), timeout=5)
     assert again.ticket.id == ticket.id
+    # The request id is bound to its request: another one under it is refused, not answered with the first ticket.
+    other = open_request(customer_id, request_id=request.request_id, description="另一件事")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.OpenTicket(other, metadata=svc.md(RM1), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert parse_failure(err.value).reason == "IDEMPOTENCY_KEY_REUSED"
 
     get = ticket_service_pb2.GetTicketRequest(ticket_id=ticket.id)
     for insider in (RM1, HEAD):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from crm_platform.config import DEV_MASTER_KEYS
 from crm_platform.db import create_engine, normalise_url, session_factory
 from crm_platform.directory import CustomerDirectory, upsert
 from crm_platform.errors import NotFound
+from crm_platform.idempotency import IdempotencyKeyReused
 from crm_platform.inbox import Event
 from crm_platform.migrations import migrate
 from crm_platform.outbox import Outbox, utcnow
@@ -117,3 +119,22 @@ async def test_a_handler_sees_a_ticket_routed_to_them_outside_their_scope(store:
     # Listing by customer still needs the customer in scope: a party sees the record, not the customer's file.
     with pytest.raises(NotFound):
         await store.list_for_customer(handler, "c1", open_only=False, limit=50, after_id="")
+
+
+async def test_a_request_id_binds_to_its_request_even_in_a_race(store: TicketStore) -> None:
+    now = utcnow()
+    stored = await store.open(RM1, open_ticket(RM1, "c1", "complaint", "high", "卡被吞了", now), "req-f", "fp-a")
+    again = await store.open(RM1, open_ticket(RM1, "c1", "complaint", "high", "卡被吞了", now), "req-f", "fp-a")
+    assert again == stored
+    with pytest.raises(IdempotencyKeyReused):
+        await store.open(RM1, open_ticket(RM1, "c1", "enquiry", "low", "other", now), "req-f", "fp-b")
+
+    # Two calls with one key and different requests at once: one ticket, the other call refused.
+    racing = [open_ticket(RM1, "c1", "complaint", "high", text, now) for text in ("A", "B")]
+    results = await asyncio.gather(
+        *(store.open(RM1, t, "req-race", f"fp-{t.description}") for t in racing), return_exceptions=True
+    )
+    assert sorted(type(r).__name__ for r in results) == ["IdempotencyKeyReused", "Ticket"], results
+    async with store._sessions() as session:
+        rows = (await session.execute(select(tickets.c.id).where(tickets.c.request_id == "req-race"))).all()
+    assert len(rows) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from typing import Annotated, Any
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
@@ -45,15 +44,14 @@ from crm_gateway.schemas.customers import (
     enum_number,
     to_profile,
 )
+from crm_gateway.schemas.idempotency import IdempotencyKey, request_id
 from crm_gateway.schemas.paging import Cursor, Limit, Page
 from crm_gateway.schemas.preconditions import IfMatch, optional_version, required_version, versioned
 from crm_platform.clients import CustomerClient
 from crm_platform.errors import FieldViolation, InvalidArgument
+from crm_platform.validation import collect
 
 _ID = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
-_IDEMPOTENCY_KEY = Annotated[
-    str | None, Parameter(header="Idempotency-Key", required=False, min_length=8, max_length=64)
-]
 _TERM = Annotated[str | None, Parameter(required=False, max_length=100)]
 
 
@@ -79,7 +77,7 @@ async def get_customer(request: Request[Any, Any, Any], customer_id: _ID) -> Res
 
 @post("/api/v1/customers", opt={"permission": "customer:create"})
 async def create_customer(
-    request: Request[Any, Any, Any], data: CustomerCreate, idempotency_key: _IDEMPOTENCY_KEY = None
+    request: Request[Any, Any, Any], data: CustomerCreate, idempotency_key: IdempotencyKey = None
 ) -> Response[CustomerOut]:
     """Create a customer owned by the calling RM or teller (others create into the branch pool).
 
@@ -87,11 +85,11 @@ async def create_customer(
     the caller may see it.
     """
     data.violations().raise_if_any()
-    # Keys are per user, so two users cannot collide on (or probe) each other's keys.
-    scoped_key = f"{_identity(request).user_id}:{idempotency_key}"
-    request_id = hashlib.sha256(scoped_key.encode()).hexdigest() if idempotency_key else ""
     message = pb.CreateCustomerRequest(
-        kind=KIND_TO_PROTO[data.kind], name=data.name, request_id=request_id, profile=to_profile(data.values())
+        kind=KIND_TO_PROTO[data.kind],
+        name=data.name,
+        request_id=request_id(_identity(request), idempotency_key),
+        profile=to_profile(data.values()),
     )
     reply = await _customers(request).create_customer(_identity(request), message)
     return _answer(reply.customer, 201, Location=f"/api/v1/customers/{reply.customer.id}")
@@ -122,12 +120,9 @@ async def update_customer(
 
 
 def _timestamp(value: dt.datetime | None, name: str) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise InvalidArgument([FieldViolation(name, "must carry a time zone, e.g. 2026-01-01T00:00:00Z")])
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
+    """A query parameter's instant as a Timestamp: with a time zone, inside years 1 to 9999 in UTC."""
+    with collect() as v:
+        stamp = v.timestamp(name, value)
     return stamp
 
 

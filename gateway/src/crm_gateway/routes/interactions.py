@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
@@ -10,14 +9,12 @@ from litestar.params import Parameter
 
 from crm.common.v1 import paging_pb2
 from crm.interaction.v1 import interaction_service_pb2
+from crm_gateway.schemas.idempotency import IdempotencyKey, request_id
 from crm_gateway.schemas.interactions import CHANNEL_TO_PROTO, InteractionIn, InteractionOut
 from crm_gateway.schemas.paging import Cursor, Limit, Page
 from crm_platform.protobuf import timestamp
 
 _CUSTOMER_ID = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
-_IDEMPOTENCY_KEY = Annotated[
-    str | None, Parameter(header="Idempotency-Key", required=False, min_length=8, max_length=64)
-]
 
 
 @post("/api/v1/customers/{customer_id:str}/interactions", opt={"permission": "interaction:write"})
@@ -25,18 +22,16 @@ async def log_customer_interaction(
     request: Request[Any, Any, Any],
     customer_id: _CUSTOMER_ID,
     data: InteractionIn,
-    idempotency_key: _IDEMPOTENCY_KEY = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[InteractionOut]:
     """Log a contact with a customer in the caller's scope; the customer may have been created a moment ago (the
     interaction service asks the customer service about a customer it does not know yet)."""
     identity = request.scope["state"]["identity"]
-    # Keys are per user, so two users cannot collide on (or probe) each other's keys.
-    request_id = hashlib.sha256(f"{identity.user_id}:{idempotency_key}".encode()).hexdigest() if idempotency_key else ""
     message = interaction_service_pb2.LogInteractionRequest(
         customer_id=customer_id,
         channel=CHANNEL_TO_PROTO.get(data.channel, 0),
         summary=data.summary,
-        request_id=request_id,
+        request_id=request_id(identity, idempotency_key),
     )
     if data.occurred_at is not None:
         message.occurred_at.CopyFrom(timestamp(data.occurred_at))

@@ -19,8 +19,9 @@ from crm_platform import identifiers
 from crm_platform.auth_context import current_identity
 from crm_platform.errors import Conflict, FailedPrecondition, FieldViolation, InvalidArgument
 from crm_platform.grpc_server import declare_permissions
+from crm_platform.idempotency import fingerprint
 from crm_platform.outbox import utcnow
-from crm_platform.paging import page_limit
+from crm_platform.paging import after_id, page_limit
 from crm_platform.protobuf import timestamp
 from crm_platform.validation import collect
 
@@ -278,8 +279,9 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         identity = current_identity()
         raw = {**profile_to_raw(request.profile), "name": request.name}
         customer = register_customer(identity, _PROTO_TO_KIND.get(request.kind), raw, utcnow())
-        # An earlier call with the same request id answers its customer (checked by the write itself).
-        created = await self._writes.create(identity, customer, request.request_id)
+        # An earlier call with the same request id answers its customer if it was the same request, else 422
+        # (checked by the write itself).
+        created = await self._writes.create(identity, customer, request.request_id, fingerprint(request))
         return customer_service_pb2.CreateCustomerResponse(customer=to_proto(created))
 
     async def UpdateCustomer(self, request: Any, context: Any) -> customer_service_pb2.UpdateCustomerResponse:  # noqa: N802
@@ -415,7 +417,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         """See the proto."""
         identity = current_identity()
         require(identity, "customer:read")
-        segments, cursor = await self._store.list_segments(identity, page_limit(request.page), request.page.page_token)
+        segments, cursor = await self._store.list_segments(identity, page_limit(request.page), after_id(request.page))
         return customer_service_pb2.ListSegmentsResponse(
             segments=[segment_to_proto(s) for s in segments], page=paging_pb2.PageInfo(next_page_token=cursor)
         )

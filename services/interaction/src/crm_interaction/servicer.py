@@ -11,8 +11,9 @@ from crm_interaction.events import CHANNEL_TO_PROTO
 from crm_interaction.store import InteractionStore
 from crm_platform.auth_context import current_identity
 from crm_platform.grpc_server import declare_permissions
+from crm_platform.idempotency import fingerprint
 from crm_platform.outbox import utcnow
-from crm_platform.paging import page_limit
+from crm_platform.paging import after_id, page_limit
 from crm_platform.protobuf import timestamp
 
 _PROTO_TO_CHANNEL = {v: k for k, v in CHANNEL_TO_PROTO.items()}
@@ -44,7 +45,7 @@ class InteractionServicer(interaction_service_pb2_grpc.InteractionServiceService
         interaction = log_contact(
             identity, request.customer_id, _PROTO_TO_CHANNEL.get(request.channel), request.summary, occurred, utcnow()
         )
-        stored = await self._store.log(identity, interaction, request.request_id)
+        stored = await self._store.log(identity, interaction, request.request_id, fingerprint(request))
         return interaction_service_pb2.LogInteractionResponse(interaction=to_proto(stored))
 
     async def ListInteractions(self, request: Any, context: Any) -> interaction_service_pb2.ListInteractionsResponse:  # noqa: N802
@@ -52,7 +53,7 @@ class InteractionServicer(interaction_service_pb2_grpc.InteractionServiceService
         identity = current_identity()
         require_read(identity)
         items, next_token = await self._store.list_for_customer(
-            identity, request.customer_id, page_limit(request.page), request.page.page_token
+            identity, request.customer_id, page_limit(request.page), after_id(request.page)
         )
         return interaction_service_pb2.ListInteractionsResponse(
             interactions=[to_proto(i) for i in items], page=paging_pb2.PageInfo(next_page_token=next_token)

@@ -32,11 +32,13 @@ interactions = Table(
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("logged_by", String(64), nullable=False),
     Column("request_id", String(64), nullable=True),
+    # crm_platform.idempotency.fingerprint of the request that first used request_id (NULL before 0005).
+    Column("request_fingerprint", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("logged_by", "request_id", name="uq_interactions_logger_request"),
 )
 
-_COLUMNS = [c for c in interactions.c if c.name != "request_id"]
+_COLUMNS = [c for c in interactions.c if c.name not in ("request_id", "request_fingerprint")]
 SUMMARY_FIELD = "interaction.summary"  # bound into the ciphertext with the customer id
 SEALED_SUMMARY = SealedText(
     interactions.c.customer_id,
@@ -80,8 +82,11 @@ class InteractionStore:
         texts = await self._keys.open_rows(session, SEALED_SUMMARY, rows)
         return [_to_interaction(r, text) for r, text in zip(rows, texts, strict=True)]
 
-    async def log(self, identity: Identity, interaction: Interaction, request_id: str) -> Interaction:
-        """Store a contact with a customer in scope (idempotent by the caller's own ``request_id``)."""
+    async def log(
+        self, identity: Identity, interaction: Interaction, request_id: str, fingerprint: str = ""
+    ) -> Interaction:
+        """Store a contact with a customer in scope (idempotent by the caller's own ``request_id``, bound to the
+        request's ``fingerprint``: see :mod:`crm_platform.idempotency`)."""
 
         async def write(session: AsyncSession) -> Interaction:
             await session.execute(
@@ -96,6 +101,7 @@ class InteractionStore:
                     occurred_at=interaction.occurred_at,
                     logged_by=interaction.logged_by,
                     request_id=request_id or None,
+                    request_fingerprint=fingerprint or None,
                     created_at=interaction.created_at,
                 )
             )
@@ -116,14 +122,19 @@ class InteractionStore:
             ),
             earlier=lambda session: self._by_request(session, identity, request_id),
             write=write,
+            fingerprint=fingerprint,
         )
 
-    async def _by_request(self, session: AsyncSession, identity: Identity, request_id: str) -> Interaction | None:
-        query = select(*_COLUMNS).where(
+    async def _by_request(
+        self, session: AsyncSession, identity: Identity, request_id: str
+    ) -> tuple[Interaction, str | None] | None:
+        query = select(*_COLUMNS, interactions.c.request_fingerprint).where(
             interactions.c.logged_by == identity.user_id, interactions.c.request_id == request_id
         )
         row = (await session.execute(query)).first()
-        return (await self._rows_to_interactions(session, [row]))[0] if row is not None else None
+        if row is None:
+            return None
+        return (await self._rows_to_interactions(session, [row]))[0], row.request_fingerprint
 
     async def list_for_customer(
         self, identity: Identity, customer_id: str, limit: int, after_id: str

@@ -11,8 +11,9 @@ from crm_opportunity.events import STAGE_TO_PROTO, money
 from crm_opportunity.store import OpportunityStore
 from crm_platform.auth_context import current_identity
 from crm_platform.grpc_server import declare_permissions
+from crm_platform.idempotency import fingerprint
 from crm_platform.outbox import utcnow
-from crm_platform.paging import page_limit
+from crm_platform.paging import after_id, page_limit
 from crm_platform.protobuf import timestamp
 
 
@@ -49,7 +50,7 @@ class OpportunityServicer(opportunity_service_pb2_grpc.OpportunityServiceService
             request.expected_amount.currency,
             utcnow(),
         )
-        stored = await self._store.create(identity, opportunity, request.request_id)
+        stored = await self._store.create(identity, opportunity, request.request_id, fingerprint(request))
         return opportunity_service_pb2.CreateOpportunityResponse(opportunity=to_proto(stored))
 
     async def GetOpportunity(self, request: Any, context: Any) -> opportunity_service_pb2.GetOpportunityResponse:  # noqa: N802
@@ -70,7 +71,7 @@ class OpportunityServicer(opportunity_service_pb2_grpc.OpportunityServiceService
             request.customer_id,
             open_only=request.open_only,
             limit=page_limit(request.page),
-            after_id=request.page.page_token,
+            after_id=after_id(request.page),
         )
         return opportunity_service_pb2.ListOpportunitiesResponse(
             opportunities=[to_proto(i) for i in items], page=paging_pb2.PageInfo(next_page_token=next_token)

@@ -32,12 +32,14 @@ opportunities = Table(
     Column("currency", String(3), nullable=False),
     Column("owner_id", String(64), nullable=False),
     Column("request_id", String(64), nullable=True),
+    # crm_platform.idempotency.fingerprint of the request that first used request_id (NULL before 0005).
+    Column("request_fingerprint", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("owner_id", "request_id", name="uq_opportunities_owner_request"),
 )
 
-_COLUMNS = [c for c in opportunities.c if c.name != "request_id"]
+_COLUMNS = [c for c in opportunities.c if c.name not in ("request_id", "request_fingerprint")]
 
 
 def _to_opportunity(row: Row[tuple[object, ...]]) -> Opportunity:
@@ -65,8 +67,11 @@ class OpportunityStore:
         self._outbox = outbox
         self._directory = directory
 
-    async def create(self, identity: Identity, opportunity: Opportunity, request_id: str) -> Opportunity:
-        """Store an opportunity with a customer in scope (idempotent by the caller's ``request_id``)."""
+    async def create(
+        self, identity: Identity, opportunity: Opportunity, request_id: str, fingerprint: str = ""
+    ) -> Opportunity:
+        """Store an opportunity with a customer in scope (idempotent by the caller's ``request_id``, bound to the
+        request's ``fingerprint``: see :mod:`crm_platform.idempotency`)."""
 
         async def write(session: AsyncSession) -> Opportunity:
             await session.execute(
@@ -79,6 +84,7 @@ class OpportunityStore:
                     currency=opportunity.currency,
                     owner_id=opportunity.owner_id,
                     request_id=request_id or None,
+                    request_fingerprint=fingerprint or None,
                     created_at=opportunity.created_at,
                     updated_at=opportunity.updated_at,
                 )
@@ -100,6 +106,7 @@ class OpportunityStore:
             ),
             earlier=lambda session: self._by_request(session, identity, request_id),
             write=write,
+            fingerprint=fingerprint,
         )
 
     async def get(self, identity: Identity, opportunity_id: str) -> Opportunity:
@@ -137,9 +144,13 @@ class OpportunityStore:
         condition = visible_condition(identity, opportunities.c.customer_id, (opportunities.c.owner_id,))
         return select(*_COLUMNS).where(condition)
 
-    async def _by_request(self, session: AsyncSession, identity: Identity, request_id: str) -> Opportunity | None:
-        query = self._scoped(identity).where(
-            opportunities.c.owner_id == identity.user_id, opportunities.c.request_id == request_id
+    async def _by_request(
+        self, session: AsyncSession, identity: Identity, request_id: str
+    ) -> tuple[Opportunity, str | None] | None:
+        query = (
+            self._scoped(identity)
+            .add_columns(opportunities.c.request_fingerprint)
+            .where(opportunities.c.owner_id == identity.user_id, opportunities.c.request_id == request_id)
         )
         row = (await session.execute(query)).first()
-        return _to_opportunity(row) if row is not None else None
+        return (_to_opportunity(row), row.request_fingerprint) if row is not None else None

@@ -8,8 +8,9 @@ from crm.common.v1 import paging_pb2
 from crm.ticket.v1 import ticket_pb2, ticket_service_pb2, ticket_service_pb2_grpc
 from crm_platform.auth_context import current_identity
 from crm_platform.grpc_server import declare_permissions
+from crm_platform.idempotency import fingerprint
 from crm_platform.outbox import utcnow
-from crm_platform.paging import page_limit
+from crm_platform.paging import after_id, page_limit
 from crm_platform.protobuf import timestamp
 from crm_ticket.domain import Ticket, ensure_may_read, open_ticket
 from crm_ticket.events import KIND_TO_PROTO, STATUS_TO_PROTO, URGENCY_TO_PROTO
@@ -53,7 +54,7 @@ class TicketServicer(ticket_service_pb2_grpc.TicketServiceServicer):
             utcnow(),
             handler_id=request.handler_id,
         )
-        stored = await self._store.open(identity, ticket, request.request_id)
+        stored = await self._store.open(identity, ticket, request.request_id, fingerprint(request))
         return ticket_service_pb2.OpenTicketResponse(ticket=to_proto(stored))
 
     async def GetTicket(self, request: Any, context: Any) -> ticket_service_pb2.GetTicketResponse:  # noqa: N802
@@ -72,7 +73,7 @@ class TicketServicer(ticket_service_pb2_grpc.TicketServiceServicer):
             request.customer_id,
             open_only=request.open_only,
             limit=page_limit(request.page),
-            after_id=request.page.page_token,
+            after_id=after_id(request.page),
         )
         return ticket_service_pb2.ListTicketsResponse(
             tickets=[to_proto(t) for t in items], page=paging_pb2.PageInfo(next_page_token=next_token)

@@ -38,11 +38,13 @@ tickets = Table(
     Column("opened_by", String(64), nullable=False),
     Column("handler_id", String(64), nullable=False, default=""),
     Column("request_id", String(64), nullable=True),
+    # crm_platform.idempotency.fingerprint of the request that first used request_id (NULL before 0005).
+    Column("request_fingerprint", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("opened_by", "request_id", name="uq_tickets_opener_request"),
 )
 
-_COLUMNS = [c for c in tickets.c if c.name != "request_id"]
+_COLUMNS = [c for c in tickets.c if c.name not in ("request_id", "request_fingerprint")]
 DESCRIPTION_FIELD = "ticket.description"  # bound into the ciphertext with the customer id
 SEALED_DESCRIPTION = SealedText(
     tickets.c.customer_id, tickets.c.description_enc, DESCRIPTION_FIELD, tickets.c.id, plain=tickets.c.description
@@ -85,8 +87,9 @@ class TicketStore:
         texts = await self._keys.open_rows(session, SEALED_DESCRIPTION, rows)
         return [_to_ticket(r, text) for r, text in zip(rows, texts, strict=True)]
 
-    async def open(self, identity: Identity, ticket: Ticket, request_id: str) -> Ticket:
-        """Store a ticket for a customer in scope (idempotent by the caller's ``request_id``)."""
+    async def open(self, identity: Identity, ticket: Ticket, request_id: str, fingerprint: str = "") -> Ticket:
+        """Store a ticket for a customer in scope (idempotent by the caller's ``request_id``, bound to the
+        request's ``fingerprint``: see :mod:`crm_platform.idempotency`)."""
 
         async def write(session: AsyncSession) -> Ticket:
             await session.execute(
@@ -104,6 +107,7 @@ class TicketStore:
                     sla_deadline=ticket.sla_deadline,
                     opened_by=ticket.opened_by,
                     request_id=request_id or None,
+                    request_fingerprint=fingerprint or None,
                     created_at=ticket.created_at,
                 )
             )
@@ -120,6 +124,7 @@ class TicketStore:
             ),
             earlier=lambda session: self._by_request(session, identity, request_id),
             write=write,
+            fingerprint=fingerprint,
         )
 
     async def get(self, identity: Identity, ticket_id: str) -> Ticket:
@@ -164,9 +169,15 @@ class TicketStore:
         )
         return select(*_COLUMNS).where(condition)
 
-    async def _by_request(self, session: AsyncSession, identity: Identity, request_id: str) -> Ticket | None:
-        query = self._scoped(identity).where(
-            tickets.c.opened_by == identity.user_id, tickets.c.request_id == request_id
+    async def _by_request(
+        self, session: AsyncSession, identity: Identity, request_id: str
+    ) -> tuple[Ticket, str | None] | None:
+        query = (
+            self._scoped(identity)
+            .add_columns(tickets.c.request_fingerprint)
+            .where(tickets.c.opened_by == identity.user_id, tickets.c.request_id == request_id)
         )
         row = (await session.execute(query)).first()
-        return (await self._tickets(session, [row]))[0] if row is not None else None
+        if row is None:
+            return None
+        return (await self._tickets(session, [row]))[0], row.request_fingerprint

@@ -59,6 +59,7 @@ from crm_customer.store.tags import TagQueries
 from crm_platform.auth_context import Identity
 from crm_platform.db import as_utc
 from crm_platform.errors import AlreadyExists, Conflict, FieldViolation, InvalidArgument, NotFound
+from crm_platform.idempotency import same_request
 from crm_platform.ids import new_id
 from crm_platform.outbox import Outbox, utcnow
 from crm_platform.pii import Keyring, WrappedKey
@@ -92,7 +93,7 @@ _DUPLICATE_OF = {
     "mobile": _duplicate_query(customers.c.mobile_hash.in_(bindparam("value", expanding=True))),
     "credit_code": _duplicate_query(customers.c.credit_code == bindparam("value")),
 }
-_COLUMNS = [c for c in customers.c if c.name != "request_id"]
+_COLUMNS = [c for c in customers.c if c.name not in ("request_id", "request_fingerprint")]
 DUPLICATE_FIELDS = ("id_number", "mobile", "credit_code")  # what a duplicate shares, in the order reported
 # Every customer column's value when a create gives none: what SQLAlchemy's insert() would fill in from the column
 # defaults (the one-statement create and the import's COPY name every column).
@@ -245,12 +246,18 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
             tags.setdefault(customer_id, []).append(tag)
         return [dataclasses.replace(c, tags=tuple(tags.get(c.id, ()))) for c in loaded]
 
-    async def find_by_request(self, identity: Identity, request_id: str) -> Customer | None:
-        """The customer an earlier call with the same request id created, if any (idempotent create)."""
+    async def find_by_request(self, identity: Identity, request_id: str, fingerprint: str = "") -> Customer | None:
+        """The customer an earlier call with the same request id created, if any (idempotent create);
+        :class:`crm_platform.idempotency.IdempotencyKeyReused` when that call's request differs (``fingerprint``)."""
         async with self._sessions() as session:
-            query = self._select().where(customers.c.request_id == request_id, self._scoped(identity))
-            found = await self._load(session, (await session.execute(query)).all())
-        return found[0] if found else None
+            query = (
+                self._select()
+                .add_columns(customers.c.request_fingerprint)
+                .where(customers.c.request_id == request_id, self._scoped(identity))
+            )
+            rows = (await session.execute(query)).all()
+            found = await self._load(session, rows)
+        return same_request(found[0], rows[0].request_fingerprint, fingerprint) if found else None
 
     def _conditions(self, identity: Identity, where: CustomerFilter) -> list[ColumnElement[bool]]:
         c = customers.c
@@ -368,12 +375,13 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
 
     # Writing
 
-    async def create(self, identity: Identity, customer: Customer, request_id: str) -> Customer:
-        """Insert the customer, its data key, history and ``customer.created`` event in one transaction."""
+    async def create(self, identity: Identity, customer: Customer, request_id: str, fingerprint: str = "") -> Customer:
+        """Insert the customer, its data key, history and ``customer.created`` event in one transaction; the
+        request's ``fingerprint`` is stored beside ``request_id`` (see :mod:`crm_platform.idempotency`)."""
         try:
             async with self._sessions() as session, session.begin():
                 await self._reject_duplicates(session, identity, customer.profile, exclude_id=None)
-                rows = self.create_rows(customer, request_id)
+                rows = self.create_rows(customer, request_id, fingerprint)
                 # Prepared statements with parameters, not .values(...): building and caching a statement
                 # per call was most of a create's CPU in the service (profile in bench/customers.py).
                 await session.execute(_INSERT_KEY, rows[customer_keys.name])
@@ -387,8 +395,8 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
                     actor=customer.created_by,
                 )
         except IntegrityError:
-            # A concurrent create won the race: answer as if we had seen it first.
-            if request_id and (earlier := await self.find_by_request(identity, request_id)) is not None:
+            # A concurrent create won the race: answer as if we had seen it first (422 if it was another request).
+            if request_id and (earlier := await self.find_by_request(identity, request_id, fingerprint)) is not None:
                 return earlier
             await self.reject_duplicates(identity, customer.profile)
             raise
@@ -401,14 +409,14 @@ class CustomerStore(HoldingQueries, SegmentQueries, OwnershipQueries, TagQueries
         """The outbox this store's writes add their events to."""
         return self._outbox
 
-    def create_rows(self, customer: Customer, request_id: str) -> dict[str, dict[str, Any]]:
+    def create_rows(self, customer: Customer, request_id: str, fingerprint: str = "") -> dict[str, dict[str, Any]]:
         """The rows a create inserts besides its event, by table name, every column given a value."""
         data_key, wrapped = self._keyring.new_data_key(customer.id)
         columns = self._profile_columns(customer.id, data_key, customer.profile)
         created = _changes_json(changes(Profile(name=""), customer.profile))
         return {
             customer_keys.name: key_row(customer.id, wrapped, customer.created_at),
-            customers.name: customer_row(customer, request_id, columns),
+            customers.name: customer_row(customer, request_id, columns, fingerprint),
             customer_history.name: history_row(
                 customer.id, "created", customer.created_by, customer.created_at, "", created
             ),
@@ -628,9 +636,9 @@ def duplicate_error(identity: Identity, field: str, existing: Mapping[str, Any])
     )
 
 
-def customer_row(customer: Customer, request_id: str, columns: dict[str, Any]) -> dict[str, Any]:
-    """A new customer's row, every column given a value: its facts, its (encrypted) profile ``columns`` and the
-    column defaults for the rest."""
+def customer_row(customer: Customer, request_id: str, columns: dict[str, Any], fingerprint: str = "") -> dict[str, Any]:
+    """A new customer's row, every column given a value: its facts, its (encrypted) profile ``columns``, the
+    request's idempotency ``fingerprint`` and the column defaults for the rest."""
     return {
         **_CUSTOMER_DEFAULTS,
         "id": customer.id,
@@ -641,6 +649,7 @@ def customer_row(customer: Customer, request_id: str, columns: dict[str, Any]) -
         "branch_id": customer.branch_id,
         "region": customer.region,
         "request_id": request_id or None,
+        "request_fingerprint": fingerprint or None,
         "version": customer.version,
         "created_by": customer.created_by,
         "created_at": customer.created_at,

@@ -46,15 +46,17 @@ def _quoted(name: str) -> str:
 
 
 def _select_sql(source: str = _quoted(customers.name)) -> str:
-    """Every column the store's mapping reads (``request_id`` excepted, as in the store), from the table
-    definitions, so a column added there is read here too, of the customers in ``source`` (the table, or a
-    sub-select of it) as ``c``; ``WHERE`` and its conditions may follow."""
+    """Every column the store's mapping reads (``request_id`` and its fingerprint excepted, as in the store), from
+    the table definitions, so a column added there is read here too, of the customers in ``source`` (the table, or
+    a sub-select of it) as ``c``; ``WHERE`` and its conditions may follow."""
     return f"{_SELECT}{source}{_JOIN}"
 
 
 _SELECT = (
     "SELECT "
-    + ", ".join(f"c.{_quoted(col.name)}" for col in customers.c if col.name != "request_id")
+    + ", ".join(
+        f"c.{_quoted(col.name)}" for col in customers.c if col.name not in ("request_id", "request_fingerprint")
+    )
     + f", k.{_quoted(customer_keys.c.kid.name)}, k.{_quoted(customer_keys.c.wrapped.name)}, "
     f"ARRAY(SELECT t.{_quoted(customer_tags.c.tag.name)} FROM {_quoted(customer_tags.name)} t "
     f"WHERE t.{_quoted(customer_tags.c.customer_id.name)} = c.{_quoted(customers.c.id.name)} "

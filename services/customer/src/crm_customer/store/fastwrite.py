@@ -113,28 +113,33 @@ class CustomerWrites:
         self.pool = pool
         self._sql, self._order = _create_sql() if pool is not None else ("", {})
 
-    async def create(self, identity: Identity, customer: Customer, request_id: str) -> Customer:
+    async def create(self, identity: Identity, customer: Customer, request_id: str, fingerprint: str = "") -> Customer:
         """Create ``customer`` (:class:`AlreadyExists` naming an in-scope duplicate by ID number, mobile or
-        credit code), or answer the customer an earlier call with ``request_id`` created.
+        credit code), or answer the customer an earlier call with ``request_id`` created — if that call's request
+        had the same ``fingerprint`` (:class:`crm_platform.idempotency.IdempotencyKeyReused` otherwise). The
+        fingerprint is written in the create's own statement: no round trip of its own.
 
         A customer number is random (:func:`crm_customer.domain.new_customer_no`); one already taken — rare, yet
         certain over enough creates in a day — gets the customer a fresh number instead of failing the call.
         """
         for attempt in range(1, _NUMBER_ATTEMPTS + 1):
             try:
-                return await self._create_once(identity, customer, request_id)
+                return await self._create_once(identity, customer, request_id, fingerprint)
             except Exception as exc:
                 if attempt == _NUMBER_ATTEMPTS or "customer_no" not in str(exc):
                     raise
                 customer = dataclasses.replace(customer, customer_no=new_customer_no(customer.created_at))
         raise AssertionError("unreachable")
 
-    async def _create_once(self, identity: Identity, customer: Customer, request_id: str) -> Customer:
+    async def _create_once(self, identity: Identity, customer: Customer, request_id: str, fingerprint: str) -> Customer:
         if self.pool is None:
-            if request_id and (earlier := await self._store.find_by_request(identity, request_id)) is not None:
+            if (
+                request_id
+                and (earlier := await self._store.find_by_request(identity, request_id, fingerprint)) is not None
+            ):
                 return earlier
-            return await self._store.create(identity, customer, request_id)
-        rows = self._store.create_rows(customer, request_id)
+            return await self._store.create(identity, customer, request_id, fingerprint)
+        rows = self._store.create_rows(customer, request_id, fingerprint)
         event = self._store.outbox.prepare(
             events.CUSTOMER_CREATED,
             events.customer_created(customer),
@@ -158,19 +163,24 @@ class CustomerWrites:
                 raise
             # A concurrent create of the same person (or request) committed between our snapshot and our
             # insert: answer as if we had seen it first, by the session path's own rules.
-            if request_id and (earlier := await self._store.find_by_request(identity, request_id)) is not None:
+            if (
+                request_id
+                and (earlier := await self._store.find_by_request(identity, request_id, fingerprint)) is not None
+            ):
                 return earlier
             await self._store.reject_duplicates(identity, customer.profile)
             raise
         if not found:
             self._store.outbox.handed_over([event])
             return customer
-        return await self._answer_duplicate(identity, request_id, found)
+        return await self._answer_duplicate(identity, request_id, fingerprint, found)
 
-    async def _answer_duplicate(self, identity: Identity, request_id: str, found: Sequence[Any]) -> Customer:
+    async def _answer_duplicate(
+        self, identity: Identity, request_id: str, fingerprint: str, found: Sequence[Any]
+    ) -> Customer:
         by_field = {row["field"]: row for row in found}
         if "request_id" in by_field:
-            earlier = await self._store.find_by_request(identity, request_id)
+            earlier = await self._store.find_by_request(identity, request_id, fingerprint)
             if earlier is not None:
                 return earlier
         for field in DUPLICATE_FIELDS:

@@ -31,6 +31,8 @@ customers = Table(
     Column("branch_id", String(64), nullable=False),
     Column("region", String(64), nullable=False),
     Column("request_id", String(64), nullable=True, unique=True),
+    # crm_platform.idempotency.fingerprint of the request that first used request_id (NULL before 0017).
+    Column("request_fingerprint", String(64), nullable=True),
     Column("version", BigInteger, nullable=False),
     Column("created_by", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
