@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from crm_platform import telemetry
+from crm_platform import grpc_fixes, telemetry
 from crm_platform.auth_context import Identity
 from crm_platform.errors import FieldViolation
+
+# Every client of ours streams through grpcio's asyncio client: keep a server's early refusal of an upload.
+grpc_fixes.install()
 
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
