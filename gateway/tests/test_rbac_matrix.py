@@ -8,18 +8,8 @@ from typing import Any
 
 from crm_gateway.app import ROUTES
 from crm_gateway.policy import AUTHENTICATED, OPENAPI_PATH, PUBLIC, Policy
+from crm_testing.demo import ROLE_USERS
 from gateway_harness import Gateway
-
-ROLE_USERS = {
-    "rm": "rm1",
-    "teller": "teller1",
-    "lobby_manager": "lobby",
-    "team_lead": "lead1",
-    "branch_head": "head",
-    "executive": "exec",
-    "auditor": "auditor",
-    "admin": "admin",
-}
 
 # (method, path template) → a call: concrete path and JSON body. "{customer}" is rm1's customer.
 ROUTE_CALLS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {

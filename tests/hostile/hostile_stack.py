@@ -16,20 +16,8 @@ from corpus import Operation, operations
 
 from crm_gateway.app import ROUTES
 from crm_gateway.policy import OPENAPI_PATH
+from crm_testing.demo import DEMO_PASSWORD, ROLE_USERS
 from crm_testing.stack_process import StackProcess, stack_process
-
-PASSWORD = "Demo-Passw0rd!"
-# The demo users holding each role (as gateway/tests/test_rbac_matrix.py's ROLE_USERS).
-ROLE_USERS = {
-    "rm": "rm1",
-    "teller": "teller1",
-    "lobby_manager": "lobby",
-    "team_lead": "lead1",
-    "branch_head": "head",
-    "executive": "exec",
-    "auditor": "auditor",
-    "admin": "admin",
-}
 
 
 @dataclass
@@ -61,7 +49,7 @@ def _permissions() -> dict[tuple[str, str], str]:
 
 
 def _login(client: httpx.Client, username: str) -> str:
-    reply = client.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD})
+    reply = client.post("/api/v1/auth/login", json={"username": username, "password": DEMO_PASSWORD})
     assert reply.status_code == 200, reply.text
     return str(reply.json()["access_token"])
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 from corpus import Operation, Probe, probes, token_tricks
-from hostile_stack import ROLE_USERS, Hostile
+from hostile_stack import Hostile
 
 from crm_gateway.policy import PUBLIC
+from crm_testing.demo import ROLE_USERS
 
 # Logging out would revoke the token the rest of the walk uses; logout has its own tests.
 SKIPPED = {("POST", "/api/v1/auth/logout")}

@@ -1,7 +1,7 @@
 """The whole stack (``make run``'s supervisor, :mod:`crm_testing.stack`) as a real process for cross-service tests:
 embedded NATS, the six services on SQLite and the gateway with the demo organisation, each part on a free port.
 
-The end-to-end tests start it from their own conftest; the hostile-input suite (``tests/hostile``) uses this one.
+The end-to-end tests (``tests/e2e``) and the hostile-input suite (``tests/hostile``) start it from here.
 """
 
 from __future__ import annotations
