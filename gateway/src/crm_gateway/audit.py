@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crm_platform.fastread import read_pool_for
 from crm_platform.outbox import utcnow
+from crm_platform.validation import visible
 
 GENESIS = "0" * 64
 
@@ -82,20 +82,7 @@ _INSERT_SQL = (
     + f") WITH ORDINALITY AS r({', '.join(_INSERTED)}, ord) ORDER BY ord RETURNING seq, hash"
 )
 _UNIQUE_VIOLATION = "23505"
-# Characters no audit column may hold as they are: PostgreSQL refuses a NUL in text (and with it the whole batch
-# of other users' records), and control characters would forge line breaks in exports and terminals.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTENDED_ATTEMPTS = 20
-
-
-def printable(text: str) -> str:
-    """``text`` as an audit column holds it: each control character written as ``\\xNN`` (so a request for
-    ``/api/v1/customers/%00`` is recorded as ``/api/v1/customers/\\x00``, visibly) and any unpaired surrogate
-    as ``?``; nothing is dropped silently."""
-    if text.isprintable() and text.isascii():
-        return text
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 @dataclass(frozen=True)
@@ -154,17 +141,18 @@ class AuditLog:
         """Add one record at the end of the chain once it is committed; return its sequence number."""
         fields = {
             "at": utcnow().isoformat(timespec="microseconds").replace("+00:00", "Z"),
-            "actor_id": printable(entry.actor_id)[:64],
-            "actor_roles": printable(entry.actor_roles)[:200],
-            "action": printable(entry.action)[:16],
-            "resource": printable(entry.resource)[:500],
+            "actor_id": visible(entry.actor_id)[:64],
+            "actor_roles": visible(entry.actor_roles)[:200],
+            "action": visible(entry.action)[:16],
+            "resource": visible(entry.resource)[:500],
             "outcome": entry.outcome,
-            "request_id": printable(entry.request_id)[:64],
-            "client_addr": printable(entry.client_addr)[:64],
-            # JSON escapes control characters itself; printable() catches unpaired surrogates.
-            "detail": printable(
-                json.dumps(entry.detail, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
-            ),
+            "request_id": visible(entry.request_id)[:64],
+            "client_addr": visible(entry.client_addr)[:64],
+            # JSON escapes the control characters PostgreSQL refuses itself; only an unpaired surrogate (which UTF-8
+            # cannot encode) is left to replace, so the detail stays JSON the audit route can read back.
+            "detail": json.dumps(entry.detail, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+            .encode("utf-8", "replace")
+            .decode("utf-8"),
         }
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((fields, done))

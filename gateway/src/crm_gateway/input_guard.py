@@ -92,18 +92,17 @@ def _check_body(body: bytes, violations: Violations) -> None:
     """A JSON body: UTF-8, bounded nesting, text strings and keys, numbers an int64 or a finite float."""
     if not body:
         return
-    if body.isascii():
-        # Fast path, the usual request: an ASCII body without escapes holds no control character (raw ones are no
-        # JSON at all), one with this few brackets cannot nest too deep, and no number in it can overflow.
-        few_brackets = body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH
-        if few_brackets and b"\\" not in body and b"\x7f" not in body and not _HUGE_NUMBER.search(body):
-            return
-    else:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            violations.add("body", "must be JSON encoded as UTF-8")
-            return
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        violations.add("body", "must be JSON encoded as UTF-8")
+        return
+    # Fast path, the usual request (a Chinese name included): a body without escapes or raw DEL/C1 characters holds
+    # no control character (raw C0 ones are no JSON at all, lone surrogates need an escape), one with this few
+    # brackets cannot nest too deep, and no number in it can overflow — nothing to walk.
+    few_brackets = body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH
+    if few_brackets and b"\\" not in body and not _RAW_CONTROL.search(text) and not _HUGE_NUMBER.search(body):
+        return
     try:
         document = msgspec.json.decode(body)
     except RecursionError:
@@ -114,5 +113,7 @@ def _check_body(body: bytes, violations: Violations) -> None:
     violations.items.extend(json_violations(document))
 
 
+# Control characters valid in JSON unescaped (DEL and the C1 range), which the walk would refuse.
+_RAW_CONTROL = re.compile("[\x7f-\x9f]")
 # A number that may not fit an int64 (19 digits or more) or a float (an exponent of three digits or more).
 _HUGE_NUMBER = re.compile(rb"\d{19}|\d[eE][+-]?\d{3}")

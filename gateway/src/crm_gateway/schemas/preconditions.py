@@ -11,7 +11,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
 from crm_platform.clients import CallFailed
-from crm_platform.validation import INT64_MAX
+from crm_platform.validation import Violations
 
 T = TypeVar("T")
 
@@ -37,10 +37,10 @@ def optional_version(if_match: str | None, what: str) -> int | None:
         return None
     # A version is an int64 (as the services store it): a longer number can match no ETag, and would overflow the
     # protobuf field it is sent in.
-    text = if_match.strip().removeprefix("W/").strip('"')
-    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > INT64_MAX:
+    version = Violations().bounded_int("If-Match", if_match.strip().removeprefix("W/").strip('"'))
+    if version is None:
         raise HTTPException(status_code=412, detail=f"If-Match does not match {what}'s ETag")
-    return int(text)
+    return version
 
 
 async def versioned(call: Awaitable[T], stale: str) -> T:

@@ -47,6 +47,18 @@ _FIRST_INSTANT = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
 _LAST_INSTANT = dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)
 
 
+def visible(text: str) -> str:
+    """``text`` fit to be stored or shown where a hostile value must be kept as it came (the audit trail): each
+    control character :func:`text_problem` refuses written as ``\\xNN`` (``/customers/%00`` is kept as
+    ``/customers/\\x00``) and each lone surrogate as ``?``; nothing else changes, nothing is dropped."""
+    return _CONTROL_IN_LINE.sub(_escaped, text)
+
+
+def _escaped(found: re.Match[str]) -> str:
+    char = found.group()
+    return "?" if "\ud800" <= char <= "\udfff" else f"\\x{ord(char):02x}"
+
+
 def text_problem(value: str, *, multiline: bool = False) -> str | None:
     """Why ``value`` is no acceptable text (a control character or lone surrogate, named by code point), or None.
     ``multiline`` allows tab, line feed and carriage return (free text)."""
