@@ -1,5 +1,6 @@
-"""The import's row preparation in the helper process: the same outcome as in the service's process, its
-encryption readable with the service's keyring, and a helper that dies costs no batch."""
+"""The import's helper process: its row preparation has the same outcome as in the service's process, its
+encryption reads with the service's keyring, its inspection of an XLSX file is the service's, a helper that dies
+costs no batch and no file, and the service starts it with itself."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import json
 import os
 import signal
 import uuid
+from pathlib import Path
 
+import pytest
 from import_files import BAD_KINDS, good_row
 
 from crm.customer.v1 import customer_pb2, events_pb2
 from crm_customer import events
 from crm_customer.domain import Customer, Profile, changes
-from crm_customer.domain.imports import SourceRow, ValidRow, validate_row
+from crm_customer.domain.import_bounds import ImportFileRejected, ImportLimits
+from crm_customer.domain.imports import SourceRow, ValidRow, inspect_in_thread, validate_row
 from crm_customer.store import CustomerStore, customer_row
 from crm_customer.store.import_prepare import (
     CUSTOMER_COLUMNS,
@@ -26,12 +30,16 @@ from crm_customer.store.import_prepare import (
     PROCESS_MIN_ROWS,
     WRITER_COLUMNS,
     BatchContext,
+    ImportHelper,
     Preparation,
-    PrepareProcess,
     RowPreparer,
     created_changes_json,
 )
 from crm_platform.pii import Keyring, WrappedKey, generate_master_keys
+from crm_testing import xlsx_bombs
+from crm_testing.nats_server import NatsServer
+from crm_testing.processes import spawned_children
+from crm_testing.services import running_service
 
 NOW = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.UTC)
 TODAY = NOW.date()
@@ -59,7 +67,7 @@ def _context(dry_run: bool = False) -> BatchContext:
 async def test_the_helper_prepares_rows_as_the_service_process_does() -> None:
     keyring = _keyring()
     rows = _rows(300)
-    helper = PrepareProcess(keyring)
+    helper = ImportHelper(keyring)
     try:
         there = await helper.prepare_rows(_context(), rows)
         dry = await helper.prepare_rows(_context(dry_run=True), rows[:20])
@@ -140,7 +148,7 @@ def test_a_created_customers_history_is_its_changes_from_an_empty_file() -> None
 
 async def test_a_helper_that_dies_costs_no_batch_and_is_replaced() -> None:
     keyring = _keyring()
-    preparation = Preparation(RowPreparer(keyring), PrepareProcess(keyring))
+    preparation = Preparation(RowPreparer(keyring), ImportHelper(keyring))
     rows = _rows(50)
     try:
         first = await preparation.prepare_rows(_context(), rows, PROCESS_MIN_ROWS)
@@ -162,7 +170,7 @@ async def test_a_helper_that_dies_costs_no_batch_and_is_replaced() -> None:
 
 async def test_a_small_job_is_prepared_in_the_service_process() -> None:
     keyring = _keyring()
-    preparation = Preparation(RowPreparer(keyring), PrepareProcess(keyring))
+    preparation = Preparation(RowPreparer(keyring), ImportHelper(keyring))
     try:
         await preparation.prepare_rows(_context(), _rows(10), PROCESS_MIN_ROWS - 1)
         assert preparation.helper is not None and preparation.helper.pid is None  # never started
@@ -198,3 +206,62 @@ def test_an_import_events_envelope_reads_as_the_message_it_stands_for() -> None:
             seconds=5
         )
     assert envelopes.packed_row("c-2", events.CUSTOMER_CREATED_TYPE, b"")[0] != "e-1"  # a new id when none is given
+
+
+def _spooled(tmp_path: Path, name: str, content: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+async def test_the_helper_inspects_xlsx_files_as_a_thread_does(tmp_path: Path) -> None:
+    """Uploaded XLSX files are inspected in the helper process (off the service's GIL): the same facts, and the
+    same refusal of a bomb, as in a worker thread of the service."""
+    keyring = _keyring()
+    preparation = Preparation(RowPreparer(keyring), ImportHelper(keyring))
+    limits = ImportLimits(max_rows=1000)
+    good = _spooled(tmp_path, "good.xlsx", xlsx_bombs.many_rows(1000, declared=False))
+    bomb = _spooled(tmp_path, "bomb.xlsx", xlsx_bombs.many_rows(1001, declared=False))
+    try:
+        preparation.start()
+        assert preparation.helper is not None
+        facts = await preparation.inspect_xlsx(good, limits)
+        assert preparation.helper.pid not in (None, os.getpid())
+        assert facts == await inspect_in_thread(good, limits) and facts.total == 1000
+        with pytest.raises(ImportFileRejected) as there:
+            await preparation.inspect_xlsx(bomb, limits)
+        with pytest.raises(ImportFileRejected) as here:
+            await inspect_in_thread(bomb, limits)
+        assert there.value.violations == here.value.violations
+        assert "more than the limit of 1,000 rows" in there.value.violations[0].description
+        # A helper that dies meanwhile: the file is inspected in the service process, and a new helper follows.
+        pid = preparation.helper.pid
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        assert await preparation.inspect_xlsx(good, limits) == facts
+        assert await preparation.inspect_xlsx(good, limits) == facts
+        assert preparation.helper.pid not in (None, pid)
+    finally:
+        preparation.close()
+
+
+async def test_the_service_starts_its_helper_with_itself(
+    sqlite_url: str, module_nats: NatsServer, tmp_path: Path
+) -> None:
+    """The first XLSX upload after a start does not wait for the helper to start: it runs already (and it ends
+    with the service)."""
+    from crm_customer.server import SPEC
+
+    before = set(spawned_children(os.getpid()))  # the service runs in this process: its helper is our child
+    async with running_service(SPEC, database_url=sqlite_url, nats_url=module_nats.url, data_dir=tmp_path):
+        for _ in range(100):
+            started = set(spawned_children(os.getpid())) - before
+            if started:
+                break
+            await asyncio.sleep(0.1)
+        assert len(started) == 1, "one helper, started before any upload"
+    for _ in range(100):
+        if not started & set(spawned_children(os.getpid())):
+            break
+        await asyncio.sleep(0.1)
+    assert not started & set(spawned_children(os.getpid())), "the helper ends with the service"

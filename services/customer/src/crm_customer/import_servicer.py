@@ -165,7 +165,7 @@ class CustomerImportServicer(import_service_pb2_grpc.CustomerImportServiceServic
         upload = await self._store.begin_upload(identity, file_format, file_name, options.dry_run, plan, utcnow())
         # Checked as it arrives: a bad file is refused at its first bad chunk, and a good one's facts are ready
         # when its last chunk is stored (while the gateway still streams, rather than in a second pass after).
-        inspection = UploadInspection(file_format, self._limits)
+        inspection = UploadInspection(file_format, self._limits, self._store.preparation.inspect_xlsx)
         try:
             async for message in messages:
                 if not message.HasField("chunk"):
@@ -246,6 +246,7 @@ def wire_imports(server: grpc.aio.Server, ctx: Context, customers: CustomerStore
     settings: Settings = ctx.settings  # type: ignore[assignment]
     store = ImportStore(ctx.engine, ctx.sessions, ctx.outbox, customers, helper_process=settings.import_helper_process)
     worker = ImportWorker(store)
+    store.preparation.start()  # the helper inspects uploaded XLSX files: ready before the first one arrives
     ctx.background.append(asyncio.create_task(worker.run(), name="customer-imports"))
     limits = ImportLimits(
         max_rows=settings.import_max_rows,

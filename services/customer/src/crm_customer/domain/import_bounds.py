@@ -53,6 +53,7 @@ class ImportFileRejected(InvalidArgument):
 
     def __init__(self, why: str) -> None:
         super().__init__([FieldViolation("file", why)], message=f"the file is refused: {why}")
+        self.why = why
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ import datetime as dt
 import decimal
 import enum
 import io
+import os
 import tempfile
 import unicodedata
 import zipfile
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -388,9 +389,12 @@ class UploadInspection:
     ends. An XLSX file (a zip, read from its end), or a CSV file that turns out not to be UTF-8 (GB18030 is then
     tried from its start), is inspected whole once stored (:meth:`facts`)."""
 
-    def __init__(self, file_format: ImportFormat, limits: ImportLimits = ImportLimits()) -> None:
+    def __init__(
+        self, file_format: ImportFormat, limits: ImportLimits = ImportLimits(), inspector: XlsxInspector | None = None
+    ) -> None:
         self._format = file_format
         self._limits = limits
+        self._inspector = inspector or inspect_in_thread
         self._csv = CsvInspection("utf-8", limits) if file_format is ImportFormat.CSV else None
 
     def feed(self, chunk: bytes) -> None:
@@ -407,7 +411,7 @@ class UploadInspection:
         if self._csv is not None:
             with contextlib.suppress(Undecodable):  # cut inside a character at its end: see whether GB18030 reads it
                 return self._csv.close()
-        return await inspect(source, self._format, self._limits)
+        return await inspect(source, self._format, self._limits, self._inspector)
 
 
 async def csv_rows(
@@ -560,24 +564,49 @@ def _next_batch(batches: Iterator[list[SourceRow]]) -> list[SourceRow] | None:
     return next(batches, None)
 
 
-def _inspect_spooled(spooled: IO[bytes], limits: ImportLimits) -> FileFacts:
-    """:func:`inspect_xlsx`, then close the spooled file (in the thread that read it: an upload cancelled
-    meanwhile leaves the thread to finish, bounded by the limits, and the file is closed when it does)."""
-    try:
+def inspect_xlsx_file(path: str, limits: ImportLimits) -> FileFacts:
+    """:func:`inspect_xlsx` of the file at ``path`` (opened here: in a worker thread or the import helper process)."""
+    with open(path, "rb") as spooled:
         return inspect_xlsx(spooled, limits)
-    finally:
-        spooled.close()
 
 
-async def inspect(source: ChunkSource, file_format: ImportFormat, limits: ImportLimits = ImportLimits()) -> FileFacts:
+async def inspect_in_thread(path: str, limits: ImportLimits) -> FileFacts:
+    """:func:`inspect_xlsx_file` in a worker thread: where the service has no import helper process."""
+    return await asyncio.to_thread(inspect_xlsx_file, path, limits)
+
+
+# Where an XLSX file is inspected (:func:`inspect_in_thread`, or the import helper process of
+# ``store.import_prepare``): given the path of the spooled file and the limits, its facts or ImportFileRejected.
+XlsxInspector = Callable[[str, ImportLimits], Awaitable[FileFacts]]
+
+
+async def inspect(
+    source: ChunkSource,
+    file_format: ImportFormat,
+    limits: ImportLimits = ImportLimits(),
+    inspector: XlsxInspector = inspect_in_thread,
+) -> FileFacts:
     """Check a whole file of either format; :class:`ImportFileRejected` naming why it is refused.
 
-    An XLSX is checked in a worker thread: the cheap pass refuses a bomb within a second, mostly inflating
-    (which releases the GIL), and a real file's full parse must not hold the service's event loop."""
+    An XLSX is spooled to a named temporary file and checked by ``inspector``, off the event loop: the cheap pass
+    refuses a bomb within a second, and a real file's full parse (30,000 rows a second) must hold neither the
+    service's event loop nor, where the service has an import helper process, its GIL. The file is unlinked when
+    the check ends or is cancelled; a check still reading it meanwhile keeps its own descriptor to the end."""
     if file_format is ImportFormat.CSV:
         return await inspect_csv(source, limits)
-    spooled = await spool(source)
-    return await asyncio.to_thread(_inspect_spooled, spooled, limits)
+    handle, path = tempfile.mkstemp(prefix="crm-import-", suffix=".xlsx")
+    try:
+        try:
+            async for chunk in source():
+                view = memoryview(chunk)
+                while view:  # a local file: each write takes what the page cache takes, without waiting
+                    view = view[os.write(handle, view) :]
+        finally:
+            os.close(handle)
+        return await inspector(path, limits)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 # File names

@@ -1,10 +1,11 @@
 """The database-free work of an import, per row: validation, lookup hashes, a data key, the encrypted columns, and
-the row's records ready to write — in this process, or in a helper process on a core of its own.
+the row's records ready to write — in this process, or in a helper process on a core of its own, which also
+inspects uploaded XLSX files.
 
 A row costs about 100 µs of CPU here, its transfer included (measured on a 2-core machine: more than the customer
 service's own work per imported row). The import worker has the next batches prepared while one is decided and the
 one before written (``import_worker.PREPARE_AHEAD``). In one process that overlap is only of waiting: preparing
-holds the event loop, so the writer's own CPU work waits behind it. :class:`PrepareProcess` moves preparing to one
+holds the event loop, so the writer's own CPU work waits behind it. :class:`ImportHelper` moves preparing to one
 helper process, and the processes run side by side. Its batches travel pickled: the rows as plain tuples
 (:class:`PreparedRow`), about 20 µs a row both ways, where dataclass trees cost the service 45 µs a row to unpickle
 alone. The helper gets the keyring once when it starts, and it ends with the service (``PR_SET_PDEATHSIG`` on Linux;
@@ -12,6 +13,13 @@ the pool is also shut down when the worker stops). Should it die, the batch is p
 helper is started for the next one.
 
 Small jobs stay in-process (see :data:`PROCESS_MIN_ROWS`): starting the helper costs about a second once.
+
+The helper also inspects every uploaded XLSX file (:meth:`Preparation.inspect_xlsx`): openpyxl's parse, and the
+cheap pass that refuses a spreadsheet bomb, are CPU work that in a thread of the service holds its GIL — a row bomb
+without a ``<dimension>`` took 0.35 s alone but over a second beside other users' reads, and doubled their p99.
+So that the first upload after a start does not wait for the helper to start, the service starts it with itself
+(:meth:`ImportHelper.start`). One helper does both: an inspection waits for the batch it is preparing (a tenth of
+a second), and a large file's inspection (30,000 rows a second) delays the batches of an import running meanwhile.
 """
 
 from __future__ import annotations
@@ -35,7 +43,16 @@ from typing import Any, NamedTuple
 
 from crm_customer import events
 from crm_customer.domain import PROFILE_FIELDS, SENSITIVE_FIELDS, Customer, CustomerKind, Profile, display_value
-from crm_customer.domain.imports import SourceRow, ValidRow, duplicate_keys, validate_row
+from crm_customer.domain.import_bounds import ImportFileRejected, ImportLimits
+from crm_customer.domain.imports import (
+    FileFacts,
+    SourceRow,
+    ValidRow,
+    duplicate_keys,
+    inspect_in_thread,
+    inspect_xlsx_file,
+    validate_row,
+)
 from crm_customer.store import CustomerStore, customer_row, history_row, key_row
 from crm_customer.store.tables import customer_history, customer_keys, customers
 from crm_platform.heap import freeze_startup_heap, use_batch_collection
@@ -255,6 +272,18 @@ def _prepare_in_child(context: BatchContext, rows: Sequence[tuple[int, dict[str,
     return [tuple(item) for item in prepared]
 
 
+def _inspect_in_child(path: str, limits: ImportLimits) -> FileFacts | str:
+    """The file's facts, or why it is refused (a string: the refusal is raised again in the service)."""
+    try:
+        return inspect_xlsx_file(path, limits)
+    except ImportFileRejected as exc:
+        return exc.why
+
+
+def _started() -> int:
+    return os.getpid()
+
+
 def widen_pipes(pool: ProcessPoolExecutor, size: int = PIPE_BYTES) -> list[int]:
     """Give the pool's call and result pipes ``size`` bytes of capacity, where the system allows; their
     capacities after.
@@ -277,8 +306,9 @@ def widen_pipes(pool: ProcessPoolExecutor, size: int = PIPE_BYTES) -> list[int]:
     return sizes
 
 
-class PrepareProcess:
-    """One helper process preparing batches (started on first use, ended by :meth:`close`)."""
+class ImportHelper:
+    """One helper process preparing batches and inspecting XLSX files (started by :meth:`start` or on first use,
+    ended by :meth:`close`)."""
 
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
@@ -291,9 +321,7 @@ class PrepareProcess:
         processes = getattr(self._pool, "_processes", None) or {}
         return next(iter(processes), None)
 
-    async def prepare_rows(self, context: BatchContext, rows: Sequence[SourceRow]) -> list[PreparedRow]:
-        """The rows prepared by the helper; ``BrokenProcessPool`` when it died meanwhile (it is then restarted
-        on the next call)."""
+    def _started_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # "spawn": a fresh interpreter. Forking this process would copy its gRPC and event loop threads'
             # state into a child that never runs them.
@@ -302,16 +330,36 @@ class PrepareProcess:
                 max_workers=1, mp_context=spawn, initializer=_start_child, initargs=(self._keyring, os.getpid())
             )
             self.pipe_bytes = widen_pipes(self._pool)
-        pool = self._pool
+        return self._pool
+
+    def start(self) -> None:
+        """Start the helper now (in the background: it is ready about a second later), not at its first use."""
+        self._started_pool().submit(_started)
+
+    async def _call(self, function: Any, *args: Any) -> Any:
+        """``function(*args)`` in the helper; ``BrokenProcessPool`` when it died meanwhile (it is then restarted on
+        the next call)."""
+        pool = self._started_pool()
         try:
-            sources = [(source.row, source.cells, source.extra) for source in rows]
-            items = await asyncio.get_running_loop().run_in_executor(pool, _prepare_in_child, context, sources)
-            return [PreparedRow._make(item) for item in items]
+            return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
         except BrokenProcessPool:
             if self._pool is pool:
                 self._pool = None
                 pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+    async def prepare_rows(self, context: BatchContext, rows: Sequence[SourceRow]) -> list[PreparedRow]:
+        """The rows prepared by the helper (``BrokenProcessPool`` when it died meanwhile)."""
+        sources = [(source.row, source.cells, source.extra) for source in rows]
+        items = await self._call(_prepare_in_child, context, sources)
+        return [PreparedRow._make(item) for item in items]
+
+    async def inspect_xlsx(self, path: str, limits: ImportLimits) -> FileFacts:
+        """The facts of the XLSX file at ``path``, checked by the helper (``BrokenProcessPool`` when it died)."""
+        outcome = await self._call(_inspect_in_child, path, limits)
+        if isinstance(outcome, str):
+            raise ImportFileRejected(outcome)
+        return outcome  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Stop the helper (without waiting for it)."""
@@ -322,10 +370,25 @@ class PrepareProcess:
 
 @dataclass
 class Preparation:
-    """How a store prepares batches: here, or in a helper process for jobs of :data:`PROCESS_MIN_ROWS` rows."""
+    """How a store prepares batches (here, or in a helper process for jobs of :data:`PROCESS_MIN_ROWS` rows) and
+    inspects XLSX files (in the helper process, or a worker thread)."""
 
     here: RowPreparer
-    helper: PrepareProcess | None = None
+    helper: ImportHelper | None = None
+
+    def start(self) -> None:
+        """Start the helper process, if any, with the service."""
+        if self.helper is not None:
+            self.helper.start()
+
+    async def inspect_xlsx(self, path: str, limits: ImportLimits) -> FileFacts:
+        """The facts of an uploaded XLSX file (an ``XlsxInspector`` of ``domain.imports``)."""
+        if self.helper is not None:
+            try:
+                return await self.helper.inspect_xlsx(path, limits)
+            except BrokenProcessPool:
+                log.warning("import helper process died; inspecting this file in the service process")
+        return await inspect_in_thread(path, limits)
 
     async def prepare_rows(self, context: BatchContext, rows: Sequence[SourceRow], job_rows: int) -> list[PreparedRow]:
         """The prepared rows of a batch of a job of ``job_rows`` rows."""

@@ -70,9 +70,9 @@ from crm_customer.store.import_prepare import (
     KEY_COLUMNS,
     SLICE,
     BatchContext,
+    ImportHelper,
     Preparation,
     PreparedRow,
-    PrepareProcess,
     RowPreparer,
 )
 from crm_customer.store.tables import customer_history, customer_holdings, customer_keys, customer_tags, customers
@@ -366,7 +366,7 @@ class ImportStore:
         self._customers = customers
         self._keyring = customers._keyring
         self.preparation = Preparation(
-            RowPreparer(self._keyring), PrepareProcess(self._keyring) if helper_process else None
+            RowPreparer(self._keyring), ImportHelper(self._keyring) if helper_process else None
         )
         self._postgres = is_postgres(engine)
         self._local_claims: set[str] = set()
