@@ -167,6 +167,7 @@ def stack_env(
         "CRM_GATEWAY_WORKERS": "1",
         "CRM_CUSTOMER_ADDR": f"127.0.0.1:{grpc_port}",
         "CRM_GATEWAY_API_RATE_PER_SECOND": "1000000",
+        "CRM_GATEWAY_UPLOAD_RATE_PER_MINUTE": "1000000",
         "CRM_GATEWAY_JWT_SECRET": jwt_secret or secrets.token_urlsafe(36)[:48],
         "CRM_DATA_DIR": str(root / "gateway"),
     }

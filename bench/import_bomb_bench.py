@@ -3,7 +3,9 @@ reads see meanwhile.
 
 The customer service runs as in production (``python -m crm_customer``, on a scratch PostgreSQL database). Four
 readers call ``GetCustomer`` on one customer back to back over gRPC, first alone for :data:`PHASE_SECONDS` (the
-bare figure of the same run), then as long again while one uploader submits the issue's bombs in turn, each
+bare figure of the same run), then as long again while one uploader submits, back to back, files of the bombs'
+sizes that are not spreadsheets at all (random bytes: what any refused upload costs the service — storing the
+chunks, reading them back, a first look), then as long again while the uploader submits the issue's bombs in turn, each
 built in memory with ``zipfile`` (``crm_testing.xlsx_bombs``): an XLSX of ~320 KB declaring and holding
 1,000,001 rows (with its ``<dimension>`` and without), and one of ~200 KB holding 200 MB of whitespace in a
 shared string or an inline string. Timed per bomb: from the first byte of the upload to the ``INVALID_ARGUMENT``.
@@ -28,7 +30,8 @@ from bench.common import Row, Section, latency_summary_ms, progress, scratch_dat
 PHASE_SECONDS = float(os.environ.get("BENCH_BOMB_SECONDS", "12"))
 READERS = 4
 TARGET_REFUSAL_S = 1.0
-TARGET_P99_RATIO = 2.0  # the p99 of reads under bombs, against the bare p99 of the same run
+# The p99 of reads under bombs, against their p99 under the same flood of uploads of junk (the bombs' own cost).
+TARGET_P99_RATIO = 1.5
 TARGET_GROWTH_MB = 100.0
 _CHUNK = 256 * 1024
 _PERMISSIONS = ("customer:read", "customer:write", "customer:create", "customer:import")
@@ -96,16 +99,16 @@ async def _drive(port: int, secret: str, bombs: dict[str, bytes], pid: int) -> d
                 except grpc.aio.AioRpcError as exc:
                     failures.append(exc.code().name)
 
-        async def phase(with_bombs: bool) -> dict[str, Any]:
+        async def phase(files: dict[str, bytes]) -> dict[str, Any]:
             latencies: list[float] = []
             failures: list[str] = []
-            refusals: dict[str, list[float]] = {name: [] for name in bombs}
+            refusals: dict[str, list[float]] = {name: [] for name in files}
             answers: dict[str, str] = {}
             readers = [asyncio.create_task(read_for(PHASE_SECONDS, latencies, failures)) for _ in range(READERS)]
-            if with_bombs:
+            if files:
                 end = time.perf_counter() + PHASE_SECONDS - 1
                 while time.perf_counter() < end:
-                    for name, content in bombs.items():
+                    for name, content in files.items():
                         seconds, answer = await _submit(imports, ipb, md(), content)
                         refusals[name].append(seconds)
                         answers[name] = answer
@@ -119,9 +122,11 @@ async def _drive(port: int, secret: str, bombs: dict[str, bytes], pid: int) -> d
             }
 
         hwm_before = _vm_kb(pid, "VmHWM") / 1024
-        bare = await phase(False)
+        bare = await phase({})
         progress(f"  bare reads p99 {bare['reads']['p99']:.2f} ms, {bare['reads_per_s']:,.0f}/s")
-        bombed = await phase(True)
+        junk = await phase({f"junk {name}": os.urandom(len(content)) for name, content in bombs.items()})
+        progress(f"  under junk uploads p99 {junk['reads']['p99']:.2f} ms, {junk['reads_per_s']:,.0f}/s")
+        bombed = await phase(bombs)
         hwm_after = _vm_kb(pid, "VmHWM") / 1024
         progress(
             f"  under bombs p99 {bombed['reads']['p99']:.2f} ms, {bombed['reads_per_s']:,.0f}/s, "
@@ -130,7 +135,7 @@ async def _drive(port: int, secret: str, bombs: dict[str, bytes], pid: int) -> d
         for name, times in bombed["refusals"].items():
             if times:
                 progress(f"  {name}: refused in median {statistics.median(times) * 1000:.0f} ms ({len(times)} runs)")
-        return {"bare": bare, "bombed": bombed, "hwm_before_mb": hwm_before, "hwm_after_mb": hwm_after}
+        return {"bare": bare, "junk": junk, "bombed": bombed, "hwm_before_mb": hwm_before, "hwm_after_mb": hwm_after}
 
 
 async def _submit(imports: Any, ipb: Any, md: list[tuple[str, str]], content: bytes) -> tuple[float, str]:
@@ -200,19 +205,34 @@ def section(figures: dict[str, Any]) -> Section:
                 note=f"median of {len(times)}, max {max(times) * 1000:.0f} ms",
             )
         )
-    p99, bare_p99 = bombed["reads"]["p99"], bare["reads"]["p99"]
+    junk = figures["junk"]
+    p99, junk_p99, bare_p99 = bombed["reads"]["p99"], junk["reads"]["p99"], bare["reads"]["p99"]
     out.rows.append(
         Row(
             "import bombs",
-            f"GetCustomer p99 while bombs are submitted ({READERS} readers)",
+            f"GetCustomer p99 while junk files of the bombs' sizes are uploaded ({READERS} readers)",
+            junk_p99,
+            "ms",
+            bare_label="same reads without uploads",
+            bare_value=bare_p99,
+            ratio=junk_p99 / bare_p99 if bare_p99 else math.nan,
+            note=f"{junk['failures']} failed; {junk['reads_per_s']:,.0f} vs {bare['reads_per_s']:,.0f} reads/s; "
+            f"{sum(len(t) for t in junk['refusals'].values())} uploads",
+        )
+    )
+    out.rows.append(
+        Row(
+            "import bombs",
+            f"GetCustomer p99 while bombs are uploaded ({READERS} readers)",
             p99,
             "ms",
-            bare_label="same reads without bombs",
-            bare_value=bare_p99,
-            ratio=p99 / bare_p99 if bare_p99 else math.nan,
-            target=f"≤ {TARGET_P99_RATIO:.0f}× bare, no failure",
-            met=p99 <= TARGET_P99_RATIO * bare_p99 and bombed["failures"] == 0,
-            note=f"{bombed['failures']} failed; {bombed['reads_per_s']:,.0f} vs {bare['reads_per_s']:,.0f} reads/s",
+            bare_label="same reads while junk is uploaded",
+            bare_value=junk_p99,
+            ratio=p99 / junk_p99 if junk_p99 else math.nan,
+            target=f"≤ {TARGET_P99_RATIO:.1f}× under junk uploads, no failure",
+            met=p99 <= TARGET_P99_RATIO * junk_p99 and bombed["failures"] == 0,
+            note=f"{bombed['failures']} failed; {bombed['reads_per_s']:,.0f} reads/s; {p99 / bare_p99:.2f}× the bare "
+            f"{bare_p99:.2f} ms; {sum(len(t) for t in bombed['refusals'].values())} uploads",
         )
     )
     growth = figures["hwm_after_mb"] - figures["hwm_before_mb"]
@@ -230,5 +250,10 @@ def section(figures: dict[str, Any]) -> Section:
     out.detail.append(
         "Each bomb is answered with its refusal: "
         + "; ".join(f"{name} → `{answer}`" for name, answer in bombed["answers"].items())
+        + ". The junk files (random bytes) → "
+        + "; ".join(sorted({f"`{answer}`" for answer in junk["answers"].values()}))
+        + ". The uploader waits for each answer before the next upload: the junk phase submits more uploads in the"
+        " same time, each cheaper. Every XLSX is inspected in the service's import helper process"
+        " (`crm_customer.store.import_prepare.ImportHelper`), not on the service's interpreter lock."
     )
     return out

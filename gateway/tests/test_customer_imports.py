@@ -9,6 +9,8 @@ import io
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from crm_platform.identifiers import resident_id_check_char
 from gateway_harness import Gateway
 
@@ -166,3 +168,22 @@ async def test_refused_uploads_are_problems_naming_why(gateway: Gateway) -> None
     assert [r["status"] for r in done["rows"]] == ["would_import"] * 4 + ["failed"]
     listed = await gateway.client.get("/api/v1/customers", headers=rm1)
     assert listed.json()["items"] == [], "a dry run creates nobody"
+
+
+@pytest.mark.parametrize("gateway_env", [{"CRM_GATEWAY_UPLOAD_RATE_PER_MINUTE": "3"}])
+async def test_uploads_are_limited_per_user(gateway: Gateway) -> None:
+    """An upload costs the customer service far more than a call (stored, read back, inspected): each user may
+    make CRM_GATEWAY_UPLOAD_RATE_PER_MINUTE of them a minute, refused ones included; other users and other calls
+    are not held back."""
+    rm1, rm2 = await gateway.bearer("rm1"), await gateway.bearer("rm2")
+    junk = b"PK\x03\x04 not a spreadsheet"
+    statuses = []
+    for _ in range(4):
+        reply = await gateway.client.post("/api/v1/customers/imports?format=xlsx", content=junk, headers=rm1)
+        statuses.append(reply.status_code)
+    assert statuses == [422, 422, 422, 429], statuses
+    assert reply.json()["reason"] == "RATE_LIMITED" and int(reply.headers["retry-after"]) >= 10  # 3 a minute
+    other = await gateway.client.post("/api/v1/customers/imports?format=xlsx", content=junk, headers=rm2)
+    assert other.status_code == 422 and "broken spreadsheet" in other.json()["detail"]
+    template = await gateway.client.get("/api/v1/customers/import-template?format=csv", headers=rm1)
+    assert template.status_code == 200

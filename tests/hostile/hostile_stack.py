@@ -57,7 +57,11 @@ def _login(client: httpx.Client, username: str) -> str:
 @contextlib.contextmanager
 def hostile_stack(tmp_path: Path) -> Iterator[Hostile]:
     """The stack started under ``tmp_path``, signed in as every role, with the foreign customer created."""
-    env = {"CRM_GATEWAY_API_RATE_PER_SECOND": "100000", "CRM_GATEWAY_LOGIN_RATE_PER_MINUTE": "100000"}
+    env = {
+        "CRM_GATEWAY_API_RATE_PER_SECOND": "100000",
+        "CRM_GATEWAY_LOGIN_RATE_PER_MINUTE": "100000",
+        "CRM_GATEWAY_UPLOAD_RATE_PER_MINUTE": "100000",
+    }
     with (
         stack_process(tmp_path, env) as stack,
         httpx.Client(base_url=stack.url, timeout=30) as client,

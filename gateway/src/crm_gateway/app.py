@@ -188,7 +188,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             )
             if settings.oidc_issuer
             else None,
-            limits=Limits(settings.login_rate_per_minute, settings.api_rate_per_second, settings.trusted_proxies),
+            limits=Limits(
+                settings.login_rate_per_minute,
+                settings.api_rate_per_second,
+                settings.trusted_proxies,
+                upload_per_minute=settings.upload_rate_per_minute,
+            ),
             organisation=Organisation(store.sessions, org_outbox, policy, contacts),
             calendars=BusinessCalendars(store.sessions, org_outbox),
             schedule_runner=runner,

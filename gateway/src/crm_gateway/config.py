@@ -31,6 +31,12 @@ class Settings(CommonSettings):
     api_rate_per_second: int = setting(
         "CRM_GATEWAY_API_RATE_PER_SECOND", 100, "API calls per user per second (burst twice that; 4x per address)."
     )
+    upload_rate_per_minute: int = setting(
+        "CRM_GATEWAY_UPLOAD_RATE_PER_MINUTE",
+        30,
+        "File uploads (customer imports, dry runs included) per user per minute, in a burst or spread out: each is "
+        "stored, read back and inspected by the customer service.",
+    )
     trusted_proxies: tuple[str, ...] = setting(
         "CRM_TRUSTED_PROXIES",
         (),

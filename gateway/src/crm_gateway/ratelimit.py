@@ -83,10 +83,19 @@ class ClientAddress:
 
 
 class Limits:
-    """The gateway's limits: logins per address and per username, API calls per user and per address."""
+    """The gateway's limits: logins per address and per username, API calls per user and per address, and file
+    uploads per user (an upload costs the service far more than a call: one user's flood of them halved other
+    users' read throughput, bench/RESULTS.md "Import bombs")."""
 
-    def __init__(self, login_per_minute: int, api_per_second: int, trusted_proxies: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        login_per_minute: int,
+        api_per_second: int,
+        trusted_proxies: Iterable[str] = (),
+        upload_per_minute: int = 30,
+    ) -> None:
         self.client_address = ClientAddress(trusted_proxies)
+        self.upload_user = RateLimiter(upload_per_minute / 60, burst=upload_per_minute)
         self.login_address = RateLimiter(login_per_minute / 60, burst=login_per_minute)
         self.login_username = RateLimiter(login_per_minute / 120, burst=max(login_per_minute // 2, 1))
         self.api_user = RateLimiter(api_per_second, burst=api_per_second * 2)

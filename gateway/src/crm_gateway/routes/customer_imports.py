@@ -261,6 +261,7 @@ async def upload_import(
     both needing ``customer:assign`` (a team lead within the team). The same file again imports nothing twice:
     200 with the earlier job and ``reused: true``.
     """
+    request.app.state.limits.upload_user.hit(_identity(request).user_id)
     file_format = _format(request, format)
     with_team = (team_id or "").strip()
     if distribute == "round_robin" and not with_team:

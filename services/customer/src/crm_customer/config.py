@@ -17,8 +17,9 @@ class Settings(service_settings("customer", grpc_port=50051, metrics_port=9101))
     import_helper_process: bool = setting(
         "CRM_CUSTOMER_IMPORT_HELPER_PROCESS",
         True,
-        "Prepare the rows of large imports (validation, encryption) in a helper process, on a core of its own "
-        "(about 90 MB more once started); `false` on a single-core pod.",
+        "Inspect uploaded XLSX files and prepare the rows of large imports (validation, encryption) in a helper "
+        "process, on a core of its own, started with the service (about 80 MB more); `false` on a single-core pod "
+        "(then in a thread of the service).",
     )
     import_max_rows: int = setting(
         "CRM_CUSTOMER_IMPORT_MAX_ROWS",
