@@ -1,12 +1,13 @@
 """What the hostile-input suite probes (:class:`Hostile`), and how its stack is prepared: the real processes
-(``make run``'s supervisor) on SQLite and embedded NATS, with the rate limits raised so the corpus is answered
-rather than throttled; a token for every role of the demo organisation; a customer in another branch than every
-prober's. (A module of its own, not the conftest: ``tests/e2e`` has a conftest of the same module name.)"""
+(``make run``'s supervisor) on PostgreSQL (see the conftest) and embedded NATS, with the rate limits raised so
+the corpus is answered rather than throttled; a token for every role of the demo organisation; a customer in
+another branch than every prober's. (A module of its own, not the conftest: ``tests/e2e`` has a conftest of the
+same module name.)"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,11 @@ def _login(client: httpx.Client, username: str) -> str:
 
 
 @contextlib.contextmanager
-def hostile_stack(tmp_path: Path) -> Iterator[Hostile]:
-    """The stack started under ``tmp_path``, signed in as every role, with the foreign customer created."""
+def hostile_stack(tmp_path: Path, databases: Mapping[str, str] | None = None) -> Iterator[Hostile]:
+    """The stack started under ``tmp_path`` (on ``databases``: ``<PART>_DATABASE_URL`` settings; SQLite files
+    without), signed in as every role, with the foreign customer created."""
     env = {
+        **(databases or {}),
         "CRM_GATEWAY_API_RATE_PER_SECOND": "100000",
         "CRM_GATEWAY_LOGIN_RATE_PER_MINUTE": "100000",
         "CRM_GATEWAY_UPLOAD_RATE_PER_MINUTE": "100000",
