@@ -34,6 +34,7 @@ from bench import (
     relay,
     report,
     schedule_bench,
+    validation_bench,
 )
 from bench.common import BENCH_DIR, Section, progress, run_as_services
 
@@ -51,6 +52,7 @@ NAMES = (
     "bombs",
     "schedule",
     "calendar",
+    "validation",
     "stack",
 )
 
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda f: schedule_bench.section(f, figures.get("pg")),
         ),
         ("calendar", "Business calendar arithmetic", calendar_bench.measure, calendar_bench.section),
+        ("validation", "Input validation per request", validation_bench.measure, validation_bench.section),
         ("stack", "Cold start, idle memory and stop of the whole stack", cold_start.measure, cold_start.section),
     ]
     for name, title, measure, render in plan:

@@ -101,7 +101,7 @@ def _check_body(body: bytes, violations: Violations) -> None:
     # no control character (raw C0 ones are no JSON at all, lone surrogates need an escape), one with this few
     # brackets cannot nest too deep, and no number in it can overflow — nothing to walk.
     few_brackets = body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH
-    if few_brackets and b"\\" not in body and not _RAW_CONTROL.search(text) and not _HUGE_NUMBER.search(body):
+    if few_brackets and b"\\" not in body and not _RAW_CONTROL.search(text) and not _huge_number(body):
         return
     try:
         document = msgspec.json.decode(body)
@@ -115,5 +115,15 @@ def _check_body(body: bytes, violations: Violations) -> None:
 
 # Control characters valid in JSON unescaped (DEL and the C1 range), which the walk would refuse.
 _RAW_CONTROL = re.compile("[\x7f-\x9f]")
-# A number that may not fit an int64 (19 digits or more) or a float (an exponent of three digits or more).
-_HUGE_NUMBER = re.compile(rb"\d{19}|\d[eE][+-]?\d{3}")
+# A number that may not fit an int64 (19 digits or more) or a float (an exponent of three digits or more), found
+# with every digit made a 0 first: a run of 19 is then a substring test, and the exponent's pattern starts with a
+# literal (the regular expression \d{19}|\d[eE][+-]?\d{3} over the raw body cost 21 µs of a create's 24).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
+_LONG_EXPONENT = re.compile(rb"0[eE][+-]?000")
+
+
+def _huge_number(body: bytes) -> bool:
+    """Whether ``body`` may hold a number past an int64 or a float (then the document is walked)."""
+    digits = body.translate(_DIGITS_AS_ZERO)
+    return _LONG_DIGITS in digits or _LONG_EXPONENT.search(digits) is not None
