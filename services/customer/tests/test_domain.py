@@ -211,3 +211,53 @@ def test_holdings_validation_signals_and_flags() -> None:
     assert is_familiar(3, Decimal(0)) and is_familiar(0, Decimal("1000000.01")) and not is_familiar(2, Decimal(1000000))
     assert is_value_first("platinum", Decimal(0)) and is_value_first("none", Decimal(2000000))
     assert not is_value_first("gold", Decimal(1999999))
+
+
+def test_one_line_fields_refuse_a_line_break_and_free_text_keeps_it() -> None:
+    """Names, addresses, codes, tags and interests are one line (a line break in them forges report rows and
+    breaks every list they appear in); the free-text fields may hold line breaks and tabs."""
+    from crm_customer.domain.customer import Customer, validate_profile
+    from crm_customer.domain.holdings import validate_holdings
+    from crm_customer.domain.tags import retag
+    from crm_platform.errors import InvalidArgument
+
+    today = dt.date(2026, 12, 7)
+    with pytest.raises(InvalidArgument) as err:
+        validate_profile(
+            "individual",
+            {"name": "李明", "address": "北京市\n朝阳区", "occupation": "工程\r师", "interests": ["理财", "旅\n游"]},
+            today,
+        )
+    assert {v.field for v in err.value.violations} == {"address", "occupation", "interests[1]"}
+    assert "U+000A" in next(v.description for v in err.value.violations if v.field == "address")
+    kept = validate_profile("individual", {"name": "李明", "family_situation": "已婚\n\t育有一子"}, today)
+    assert kept.family_situation == "已婚\n\t育有一子"
+    corporate = validate_profile("corporate", {**CORPORATE, "main_business": "软件\n咨询"}, today)
+    assert corporate.main_business == "软件\n咨询"
+
+    with pytest.raises(InvalidArgument) as err:
+        validate_holdings(
+            [
+                {"product_code": "F\n1", "product_name": "基金", "product_type": "fund", "amount": "1"},
+                {"product_code": "F2", "product_name": "基金\t二号", "product_type": "fund", "amount": "1"},
+            ]
+        )
+    assert {v.field for v in err.value.violations} == {"holdings[0].product_code", "holdings[1].product_name"}
+
+    customer = Customer(
+        "c1",
+        "",
+        "individual",
+        validate_profile("individual", {"name": "李明"}, today),
+        "",
+        "",
+        "BJ001",
+        "north",
+        1,
+        "u-rm1",
+        NOW,
+        NOW,
+    )
+    with pytest.raises(InvalidArgument) as err:
+        retag(customer, ["vip", "高\n净值"], [])
+    assert [v.field for v in err.value.violations] == ["add[1]"]

@@ -67,6 +67,8 @@ _TEXT_LIMITS = {
     "main_business": 500,
     "contact_person": 50,
 }
+# Free text, where a line break belongs; every other text of the file is one line (a name, an address, a code).
+_FREE_TEXT = frozenset({"family_situation", "investment_experience", "main_business"})
 _INDIVIDUAL_ONLY = ("gender", "birth_date", "occupation", "employer", "family_situation")
 _CORPORATE_ONLY = ("credit_code", "industry", "main_business", "contact_person", "contact_mobile")
 _MAX_INTERESTS = 20
@@ -168,6 +170,8 @@ def _text(v: Violations, raw: Mapping[str, object], name: str) -> str:
     limit = _TEXT_LIMITS.get(name, 100)
     if len(value) > limit:
         v.add(name, f"must be at most {limit} characters")
+    else:
+        v.check_text(name, value, multiline=name in _FREE_TEXT)
     return value
 
 
@@ -286,6 +290,9 @@ def check_profile(v: Violations, kind: str, raw: Mapping[str, object], today: dt
     interests = tuple(dict.fromkeys(str(i).strip() for i in interests_raw if str(i).strip()))  # type: ignore[attr-defined]
     if len(interests) > _MAX_INTERESTS or any(len(i) > 50 for i in interests):
         v.add("interests", f"must be at most {_MAX_INTERESTS} entries of at most 50 characters")
+    else:
+        for index, interest in enumerate(interests):
+            v.check_text(f"interests[{index}]", interest)
 
     parent = str(raw.get("parent_customer_id") or "").strip()
     if len(parent) > 36:

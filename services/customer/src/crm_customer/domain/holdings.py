@@ -69,10 +69,14 @@ def validate_holdings(raw: list[Mapping[str, object]]) -> list[Holding]:
                 v.add(f"{at}.product_code", "is required, at most 40 characters")
             elif code in seen:
                 v.add(f"{at}.product_code", "appears twice")
+            else:
+                v.check_text(f"{at}.product_code", code)
             seen.add(code)
             name = str(item.get("product_name") or "").strip()
             if len(name) > 100:
                 v.add(f"{at}.product_name", "must be at most 100 characters")
+            else:
+                v.check_text(f"{at}.product_name", name)
             kind = str(item.get("product_type") or "")
             if kind not in PRODUCT_TYPES:
                 v.add(f"{at}.product_type", f"must be one of {', '.join(PRODUCT_TYPES)}")

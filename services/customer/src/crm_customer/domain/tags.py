@@ -25,6 +25,9 @@ def retag(customer: Customer, add: list[str], remove: list[str]) -> tuple[tuple[
         for name, tags in (("add", clean_add), ("remove", clean_remove)):
             if any(not t or len(t) > TAG_LENGTH or "," in t for t in tags):
                 v.add(name, f"tags are 1 to {TAG_LENGTH} characters without commas")
+            else:
+                for index, tag in enumerate(tags):
+                    v.check_text(f"{name}[{index}]", tag)
         result = sorted((set(customer.tags) | set(clean_add)) - set(clean_remove))
         if len(result) > MAX_TAGS:
             v.add("add", f"a customer carries at most {MAX_TAGS} tags")
@@ -74,6 +77,8 @@ def define_managed_tag(
         clean = name.strip()
         if not clean or len(clean) > TAG_LENGTH or "," in clean:
             v.add("name", f"is required, 1 to {TAG_LENGTH} characters without commas")
+        else:
+            v.check_text("name", clean)
         clean_description = description.strip()
         if len(clean_description) > DESCRIPTION_LENGTH:
             v.add("description", f"must be at most {DESCRIPTION_LENGTH} characters")
