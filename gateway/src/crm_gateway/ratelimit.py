@@ -92,7 +92,8 @@ class Limits:
         login_per_minute: int,
         api_per_second: int,
         trusted_proxies: Iterable[str] = (),
-        upload_per_minute: int = 30,
+        *,
+        upload_per_minute: int,
     ) -> None:
         self.client_address = ClientAddress(trusted_proxies)
         self.upload_user = RateLimiter(upload_per_minute / 60, burst=upload_per_minute)

@@ -55,6 +55,10 @@ class ImportFileRejected(InvalidArgument):
         super().__init__([FieldViolation("file", why)], message=f"the file is refused: {why}")
         self.why = why
 
+    def __reduce__(self) -> tuple[type[ImportFileRejected], tuple[str]]:
+        # Pickled by its reason: raised in the import helper process, it is raised again in the service.
+        return (type(self), (self.why,))
+
 
 @dataclass(frozen=True)
 class ImportLimits:

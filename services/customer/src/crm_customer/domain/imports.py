@@ -439,17 +439,24 @@ async def csv_rows(
 # XLSX
 
 
-async def spool(source: ChunkSource) -> IO[bytes]:
-    """The file's bytes in a temporary file on disk (an XLSX is a zip: it needs random access)."""
-    spooled = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+@contextlib.asynccontextmanager
+async def spooled(source: ChunkSource) -> AsyncIterator[str]:
+    """The path of a temporary file holding the file's bytes (an XLSX is a zip: it needs random access), for a
+    worker thread or the import helper process to open. It is unlinked when the block ends or is cancelled; a
+    reader that opened it meanwhile keeps its own descriptor to the end."""
+    handle, path = tempfile.mkstemp(prefix="crm-import-", suffix=".xlsx")
     try:
-        async for chunk in source():
-            spooled.write(chunk)
-        spooled.seek(0)
-    except BaseException:
-        spooled.close()
-        raise
-    return spooled
+        try:
+            async for chunk in source():
+                view = memoryview(chunk)
+                while view:  # a local file: each write takes what the page cache takes, without waiting
+                    view = view[os.write(handle, view) :]
+        finally:
+            os.close(handle)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _open_sheet(spooled: IO[bytes], limits: ImportLimits | None) -> tuple[Any, Iterator[tuple[object, ...]]]:
@@ -509,11 +516,16 @@ def inspect_xlsx(spooled: IO[bytes], limits: ImportLimits = ImportLimits()) -> F
     return FileFacts("", columns, total)
 
 
-def xlsx_rows(
-    spooled: IO[bytes], facts: FileFacts, after_row: int, batch_size: int
+def xlsx_rows(path: str, facts: FileFacts, after_row: int, batch_size: int) -> Generator[list[SourceRow], None, None]:
+    """The data rows of the inspected XLSX file at ``path`` after row ``after_row``, in batches of ``batch_size``."""
+    with open(path, "rb") as file:
+        yield from _xlsx_batches(file, facts, after_row, batch_size)
+
+
+def _xlsx_batches(
+    file: IO[bytes], facts: FileFacts, after_row: int, batch_size: int
 ) -> Generator[list[SourceRow], None, None]:
-    """The data rows of an inspected XLSX file after row ``after_row``, in batches of ``batch_size``."""
-    workbook, rows = _open_sheet(spooled, None)
+    workbook, rows = _open_sheet(file, None)
     try:
         out: list[SourceRow] = []
         for number, values in enumerate(rows, start=1):
@@ -539,25 +551,24 @@ async def read_rows(
         async for batch in csv_rows(source, facts, after_row, batch_size):
             yield batch
         return
-    spooled = await spool(source)
-    batches = xlsx_rows(spooled, facts, after_row, batch_size)
-    # openpyxl parses a batch of 1,000 rows in ~30 ms of CPU: in a worker thread, so the service's event loop
-    # (its reads, the batch being written) keeps running meanwhile. One batch at a time: a generator runs in
-    # one thread at once, and it is closed only once the thread returned it.
-    parsing: asyncio.Future[list[SourceRow] | None] | None = None
-    try:
-        while True:
-            parsing = asyncio.ensure_future(asyncio.to_thread(_next_batch, batches))
-            parsed = await asyncio.shield(parsing)
-            if parsed is None:
-                break
-            yield parsed
-    finally:
-        if parsing is not None and not parsing.done():
-            with contextlib.suppress(BaseException):
-                await asyncio.wait([parsing])
-        batches.close()
-        spooled.close()
+    async with spooled(source) as path:
+        batches = xlsx_rows(path, facts, after_row, batch_size)
+        # openpyxl parses a batch of 1,000 rows in ~30 ms of CPU: in a worker thread, so the service's event loop
+        # (its reads, the batch being written) keeps running meanwhile. One batch at a time: a generator runs in
+        # one thread at once, and it is closed only once the thread returned it.
+        parsing: asyncio.Future[list[SourceRow] | None] | None = None
+        try:
+            while True:
+                parsing = asyncio.ensure_future(asyncio.to_thread(_next_batch, batches))
+                parsed = await asyncio.shield(parsing)
+                if parsed is None:
+                    break
+                yield parsed
+        finally:
+            if parsing is not None and not parsing.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait([parsing])
+            batches.close()
 
 
 def _next_batch(batches: Iterator[list[SourceRow]]) -> list[SourceRow] | None:
@@ -588,25 +599,13 @@ async def inspect(
 ) -> FileFacts:
     """Check a whole file of either format; :class:`ImportFileRejected` naming why it is refused.
 
-    An XLSX is spooled to a named temporary file and checked by ``inspector``, off the event loop: the cheap pass
-    refuses a bomb within a second, and a real file's full parse (30,000 rows a second) must hold neither the
-    service's event loop nor, where the service has an import helper process, its GIL. The file is unlinked when
-    the check ends or is cancelled; a check still reading it meanwhile keeps its own descriptor to the end."""
+    An XLSX is spooled (:func:`spooled`) and checked by ``inspector``, off the event loop: the cheap pass refuses a
+    bomb within a second, and a real file's full parse (30,000 rows a second) must hold neither the service's
+    event loop nor, where the service has an import helper process, its GIL."""
     if file_format is ImportFormat.CSV:
         return await inspect_csv(source, limits)
-    handle, path = tempfile.mkstemp(prefix="crm-import-", suffix=".xlsx")
-    try:
-        try:
-            async for chunk in source():
-                view = memoryview(chunk)
-                while view:  # a local file: each write takes what the page cache takes, without waiting
-                    view = view[os.write(handle, view) :]
-        finally:
-            os.close(handle)
+    async with spooled(source) as path:
         return await inspector(path, limits)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 # File names

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from crm_customer import events
 from crm_customer.domain import PROFILE_FIELDS, SENSITIVE_FIELDS, Customer, CustomerKind, Profile, display_value
-from crm_customer.domain.import_bounds import ImportFileRejected, ImportLimits
+from crm_customer.domain.import_bounds import ImportLimits
 from crm_customer.domain.imports import (
     FileFacts,
     SourceRow,
@@ -272,14 +272,6 @@ def _prepare_in_child(context: BatchContext, rows: Sequence[tuple[int, dict[str,
     return [tuple(item) for item in prepared]
 
 
-def _inspect_in_child(path: str, limits: ImportLimits) -> FileFacts | str:
-    """The file's facts, or why it is refused (a string: the refusal is raised again in the service)."""
-    try:
-        return inspect_xlsx_file(path, limits)
-    except ImportFileRejected as exc:
-        return exc.why
-
-
 def _started() -> int:
     return os.getpid()
 
@@ -356,10 +348,7 @@ class ImportHelper:
 
     async def inspect_xlsx(self, path: str, limits: ImportLimits) -> FileFacts:
         """The facts of the XLSX file at ``path``, checked by the helper (``BrokenProcessPool`` when it died)."""
-        outcome = await self._call(_inspect_in_child, path, limits)
-        if isinstance(outcome, str):
-            raise ImportFileRejected(outcome)
-        return outcome  # type: ignore[no-any-return]
+        return await self._call(inspect_xlsx_file, path, limits)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Stop the helper (without waiting for it)."""
