@@ -87,6 +87,15 @@ async def test_rows_limit_at_its_boundary_in_either_format() -> None:
     assert await total(xlsx_bombs.many_rows(5, declared=False), limits) == 5
     assert "declares 6 rows" in await refusal(xlsx_bombs.many_rows(6, declared=True), limits)
     assert "more than the limit of 5 rows" in await refusal(xlsx_bombs.many_rows(6, declared=False), limits)
+    # The cheap pass counts every tag whose name begins with "row"; at the limit it counts exactly, so a sheet's
+    # page breaks (<rowBreaks>) are not rows, and <row/> or <row\t> are.
+    breaks = '<rowBreaks count="1" manualBreakCount="1"><brk id="3" max="16383" man="1"/></rowBreaks>'
+    at_limit = [xlsx_bombs.HEADER_ROW, *xlsx_bombs.data_rows(5)]
+    assert await total(xlsx_bombs.workbook(at_limit, after_data=breaks), limits) == 5
+    assert "more than the limit of 5 rows" in await refusal(
+        xlsx_bombs.workbook([*at_limit, "<row/>"], after_data=breaks), limits
+    )
+    assert "more than the limit of 5 rows" in await refusal(xlsx_bombs.workbook([*at_limit, "<row\t/>"]), limits)
     rows = [good_row(i) for i in range(6)]
     assert await total(to_csv(rows[:5]), limits, "csv") == 5
     assert "more than the limit of 5 rows" in await refusal(to_csv(rows), limits, "csv")

@@ -70,6 +70,7 @@ def workbook(
     dimension: str = "",
     shared: Iterable[bytes | str] | None = None,
     before_data: str = "",
+    after_data: str = "",
 ) -> bytes:
     """An XLSX whose first sheet's ``<sheetData>`` is the concatenated pieces, streamed into the zip as they
     come (so a gigabyte of XML never sits in memory); ``shared`` is the inner XML of ``<sst>`` if any."""
@@ -92,7 +93,7 @@ def workbook(
             part.write((head + before_data + "<sheetData>").encode())
             for piece in sheet_data:
                 part.write(piece.encode() if isinstance(piece, str) else piece)
-            part.write(b"</sheetData></worksheet>")
+            part.write(f"</sheetData>{after_data}</worksheet>".encode())
     return out.getvalue()
 
 

@@ -128,7 +128,8 @@ class PartScan:
         self._carry = b""
         self._cells = 0  # cells since the last row began
         self._prefixes: set[bytes] = set()
-        self._row_tags: tuple[bytes, ...] = (b"<row ",)
+        self._row_tags: tuple[bytes, ...] = (b"<row ",)  # matched where the name's ends are made a space
+        self._row_starts: tuple[bytes, ...] = (b"<row",)  # matched as they are (see _scan)
         self._cell_tags: tuple[bytes, ...] = (b"<c ",)
         self._dimension_seen = False
 
@@ -163,24 +164,34 @@ class PartScan:
             self._learn_prefixes(data[:end])
         if not self._dimension_seen:
             self._check_dimension(data[:end])
-        data = data.translate(_NAME_ENDS)
-        rows = sum(data.count(tag, 0, end) for tag in self._row_tags)
+        # Rows: every tag whose name begins with ``row`` (no copy of the chunk: a sheet's ``rowBreaks`` is one
+        # more, at most); exactly, as below, only for the chunk that would pass the limit.
+        rows = sum(data.count(tag, 0, end) for tag in self._row_starts)
+        if self.rows + rows > self.limits.max_rows + 1:
+            rows = sum(data.translate(_NAME_ENDS).count(tag, 0, end) for tag in self._row_tags)
         self.rows += rows
         if self.rows > self.limits.max_rows + 1:
             raise self.limits.too_many_rows()
         if not rows:
-            self._cells += sum(data.count(tag, 0, end) for tag in self._cell_tags)
+            self._cells += self._count_cells(data, 0, end)
         else:
-            first = min(at for tag in self._row_tags if (at := data.find(tag, 0, end)) >= 0)
-            self._cells += sum(data.count(tag, 0, first) for tag in self._cell_tags)
+            first = min(at for tag in self._row_starts if (at := data.find(tag, 0, end)) >= 0)
+            self._cells += self._count_cells(data, 0, first)
             if self._cells > self.limits.max_cells_per_row:
                 raise self.limits.too_many_cells()
-            last = max(data.rfind(tag, 0, end) for tag in self._row_tags)
+            last = max(data.rfind(tag, 0, end) for tag in self._row_starts)
             # Rows that begin and end inside this chunk hold at most its length / 4 cells: their cells are
             # counted as openpyxl reads them.
-            self._cells = sum(data.count(tag, last, end) for tag in self._cell_tags)
+            self._cells = self._count_cells(data, last, end)
         if self._cells > self.limits.max_cells_per_row:
             raise self.limits.too_many_cells()
+
+    def _count_cells(self, data: bytes, start: int, end: int) -> int:
+        """The cells' start tags in ``data[start:end]`` (exactly: ``<c`` also begins ``<col``, ``<cfRule`` …)."""
+        if start >= end:
+            return 0
+        segment = data[start:end].translate(_NAME_ENDS)
+        return sum(segment.count(tag) for tag in self._cell_tags)
 
     def _learn_prefixes(self, segment: bytes) -> None:
         found = set(_PREFIX.findall(segment)) - self._prefixes
@@ -191,6 +202,7 @@ class PartScan:
             raise ImportFileRejected(f"part {self.name} of the XLSX binds its namespace to too many prefixes")
         spellings = [b"", *(p + b":" for p in sorted(self._prefixes))]
         self._row_tags = tuple(b"<" + prefix + b"row " for prefix in spellings)
+        self._row_starts = tuple(b"<" + prefix + b"row" for prefix in spellings)
         self._cell_tags = tuple(b"<" + prefix + b"c " for prefix in spellings)
 
     def _check_dimension(self, segment: bytes) -> None:
