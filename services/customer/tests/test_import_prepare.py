@@ -245,6 +245,37 @@ async def test_the_helper_inspects_xlsx_files_as_a_thread_does(tmp_path: Path) -
         preparation.close()
 
 
+async def test_the_helper_reads_xlsx_rows_as_a_thread_does(tmp_path: Path) -> None:
+    """An import's XLSX file is read in the helper process too (openpyxl's parse off the service's GIL): the same
+    batches as a worker thread reads; a helper killed in the middle of the file costs no row and repeats none."""
+    from crm_customer.domain.imports import rows_in_thread
+
+    keyring = _keyring()
+    preparation = Preparation(RowPreparer(keyring), ImportHelper(keyring))
+    path = _spooled(tmp_path, "good.xlsx", xlsx_bombs.many_rows(1000, declared=False))
+    facts = await inspect_in_thread(path, ImportLimits())
+
+    async def rows(batches: object) -> list[tuple[int, dict[str, str]]]:
+        return [(row.row, row.cells) async for batch in batches for row in batch]  # type: ignore[attr-defined]
+
+    try:
+        preparation.start()
+        assert preparation.helper is not None
+        expected = await rows(rows_in_thread(path, facts, 0, 100))
+        assert len(expected) == 1000
+        assert await rows(preparation.xlsx_rows(path, facts, 0, 100)) == expected
+        assert await rows(preparation.xlsx_rows(path, facts, 500, 100)) == expected[499:]  # after row 500
+        read: list[tuple[int, dict[str, str]]] = []
+        async for batch in preparation.xlsx_rows(path, facts, 0, 100):
+            read += [(row.row, row.cells) for row in batch]
+            if len(read) == 300:
+                os.kill(preparation.helper.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                await asyncio.sleep(0.5)
+        assert read == expected
+    finally:
+        preparation.close()
+
+
 async def test_the_service_starts_its_helper_with_itself(
     sqlite_url: str, module_nats: NatsServer, tmp_path: Path
 ) -> None:

@@ -118,7 +118,14 @@ class ImportWorker:
         before the one ahead of it has committed, so it takes that batch's rows and customer numbers from memory
         (:meth:`ImportStore.decide_batch`).
         """
-        rows = read_rows(self._store.file(job.id), job.format, job.facts, job.checkpoint_row, self._batch_rows)
+        rows = read_rows(
+            self._store.file(job.id),
+            job.format,
+            job.facts,
+            job.checkpoint_row,
+            self._batch_rows,
+            self._store.preparation.xlsx_rows,
+        )
         # Batches in file order, each as the future of its preparation; a failure to read the file as a failed
         # future in its place; ``None`` after the last.
         prepared_ahead: asyncio.Queue[asyncio.Future[PreparedBatch] | None] = asyncio.Queue()

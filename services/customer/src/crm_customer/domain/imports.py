@@ -544,31 +544,49 @@ def _xlsx_batches(
 
 
 async def read_rows(
-    source: ChunkSource, file_format: ImportFormat, facts: FileFacts, after_row: int, batch_size: int
+    source: ChunkSource,
+    file_format: ImportFormat,
+    facts: FileFacts,
+    after_row: int,
+    batch_size: int,
+    reader: XlsxReader | None = None,
 ) -> AsyncIterator[list[SourceRow]]:
-    """The data rows of an inspected file of either format after row ``after_row``, in batches."""
+    """The data rows of an inspected file of either format after row ``after_row``, in batches; an XLSX file is
+    spooled and read by ``reader`` (:func:`rows_in_thread` unless another is given)."""
     if file_format is ImportFormat.CSV:
         async for batch in csv_rows(source, facts, after_row, batch_size):
             yield batch
         return
-    async with spooled(source) as path:
-        batches = xlsx_rows(path, facts, after_row, batch_size)
-        # openpyxl parses a batch of 1,000 rows in ~30 ms of CPU: in a worker thread, so the service's event loop
-        # (its reads, the batch being written) keeps running meanwhile. One batch at a time: a generator runs in
-        # one thread at once, and it is closed only once the thread returned it.
-        parsing: asyncio.Future[list[SourceRow] | None] | None = None
-        try:
-            while True:
-                parsing = asyncio.ensure_future(asyncio.to_thread(_next_batch, batches))
-                parsed = await asyncio.shield(parsing)
-                if parsed is None:
-                    break
-                yield parsed
-        finally:
-            if parsing is not None and not parsing.done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait([parsing])
-            batches.close()
+    async with (
+        spooled(source) as path,
+        contextlib.aclosing((reader or rows_in_thread)(path, facts, after_row, batch_size)) as batches,
+    ):
+        async for batch in batches:
+            yield batch
+
+
+async def rows_in_thread(
+    path: str, facts: FileFacts, after_row: int, batch_size: int
+) -> AsyncIterator[list[SourceRow]]:
+    """:func:`xlsx_rows` in a worker thread, batch by batch: where the service has no import helper process.
+
+    openpyxl parses a batch of 1,000 rows in ~30 ms of CPU: in a thread, the service's event loop keeps running
+    meanwhile, though on its GIL. One batch at a time: a generator runs in one thread at once, and it is closed
+    only once the thread returned it."""
+    batches = xlsx_rows(path, facts, after_row, batch_size)
+    parsing: asyncio.Future[list[SourceRow] | None] | None = None
+    try:
+        while True:
+            parsing = asyncio.ensure_future(asyncio.to_thread(_next_batch, batches))
+            parsed = await asyncio.shield(parsing)
+            if parsed is None:
+                break
+            yield parsed
+    finally:
+        if parsing is not None and not parsing.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.wait([parsing])
+        batches.close()
 
 
 def _next_batch(batches: Iterator[list[SourceRow]]) -> list[SourceRow] | None:
@@ -589,6 +607,9 @@ async def inspect_in_thread(path: str, limits: ImportLimits) -> FileFacts:
 # Where an XLSX file is inspected (:func:`inspect_in_thread`, or the import helper process of
 # ``store.import_prepare``): given the path of the spooled file and the limits, its facts or ImportFileRejected.
 XlsxInspector = Callable[[str, ImportLimits], Awaitable[FileFacts]]
+# Where an inspected XLSX file's rows are read (:func:`rows_in_thread`, or the import helper process): given the
+# spooled file's path, its facts, the row to read after and the batch size, the batches of :func:`read_rows`.
+XlsxReader = Callable[[str, FileFacts, int, int], AsyncIterator[list[SourceRow]]]
 
 
 async def inspect(

@@ -20,6 +20,8 @@ without a ``<dimension>`` took 0.35 s alone but over a second beside other users
 So that the first upload after a start does not wait for the helper to start, the service starts it with itself
 (:meth:`ImportHelper.start`). One helper does both: an inspection waits for the batch it is preparing (a tenth of
 a second), and a large file's inspection (30,000 rows a second) delays the batches of an import running meanwhile.
+An import of an XLSX file reads its rows in the helper too (:meth:`Preparation.xlsx_rows`, batch by batch, the open
+reader kept in the helper between calls); should the helper die, the rest is read in a worker thread.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ import contextlib
 import ctypes
 import datetime as dt
 import fcntl
+import itertools
 import logging
 import multiprocessing
 import operator
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -51,7 +54,9 @@ from crm_customer.domain.imports import (
     duplicate_keys,
     inspect_in_thread,
     inspect_xlsx_file,
+    rows_in_thread,
     validate_row,
+    xlsx_rows,
 )
 from crm_customer.store import CustomerStore, customer_row, history_row, key_row
 from crm_customer.store.tables import customer_history, customer_keys, customers
@@ -272,6 +277,30 @@ def _prepare_in_child(context: BatchContext, rows: Sequence[tuple[int, dict[str,
     return [tuple(item) for item in prepared]
 
 
+_readers: dict[int, Iterator[list[SourceRow]]] = {}  # the XLSX files the helper reads, by the key it gave
+_reader_keys = itertools.count(1)
+
+
+def _open_rows(path: str, facts: FileFacts, after_row: int, batch_size: int) -> int:
+    key = next(_reader_keys)
+    _readers[key] = xlsx_rows(path, facts, after_row, batch_size)
+    return key
+
+
+def _next_rows(key: int) -> list[tuple[int, dict[str, str], bool]] | None:
+    batch = next(_readers[key], None)
+    if batch is None:
+        _close_rows(key)
+        return None
+    return [(source.row, source.cells, source.extra) for source in batch]
+
+
+def _close_rows(key: int) -> None:
+    reader = _readers.pop(key, None)
+    if reader is not None:
+        reader.close()  # type: ignore[attr-defined]
+
+
 def _started() -> int:
     return os.getpid()
 
@@ -350,6 +379,18 @@ class ImportHelper:
         """The facts of the XLSX file at ``path``, checked by the helper (``BrokenProcessPool`` when it died)."""
         return await self._call(inspect_xlsx_file, path, limits)  # type: ignore[no-any-return]
 
+    async def xlsx_rows(
+        self, path: str, facts: FileFacts, after_row: int, batch_size: int
+    ) -> AsyncIterator[list[SourceRow]]:
+        """The batches of the XLSX file at ``path``, read by the helper (``BrokenProcessPool`` when it died)."""
+        key = await self._call(_open_rows, path, facts, after_row, batch_size)
+        try:
+            while (items := await self._call(_next_rows, key)) is not None:
+                yield [SourceRow(row, cells, extra) for row, cells, extra in items]
+        finally:
+            with contextlib.suppress(BrokenProcessPool):
+                await self._call(_close_rows, key)
+
     def close(self) -> None:
         """Stop the helper (without waiting for it)."""
         pool, self._pool = self._pool, None
@@ -378,6 +419,24 @@ class Preparation:
             except BrokenProcessPool:
                 log.warning("import helper process died; inspecting this file in the service process")
         return await inspect_in_thread(path, limits)
+
+    async def xlsx_rows(
+        self, path: str, facts: FileFacts, after_row: int, batch_size: int
+    ) -> AsyncIterator[list[SourceRow]]:
+        """The batches of an inspected XLSX file (an ``XlsxReader`` of ``domain.imports``): read by the helper
+        process; should it die, the rest of the file is read in a worker thread, from the last row it gave."""
+        if self.helper is not None:
+            try:
+                async with contextlib.aclosing(self.helper.xlsx_rows(path, facts, after_row, batch_size)) as batches:
+                    async for batch in batches:
+                        yield batch
+                        after_row = batch[-1].row
+                return
+            except BrokenProcessPool:
+                log.warning("import helper process died; reading the rest of this file in the service process")
+        async with contextlib.aclosing(rows_in_thread(path, facts, after_row, batch_size)) as batches:
+            async for batch in batches:
+                yield batch
 
     async def prepare_rows(self, context: BatchContext, rows: Sequence[SourceRow], job_rows: int) -> list[PreparedRow]:
         """The prepared rows of a batch of a job of ``job_rows`` rows."""
