@@ -1,5 +1,6 @@
 """Lint rule: a service imports only crm_platform, crm (protos) and itself — never another service or the
-gateway; the gateway imports no service package (style.md, convention 9). Exits 1 naming each breach."""
+gateway; the gateway imports no service package (style.md, convention 9); a service's domain (``domain.py`` or
+the ``domain/`` package) imports neither grpc, sqlalchemy nor nats (convention 1). Exits 1 naming each breach."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ SERVICE_PACKAGES = {
     "crm_reporting",
 }
 FORBIDDEN_EVERYWHERE = SERVICE_PACKAGES | {"crm_gateway"}
+FORBIDDEN_IN_DOMAIN = {"grpc", "sqlalchemy", "nats"}
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -30,10 +32,23 @@ def imported_roots(path: Path) -> set[str]:
     return roots
 
 
+def domain_breaches(package_dir: Path) -> list[str]:
+    """What the domain modules of the service at ``package_dir`` import of :data:`FORBIDDEN_IN_DOMAIN`."""
+    modules = [package_dir / "domain.py", *(package_dir / "domain").rglob("*.py")]
+    return [
+        f"{path.relative_to(ROOT)} (a domain module) imports {root}"
+        for path in modules
+        if path.is_file()
+        for root in sorted(imported_roots(path) & FORBIDDEN_IN_DOMAIN)
+    ]
+
+
 def main() -> int:
     """Check every source file of every deployable."""
     breaches = []
     deployables = [(p, p.name) for p in (ROOT / "services").glob("*/src/crm_*")]
+    for package_dir, _ in deployables:
+        breaches += domain_breaches(package_dir)
     deployables.append((ROOT / "gateway" / "src" / "crm_gateway", "crm_gateway"))
     for package_dir, own in deployables:
         for path in package_dir.rglob("*.py"):
