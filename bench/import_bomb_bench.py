@@ -21,6 +21,7 @@ MB (issue 29 saw ~400 MB for the whitespace bomb and 38 s for the row bomb, with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import os
@@ -78,12 +79,11 @@ def _vm_kb(pid: int, field: str) -> float:
     return math.nan
 
 
-def _cpu_seconds() -> dict[str, float]:
+def _cpu_seconds(service: int) -> dict[str, float]:
     """CPU seconds used so far by the customer service, its import helper and every PostgreSQL process (by command
     name: the service's process is ``python``, its helper a ``python`` child of it)."""
     tick = os.sysconf("SC_CLK_TCK")
     used: dict[str, float] = {"service": 0.0, "helper": 0.0, "postgres": 0.0}
-    service = _SERVICE_PID[0]
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -103,9 +103,6 @@ def _cpu_seconds() -> dict[str, float]:
     return used
 
 
-_SERVICE_PID = [0]
-
-
 async def _drive(port: int, secret: str, bombs: dict[str, bytes], pid: int) -> dict[str, Any]:
     import grpc
 
@@ -115,7 +112,6 @@ async def _drive(port: int, secret: str, bombs: dict[str, bytes], pid: int) -> d
     from crm_testing.services import identity
 
     caller = identity("rm1", permissions=_PERMISSIONS)
-    _SERVICE_PID[0] = pid
 
     def md() -> list[tuple[str, str]]:  # signed anew for every call: the service refuses a replayed identity
         return call_metadata(caller, secret)
@@ -152,14 +148,14 @@ async def _drive(port: int, secret: str, bombs: dict[str, bytes], pid: int) -> d
                     failures.append(exc.code().name)
 
         async def phase(files: dict[str, bytes], pace: float = 0.0, seconds: float = PHASE_SECONDS) -> dict[str, Any]:
-            cpu_before = _cpu_seconds()
+            cpu_before = _cpu_seconds(pid)
             latencies: list[float] = []
             failures: list[str] = []
             refusals: dict[str, list[float]] = {name: [] for name in files}
             answers: dict[str, str] = {}
             readers = [asyncio.create_task(read_for(seconds, latencies, failures)) for _ in range(READERS)]
             if files:
-                end = time.perf_counter() + seconds - min(1.0, pace)
+                end = time.perf_counter() + _upload_window(seconds, pace)
                 while time.perf_counter() < end:
                     for name, content in files.items():
                         taken, answer = await _submit(imports, ipb, md(), content)
@@ -167,7 +163,7 @@ async def _drive(port: int, secret: str, bombs: dict[str, bytes], pid: int) -> d
                         answers[name] = answer
                         await asyncio.sleep(max(0.0, pace - taken))  # paced: one upload started every `pace` s
             await asyncio.gather(*readers)
-            cpu = {part: used - cpu_before[part] for part, used in _cpu_seconds().items()}
+            cpu = {part: used - cpu_before[part] for part, used in _cpu_seconds(pid).items()}
             return {
                 "latencies": latencies,
                 "seconds": seconds,
@@ -209,7 +205,7 @@ async def _drive(port: int, secret: str, bombs: dict[str, bytes], pid: int) -> d
             for _ in range(PACED_ROUNDS):
                 bare_slots.append(await phase({}, seconds=slot))
                 paced_slots.append(await phase(worst, pace=pace, seconds=slot))
-                checker = await _check_outside(bomb_file.name, pace, slot - min(1.0, pace))
+                checker = await _check_outside(bomb_file.name, pace, _upload_window(slot, pace))
                 outside_slots.append(await phase({}, seconds=slot))
                 await checker.wait()
         bare, paced, outside = summary(*bare_slots), summary(*paced_slots), summary(*outside_slots)
@@ -235,29 +231,41 @@ async def _drive(port: int, secret: str, bombs: dict[str, bytes], pid: int) -> d
         }
 
 
+def _upload_window(seconds: float, pace: float) -> float:
+    """How long into a phase of ``seconds`` uploads start (the last answered before the readers stop)."""
+    return seconds - min(1.0, pace)
+
+
+def _check_at_pace(path: str, pace: float, seconds: float) -> None:
+    """The checker's side of :func:`_check_outside`: ready once imported, then the check every ``pace`` s."""
+    from crm_customer.domain.import_bounds import ImportFileRejected, ImportLimits
+    from crm_customer.domain.imports import inspect_xlsx_file
+
+    print("ready", flush=True)
+    sys.stdin.readline()
+    end = time.monotonic() + seconds
+    while (started := time.monotonic()) < end:
+        with contextlib.suppress(ImportFileRejected):
+            inspect_xlsx_file(path, ImportLimits())
+        time.sleep(max(0.0, pace - (time.monotonic() - started)))
+
+
 async def _check_outside(path: str, pace: float, seconds: float) -> asyncio.subprocess.Process:
     """A process apart from the service that runs the service's check of the file at ``path`` every ``pace`` s
     for ``seconds`` from when it is returned: the same CPU work at the same pace on the same machine, touching
     nothing of the service."""
     from bench.common import child_env
 
-    code = (
-        "import sys, time\n"
-        "from crm_customer.domain.imports import inspect_xlsx_file\n"
-        "from crm_customer.domain.import_bounds import ImportFileRejected, ImportLimits\n"
-        "path, pace, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])\n"
-        "print('ready', flush=True)\n"
-        "sys.stdin.readline()\n"
-        "end = time.monotonic() + seconds\n"
-        "while (started := time.monotonic()) < end:\n"
-        "    try:\n"
-        "        inspect_xlsx_file(path, ImportLimits())\n"
-        "    except ImportFileRejected:\n"
-        "        pass\n"
-        "    time.sleep(max(0.0, pace - (time.monotonic() - started)))\n"
-    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, path, str(pace), str(seconds), env=child_env(), stdin=PIPE, stdout=PIPE
+        sys.executable,
+        "-m",
+        "bench.import_bomb_bench",
+        path,
+        str(pace),
+        str(seconds),
+        env=child_env(),
+        stdin=PIPE,
+        stdout=PIPE,
     )
     assert process.stdin is not None and process.stdout is not None
     await process.stdout.readline()  # its imports done: their CPU time falls outside the slot
@@ -413,3 +421,7 @@ def section(figures: dict[str, Any]) -> Section:
     )
     out.detail.append(f"CPU time over the alternating slots of each kind ({PHASE_SECONDS:.0f} s each in all): {cpu}.")
     return out
+
+
+if __name__ == "__main__":  # the checker process of _check_outside
+    _check_at_pace(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))

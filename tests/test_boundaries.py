@@ -4,7 +4,6 @@ the domain rule sees an import of grpc, sqlalchemy or nats in a domain module.""
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,7 +13,6 @@ def _checker():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("check_boundaries", ROOT / "tools" / "check_boundaries.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("check_boundaries", module)
     spec.loader.exec_module(module)
     return module
 

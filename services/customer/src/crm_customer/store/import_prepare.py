@@ -37,7 +37,7 @@ import multiprocessing
 import operator
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -277,7 +277,7 @@ def _prepare_in_child(context: BatchContext, rows: Sequence[tuple[int, dict[str,
     return [tuple(item) for item in prepared]
 
 
-_readers: dict[int, Iterator[list[SourceRow]]] = {}  # the XLSX files the helper reads, by the key it gave
+_readers: dict[int, Generator[list[SourceRow], None, None]] = {}  # the XLSX files the helper reads, by the key it gave
 _reader_keys = itertools.count(1)
 
 
@@ -298,7 +298,7 @@ def _next_rows(key: int) -> list[tuple[int, dict[str, str], bool]] | None:
 def _close_rows(key: int) -> None:
     reader = _readers.pop(key, None)
     if reader is not None:
-        reader.close()  # type: ignore[attr-defined]
+        reader.close()
 
 
 def _started() -> int:
